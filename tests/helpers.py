@@ -1,0 +1,24 @@
+"""Shared checks, after keras-hub's test base: config round trips and save/load round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfopt._keras import keras
+
+
+def run_serialization_test(obj):
+    """``obj`` -> get_config -> from_config gives an object with the same config."""
+    config = obj.get_config()
+    clone = type(obj).from_config(config)
+    assert clone.get_config() == config
+    return clone
+
+
+def run_model_saving_test(model, x, tmp_path, atol=1e-6, custom_objects=None):
+    """Save ``model`` as .keras, load it back, and check it gives the same outputs on ``x``."""
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, custom_objects=custom_objects)
+    np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=atol)
+    return loaded

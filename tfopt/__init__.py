@@ -1,0 +1,24 @@
+"""tfopt: train Keras models well, compress them, ship them as TFLite, and measure what was shipped.
+
+Importing tfopt makes Keras 2 (tf_keras) the Keras of the process before TensorFlow is imported.
+
+>>> import tfopt
+>>> train_ds, val_ds, info = tfopt.data.load("digits", batch_size=64)
+>>> model = tfopt.models.build("cnn", input_shape=info.input_shape, num_classes=info.num_classes)
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+
+from tfopt import _keras  # noqa: F401  (must come first: sets TF_USE_LEGACY_KERAS)
+from tfopt import errors
+from tfopt._keras import set_seed
+from tfopt.errors import TfoptError
+
+try:
+    __version__ = _metadata.version("tfopt")
+except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__", "errors", "set_seed", "TfoptError"]

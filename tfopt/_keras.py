@@ -1,0 +1,72 @@
+"""The one place that decides which Keras tfopt uses: Keras 2 (``tf_keras``), as tfmot requires.
+
+Every tfopt module imports ``tf``, ``keras`` and ``tfmot`` from here. Importing this module sets
+``TF_USE_LEGACY_KERAS=1`` before TensorFlow is first imported, so that ``tf.keras`` (used inside
+tfmot and by users' own code) is Keras 2 as well.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from tfopt.errors import KerasVersionError  # noqa: E402
+
+__all__ = ["tf", "keras", "tfmot", "check_model", "serializable", "set_seed"]
+
+
+def __getattr__(name):
+    # tfmot is imported lazily: it costs a second and most modules do not need it.
+    if name == "tfmot":
+        import tensorflow_model_optimization as tfmot
+
+        return tfmot
+    raise AttributeError(name)
+
+
+def check_model(model, where: str = "tfopt"):
+    """Return ``model`` if it is a tf_keras (Keras 2) model, else raise a clear tfopt error.
+
+    Args:
+        model: The object handed to a tfopt function.
+        where: String, the name of that function, for the message.
+
+    >>> check_model(keras.Sequential([keras.layers.Dense(1, input_shape=(2,))]))  # doctest: +ELLIPSIS
+    <tf_keras...Sequential object at ...>
+    """
+    if isinstance(model, keras.Model):
+        return model
+    module = type(model).__module__
+    if module.startswith("keras") or module.startswith("tensorflow.python.keras"):
+        raise KerasVersionError(
+            f"{where} got a Keras 3 model ({type(model).__module__}.{type(model).__name__}); "
+            "tfopt (and tfmot) need Keras 2 models: build it with `import tf_keras as keras` "
+            "(or set TF_USE_LEGACY_KERAS=1 before importing TensorFlow and use tf.keras), "
+            "or use tfopt.models.build(...)"
+        )
+    raise KerasVersionError(
+        f"{where} expected a tf_keras.Model, got {type(model).__module__}.{type(model).__name__}"
+    )
+
+
+def serializable(cls=None, *, package: str = "tfopt"):
+    """Class decorator registering a custom Keras object so saved models load back by name.
+
+    >>> @serializable
+    ... class Twice(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return 2 * x
+    """
+    register = keras.saving.register_keras_serializable(package=package)
+    return register(cls) if cls is not None else register
+
+
+def set_seed(seed: int) -> int:
+    """Seed Python, NumPy and TensorFlow (``keras.utils.set_random_seed``); returns the seed."""
+    keras.utils.set_random_seed(int(seed))
+    return int(seed)
