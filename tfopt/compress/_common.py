@@ -1,0 +1,73 @@
+"""Helpers every compression step shares: counting steps, strategy scopes, re-compiling like a model."""
+
+from __future__ import annotations
+
+import contextlib
+
+from tfopt._keras import check_model, keras, tf
+from tfopt.errors import DataError
+
+__all__ = ["count_steps", "strategy_scope", "outputs_logits", "compile_like"]
+
+
+def count_steps(dataset, what: str = "train_ds") -> int:
+    """Integer, the number of batches one pass over ``dataset`` yields (counted when unknown).
+
+    >>> count_steps(tf.data.Dataset.range(10).batch(4))
+    3
+    """
+    if not isinstance(dataset, tf.data.Dataset):
+        raise DataError(f"{what} must be a tf.data.Dataset of (x, y) batches, got {type(dataset).__name__}")
+    n = int(dataset.cardinality())
+    if n == int(tf.data.INFINITE_CARDINALITY):
+        raise DataError(f"{what} is infinite (repeat() without a count); pass a finite dataset")
+    if n == int(tf.data.UNKNOWN_CARDINALITY):
+        n = int(dataset.reduce(0, lambda count, _: count + 1))
+    if n == 0:
+        raise DataError(f"{what} is empty: it yields no batch")
+    return n
+
+
+def strategy_scope(strategy=None):
+    """``strategy.scope()`` when a tf.distribute strategy is given, else a no-op context."""
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def outputs_logits(model) -> bool:
+    """True when the model's last layer has no softmax/sigmoid, i.e. it outputs logits."""
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    name = getattr(activation, "__name__", str(activation))
+    return name not in ("softmax", "sigmoid")
+
+
+def compile_like(model, source=None, optimizer=None, loss=None, metrics=("accuracy",), learning_rate=1e-4):
+    """Compile ``model`` for fine-tuning, reusing ``source``'s loss and optimizer settings when it has them.
+
+    Args:
+        model: tf_keras model to compile (e.g. a tfmot-wrapped copy of ``source``).
+        source: tf_keras model whose compiled loss and optimizer are reused, or None.
+        optimizer: Optimizer, name or None: None copies ``source``'s optimizer class and config (a fresh
+            instance, so slots are not shared), or Adam(learning_rate) when ``source`` is not compiled.
+        loss: Loss or None: None reuses ``source.loss``, else sparse categorical cross-entropy
+            (from logits when the model outputs logits).
+        metrics: Sequence of metrics.
+        learning_rate: Float, the rate of the default Adam.
+
+    >>> m = keras.Sequential([keras.layers.Dense(3, input_shape=(4,))])
+    >>> compile_like(m).loss.get_config()["from_logits"]
+    True
+    """
+    check_model(model, "compile_like")
+    src_opt = getattr(source, "optimizer", None) if source is not None else None
+    if optimizer is None:
+        if src_opt is not None:
+            optimizer = type(src_opt).from_config(src_opt.get_config())
+        else:
+            optimizer = keras.optimizers.Adam(learning_rate)
+    if loss is None:
+        loss = getattr(source, "loss", None) if source is not None else None
+        if loss is None:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=outputs_logits(model))
+    model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
+    return model
