@@ -1,0 +1,322 @@
+"""Conversion of tf_keras models to TFLite flatbuffers, and running them with the LiteRT interpreter."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tfopt._io import atomic_write_bytes
+from tfopt._keras import check_model, keras, tf
+from tfopt.errors import ConfigError, DataError, ExportError
+
+__all__ = ["QUANTIZATIONS", "TFLiteModel", "to_tflite", "interpreter", "tflite_weights"]
+
+log = logging.getLogger(__name__)
+
+QUANTIZATIONS = (None, "dynamic", "float16", "int8", "int16x8")
+IO_DTYPES = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
+
+
+@dataclass
+class TFLiteModel:
+    """A converted model: the flatbuffer bytes plus what was done to get them.
+
+    Attributes:
+        content: Bytes, the TFLite flatbuffer.
+        quantization: String or None, one of ``QUANTIZATIONS``.
+        notes: List of strings, what conversion had to do (fixed batch size, TF select ops...).
+
+    >>> m = to_tflite(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]))
+    >>> m.predict(np.ones((4, 3), np.float32)).shape
+    (4, 2)
+    """
+
+    content: bytes
+    quantization: str | None = None
+    notes: list = field(default_factory=list)
+    path: Path | None = None
+
+    @property
+    def bytes(self) -> int:
+        """Integer, the size of the flatbuffer in bytes."""
+        return len(self.content)
+
+    @property
+    def gzip_bytes(self) -> int:
+        """Integer, the size after gzip at level 9 (what zeros and shared values buy on the wire)."""
+        return len(gzip.compress(self.content, compresslevel=9, mtime=0))
+
+    def save(self, path) -> Path:
+        """Write the flatbuffer to ``path`` atomically and return the path."""
+        self.path = atomic_write_bytes(path, self.content)
+        return self.path
+
+    @classmethod
+    def load(cls, path) -> "TFLiteModel":
+        """Read a ``.tflite`` file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ExportError(f"no TFLite file at {str(path)!r}")
+        return cls(content=path.read_bytes(), quantization=None, notes=[], path=path)
+
+    def interpreter(self, threads: int = 1):
+        """A fresh, allocated LiteRT interpreter for this model."""
+        return interpreter(self.content, threads=threads)
+
+    def predict(self, x, threads: int = 1) -> np.ndarray:
+        """Run the model on a NumPy batch ``x`` (float, as the Keras model takes it); returns float outputs.
+
+        Quantized inputs and outputs are handled with the tensors' scale and zero point.
+        """
+        runner = _Runner(self.interpreter(threads))
+        return runner.predict(np.asarray(x))
+
+
+def interpreter(content: bytes, threads: int = 1):
+    """A LiteRT (``ai_edge_litert``) interpreter for a flatbuffer, tensors allocated."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        it = Interpreter(model_content=content, num_threads=threads)
+        it.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise ExportError(f"LiteRT could not load the model: {e}") from e
+    return it
+
+
+class _Runner:
+    """Feeds batches through an interpreter one sample at a time (or a whole batch when resizable)."""
+
+    def __init__(self, it):
+        self.it = it
+        self.inp = it.get_input_details()[0]
+        self.out = it.get_output_details()[0]
+        self.resizable = int(self.inp["shape_signature"][0]) == -1
+
+    def quantize(self, x):
+        dtype = self.inp["dtype"]
+        if dtype in (np.int8, np.uint8, np.int16):
+            scale, zero = self.inp["quantization"]
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        return x.astype(dtype)
+
+    def dequantize(self, y):
+        if self.out["dtype"] in (np.int8, np.uint8, np.int16):
+            scale, zero = self.out["quantization"]
+            return (y.astype(np.float32) - zero) * scale
+        return y.astype(np.float32)
+
+    def invoke(self, x):
+        """Run one already-shaped batch; returns the float output."""
+        self.it.set_tensor(self.inp["index"], self.quantize(x))
+        self.it.invoke()
+        return self.dequantize(self.it.get_tensor(self.out["index"]))
+
+    def predict(self, x):
+        if x.ndim == len(self.inp["shape"]) - 1:
+            x = x[None]
+        if self.resizable and len(x) != self.inp["shape"][0]:
+            self.it.resize_tensor_input(self.inp["index"], [len(x), *self.inp["shape"][1:]])
+            self.it.allocate_tensors()
+            self.inp = self.it.get_input_details()[0]
+            self.out = self.it.get_output_details()[0]
+        if self.inp["shape"][0] == len(x):
+            return self.invoke(x)
+        step = int(self.inp["shape"][0])
+        return np.concatenate([self.invoke(x[i : i + step]) for i in range(0, len(x), step)])
+
+
+def _representative(data, num_samples: int):
+    """A generator function yielding ``[x]`` single samples from a dataset, array or generator function."""
+    if data is None:
+        return None
+    if callable(data) and not isinstance(data, tf.data.Dataset):
+        return data
+    if isinstance(data, tf.data.Dataset):
+        batches = (b[0] if isinstance(b, tuple) else b for b in data.as_numpy_iterator())
+    else:
+        arr = np.asarray(data)
+        if arr.size == 0:
+            raise DataError("representative_data is empty")
+        batches = iter([arr])
+
+    samples = []
+    for batch in batches:
+        for row in np.asarray(batch, np.float32):
+            samples.append(row)
+            if len(samples) >= num_samples:
+                break
+        if len(samples) >= num_samples:
+            break
+    if not samples:
+        raise DataError("representative_data yielded no sample")
+
+    def gen():
+        for row in samples:
+            yield [row[None]]
+
+    return gen
+
+
+def _is_qat(model) -> bool:
+    return any(type(layer).__name__ in ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer") for layer in model.layers)
+
+
+def _configure(converter, quantization, rep, io_dtype, qat):
+    if quantization is None and qat:
+        quantization = "int8"  # a QAT model carries its ranges: converting it means int8.
+    if quantization is None:
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "int8":
+        if rep is not None:
+            converter.representative_dataset = rep
+        if not qat or rep is not None:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = IO_DTYPES[io_dtype]
+        converter.inference_output_type = IO_DTYPES[io_dtype]
+    elif quantization == "int16x8":
+        converter.representative_dataset = rep
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        ]
+        if io_dtype != "float32":
+            converter.inference_input_type = tf.int16
+            converter.inference_output_type = tf.int16
+
+
+def _has_rnn(model) -> bool:
+    return any(isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional)) for layer in _all_layers(model))
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        inner = getattr(layer, "layer", None)  # tfmot wrappers, Bidirectional, TimeDistributed
+        if inner is not None:
+            yield inner
+
+
+def _fixed_batch_converter(model):
+    """A converter over a concrete function with batch size 1 (what LSTMs need to fuse)."""
+    specs = [tf.TensorSpec([1, *inp.shape[1:]], inp.dtype) for inp in model.inputs]
+    func = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False))
+    concrete = func.get_concrete_function(*specs)
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+
+
+def to_tflite(
+    model,
+    quantization: str | None = None,
+    representative_data=None,
+    path=None,
+    io_dtype: str = "float32",
+    num_samples: int = 200,
+    sparse: bool = False,
+) -> TFLiteModel:
+    """Convert a tf_keras model to TFLite.
+
+    Args:
+        model: tf_keras model (plain, pruned-and-stripped, clustered, or QAT).
+        quantization: None (float32), "dynamic" (int8 weights), "float16", "int8" (full integer; needs
+            ``representative_data`` unless the model is quantization-aware) or "int16x8".
+        representative_data: tf.data.Dataset of (x, y) or x batches, a NumPy array of inputs, or a generator
+            function yielding ``[x]``; used to calibrate activation ranges.
+        path: Optional path; when given the flatbuffer is written there atomically.
+        io_dtype: String, "float32", "int8" or "uint8": the input/output type of a full-int8 model.
+        num_samples: Integer, how many representative samples to calibrate on.
+        sparse: Bool, also encode sparse weights (``Optimize.EXPERIMENTAL_SPARSITY``) for XNNPACK.
+
+    Returns:
+        A :class:`TFLiteModel`.
+
+    >>> tfl = to_tflite(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]), quantization="dynamic")
+    >>> tfl.quantization
+    'dynamic'
+    """
+    check_model(model, "to_tflite")
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"quantization={quantization!r} is not allowed; allowed: {', '.join(map(repr, QUANTIZATIONS))}")
+    if io_dtype not in IO_DTYPES:
+        raise ConfigError(f"io_dtype={io_dtype!r} is not allowed; allowed: {', '.join(IO_DTYPES)}")
+    if io_dtype != "float32" and quantization not in ("int8", "int16x8"):
+        raise ConfigError(f"io_dtype={io_dtype!r} needs quantization='int8' or 'int16x8', not {quantization!r}")
+    qat = _is_qat(model)
+    if quantization in ("int8", "int16x8") and representative_data is None and not qat:
+        raise ConfigError(
+            f"quantization={quantization!r} needs representative_data (a tf.data.Dataset or array of inputs) "
+            "to calibrate activation ranges, unless the model is quantization-aware (tfopt.compress.quantize_aware)"
+        )
+    rep = _representative(representative_data, num_samples) if quantization in ("int8", "int16x8") else None
+
+    notes = []
+    attempts = [("keras", lambda: tf.lite.TFLiteConverter.from_keras_model(model))]
+    fixed = ("fixed batch 1", lambda: _fixed_batch_converter(model))
+    attempts.insert(0 if _has_rnn(model) else 1, fixed)
+    errors = []
+    content = None
+    for select_ops in (False, True):
+        for how, make in attempts:
+            try:
+                converter = make()
+                _configure(converter, quantization, rep, io_dtype, qat)
+                if sparse:
+                    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY, *converter.optimizations]
+                if select_ops:
+                    converter.target_spec.supported_ops = [
+                        tf.lite.OpsSet.TFLITE_BUILTINS,
+                        tf.lite.OpsSet.SELECT_TF_OPS,
+                    ]
+                content = converter.convert()
+            except Exception as e:  # the converter raises many types; keep the first lines of each
+                errors.append(f"{how}{' + select TF ops' if select_ops else ''}: {str(e).strip().splitlines()[0][:300]}")
+                continue
+            if how != "keras":
+                notes.append(f"converted with a {how} concrete function")
+            if select_ops:
+                notes.append("needs TF select ops (SELECT_TF_OPS): run with the Flex delegate")
+                log.warning("to_tflite fell back to SELECT_TF_OPS: %s", errors)
+            break
+        if content is not None:
+            break
+    if content is None:
+        raise ExportError("TFLite conversion failed: " + " | ".join(errors))
+    result = TFLiteModel(content=content, quantization=quantization if not (qat and quantization is None) else "int8", notes=notes)
+    if path is not None:
+        result.save(path)
+    return result
+
+
+def tflite_weights(content: bytes) -> dict:
+    """The constant weight tensors of a flatbuffer, read back from the file: name -> NumPy array.
+
+    Integer tensors are returned as stored (int8 values), which is what sparsity and cluster counts of the
+    shipped file must be measured on.
+    """
+    it = interpreter(content)
+    produced, consumed = set(), set()
+    for op in it._get_ops_details():  # the only LiteRT view of the graph: which tensors ops read and write
+        produced.update(int(i) for i in op["outputs"])
+        consumed.update(int(i) for i in op["inputs"] if i >= 0)
+    inputs = {d["index"] for d in it.get_input_details()}
+    weights = {}
+    for detail in it.get_tensor_details():
+        index = detail["index"]
+        if index not in consumed or index in produced or index in inputs or len(detail["shape"]) < 2:
+            continue
+        try:
+            value = it.get_tensor(index)
+        except ValueError:
+            continue
+        if value is not None and value.size:
+            weights[detail["name"]] = np.array(value)
+    return weights
