@@ -65,3 +65,7 @@ def check_range(name: str, value, low=None, high=None, *, low_open=False, high_o
         lo = "" if low is None else f"{low} {'<' if low_open else '<='} "
         hi = "" if high is None else f" {'<' if high_open else '<='} {high}"
         raise ConfigError(f"{name}={value!r} is out of range; allowed: {lo}{name}{hi}")
+
+
+class TrainingError(TfoptError):
+    """Training could not go on (e.g. the loss became NaN or infinite)."""

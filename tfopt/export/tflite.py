@@ -96,6 +96,10 @@ class _Runner:
         self.inp = it.get_input_details()[0]
         self.out = it.get_output_details()[0]
         self.resizable = int(self.inp["shape_signature"][0]) == -1
+        # Trap: LiteRT's fused RNN ops keep their hidden/cell state in variable tensors across invoke()
+        # calls, so without a reset every sample after the first starts from the previous one's state.
+        ops = {op["op_name"] for op in it._get_ops_details()}
+        self.stateful = any("LSTM" in op or "RNN" in op for op in ops)
 
     def quantize(self, x):
         dtype = self.inp["dtype"]
@@ -113,6 +117,8 @@ class _Runner:
 
     def invoke(self, x):
         """Run one already-shaped batch; returns the float output."""
+        if self.stateful:
+            self.it.reset_all_variables()
         self.it.set_tensor(self.inp["index"], self.quantize(x))
         self.it.invoke()
         return self.dequantize(self.it.get_tensor(self.out["index"]))

@@ -1,0 +1,129 @@
+"""tfopt.export: conversion variants, LiteRT accuracy/size/latency, agreement with Keras, bad input."""
+
+import gzip
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from tfopt._keras import keras, tf
+from tfopt.errors import ConfigError, DataError, ExportError, KerasVersionError
+from tfopt.export import TFLiteModel, compare, evaluate, tflite_weights, to_tflite
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits(return_X_y=True)
+    return (x / 16.0).reshape(-1, 8, 8, 1).astype("float32"), y.astype("int32")
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    keras.utils.set_random_seed(0)
+    x, y = digits
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inp)
+    h = keras.layers.Flatten()(h)
+    out = keras.layers.Dense(10, name="logits")(h)
+    model = keras.Model(inp, out)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+    model.fit(x[:1400], y[:1400], epochs=8, batch_size=32, verbose=0)
+    return model
+
+
+def _val(digits):
+    x, y = digits
+    return tf.data.Dataset.from_tensor_slices((x[1400:], y[1400:])).batch(50)
+
+
+@pytest.mark.parametrize("quantization,tol", [(None, 1e-5), ("float16", 5e-3), ("dynamic", 0.1), ("int8", 0.5), ("int16x8", 0.1)])
+def test_variants_match_keras_and_have_expected_weight_types(trained, digits, quantization, tol):
+    x, _ = digits
+    tfl = to_tflite(trained, quantization=quantization, representative_data=x[:200])
+    ref = trained.predict(x[1400:1450], verbose=0)
+    out = tfl.predict(x[1400:1450])
+    assert out.shape == ref.shape
+    assert np.abs(out - ref).max() < tol
+    kinds = {w.dtype.name for w in tflite_weights(tfl.content).values()}
+    expected = {None: {"float32"}, "float16": {"float16"}, "dynamic": {"int8"}, "int8": {"int8"}, "int16x8": {"int8"}}
+    assert expected[quantization] <= kinds
+
+
+def test_quantized_files_are_smaller_and_gzip_is_measured(trained, digits):
+    x, _ = digits
+    f32 = to_tflite(trained)
+    i8 = to_tflite(trained, "int8", representative_data=x[:100])
+    assert f32.gzip_bytes == len(gzip.compress(f32.content, 9, mtime=0))
+    assert i8.bytes < f32.bytes / 2
+
+
+def test_int8_io_model_takes_int8_and_evaluates_accurately(trained, digits):
+    x, _ = digits
+    tfl = to_tflite(trained, "int8", representative_data=x[:200], io_dtype="int8")
+    assert tfl.interpreter().get_input_details()[0]["dtype"] == np.int8
+    res = evaluate(tfl, _val(digits), runs=5)
+    float_acc = trained.evaluate(_val(digits), verbose=0)[1]
+    assert res["input_dtype"] == "int8"
+    assert res["accuracy"] > float_acc - 0.03
+    assert res["n"] == len(x) - 1400
+
+
+def test_evaluate_reports_accuracy_size_and_latency(trained, digits, tmp_path):
+    tfl = to_tflite(trained, path=tmp_path / "m.tflite")
+    assert (tmp_path / "m.tflite").read_bytes() == tfl.content
+    res = evaluate(tmp_path / "m.tflite", _val(digits), warmup=2, runs=20)
+    keras_acc = trained.evaluate(_val(digits), verbose=0)[1]
+    assert res["accuracy"] == pytest.approx(keras_acc, abs=1e-6)
+    assert res["bytes"] == tfl.bytes and res["gzip_bytes"] == tfl.gzip_bytes
+    assert 0 < res["latency_us_p50"] <= res["latency_us_p90"]
+    assert res["runs"] == 20
+
+
+def test_compare_reports_agreement(trained, digits):
+    res = compare(trained, to_tflite(trained), _val(digits))
+    assert res["agreement"] == 1.0
+    assert res["max_abs_diff"] < 1e-4
+    assert res["keras_accuracy"] == res["tflite_accuracy"] > 0.8
+
+
+def test_lstm_converts_at_fixed_batch_and_matches_keras():
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((12, 6))
+    out = keras.layers.Dense(3)(keras.layers.LSTM(8)(inp))
+    model = keras.Model(inp, out)
+    tfl = to_tflite(model)
+    assert any("fixed batch 1" in n for n in tfl.notes)
+    ops = [op["op_name"] for op in tfl.interpreter()._get_ops_details()]
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in ops
+    x = np.random.default_rng(0).random((5, 12, 6), dtype=np.float32)
+    # Several samples in a row: the fused LSTM's state must be reset between them.
+    np.testing.assert_allclose(tfl.predict(x), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_sparsity_is_visible_in_the_file(trained):
+    model = keras.models.clone_model(trained)
+    weights = trained.get_weights()
+    kernel = weights[2].copy()
+    kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.8)] = 0
+    weights[2] = kernel
+    model.set_weights(weights)
+    tfl = to_tflite(model)
+    dense = [w for w in tflite_weights(tfl.content).values() if w.size == kernel.size]
+    assert len(dense) == 1 and (dense[0] == 0).mean() == pytest.approx((kernel == 0).mean(), abs=1e-6)
+
+
+def test_bad_input_is_named(trained, tmp_path):
+    with pytest.raises(ConfigError, match="int8.*representative_data"):
+        to_tflite(trained, "int8")
+    with pytest.raises(ConfigError, match="'int4'"):
+        to_tflite(trained, "int4")
+    with pytest.raises(ConfigError, match="io_dtype='int8'"):
+        to_tflite(trained, None, io_dtype="int8")
+    with pytest.raises(ExportError, match="no TFLite file"):
+        TFLiteModel.load(tmp_path / "missing.tflite")
+    with pytest.raises(ExportError, match="LiteRT could not load"):
+        TFLiteModel(b"not a flatbuffer").predict(np.zeros((1, 8, 8, 1), np.float32))
+    with pytest.raises(DataError, match="empty"):
+        evaluate(to_tflite(trained), (np.zeros((0, 8, 8, 1), np.float32), np.zeros((0,), np.int32)))
+    with pytest.raises(KerasVersionError, match="expected a tf_keras.Model"):
+        to_tflite(object())

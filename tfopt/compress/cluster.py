@@ -1,0 +1,173 @@
+"""Weight clustering with tfmot: wrap, fine-tune, strip, and check each kernel kept at most n_clusters values.
+
+>>> from tfopt.compress.cluster import INITS
+>>> sorted(INITS)
+['density', 'kmeans++', 'linear', 'random']
+"""
+
+from __future__ import annotations
+
+from tfopt._keras import check_model, tf, tfmot
+from tfopt.compress._common import compile_like, strategy_scope
+from tfopt.compress.inspect import cluster_counts, clusterable_weights, match_layers, sparsity, walk_layers
+from tfopt.compress.prune import private_copy, wrap_layers
+from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_choice
+
+__all__ = ["cluster", "INITS"]
+
+_CI = tfmot.clustering.keras.CentroidInitialization
+INITS = {
+    "kmeans++": _CI.KMEANS_PLUS_PLUS,
+    "linear": _CI.LINEAR,
+    "density": _CI.DENSITY_BASED,
+    "random": _CI.RANDOM,
+}
+SPARSITY_TOLERANCE = 0.005  # preserve_sparsity: allowed drop of a layer's zero fraction
+
+
+def _validate(n_clusters, init, epochs, preserve_sparsity):
+    low = 3 if preserve_sparsity else 2
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < low:
+        extra = " with preserve_sparsity=True (one centroid is pinned at zero)" if preserve_sparsity else ""
+        raise ConfigError(f"n_clusters={n_clusters!r} is out of range; allowed: an integer >= {low}{extra}")
+    check_choice("init", init, tuple(INITS))
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs={epochs!r} is out of range; allowed: an integer >= 1")
+
+
+def _wrapper_type():
+    from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper
+
+    return cluster_wrapper.ClusterWeights
+
+
+def _targets(work, layers) -> list[str]:
+    usable = lambda layer: bool(clusterable_weights(layer))  # noqa: E731
+    names = match_layers(work, layers, "cluster", usable)
+    by_name = {layer.name: layer for layer in walk_layers(work)}
+    if layers is not None:
+        bad = [n for n in names if not usable(by_name[n])]
+        if bad:
+            raise UnsupportedLayerError(
+                f"cluster: layers {bad} have no clusterable kernel (Dense, Conv, Embedding...); choose other layers"
+            )
+    if not names:
+        raise UnsupportedLayerError(
+            "cluster: the model has no clusterable layer (needs Dense/Conv/Embedding kernels); layers: "
+            + ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in work.layers)
+        )
+    return names
+
+
+def _check(stripped, clustered, n_clusters, per_channel, before, preserve_sparsity):
+    counts = cluster_counts(stripped)
+    too_many = {}
+    for name, count in counts["layers"].items():
+        if name.split("/")[0] not in clustered:
+            continue
+        per = counts["per_channel"].get(name) if per_channel else None
+        value = per if per is not None else count
+        if value > n_clusters:
+            too_many[name] = value
+    if too_many:
+        unit = "per output channel " if per_channel else ""
+        raise CompressionError(
+            f"cluster: layers {too_many} have more than n_clusters={n_clusters} distinct kernel values {unit}"
+            "after stripping"
+        )
+    if preserve_sparsity:
+        after = sparsity(stripped)["layers"]
+        lost = {
+            name: (round(before[name], 4), round(after.get(name, 0.0), 4))
+            for name in before
+            if name.split("/")[0] in clustered and after.get(name, 0.0) < before[name] - SPARSITY_TOLERANCE
+        }
+        if lost:
+            raise CompressionError(
+                f"cluster: preserve_sparsity=True but zeros were lost (layer: (before, after)) {lost}"
+            )
+    return counts
+
+
+def cluster(
+    model,
+    train_ds,
+    n_clusters: int = 16,
+    init: str = "kmeans++",
+    per_channel: bool = False,
+    preserve_sparsity: bool = False,
+    epochs: int = 1,
+    layers=None,
+    val_ds=None,
+    callbacks=(),
+    optimizer=None,
+    loss=None,
+    learning_rate: float = 1e-5,
+    strategy=None,
+    verbose="auto",
+):
+    """Fine-tune a copy of ``model`` with weight clustering and return it stripped (<= n_clusters values per kernel).
+
+    Args:
+        model: tf_keras functional or Sequential model, trained (or pruned); it is not modified.
+        train_ds: tf.data.Dataset of (x, y) batches.
+        n_clusters: Integer, the number of centroids per kernel (>= 2; >= 3 with preserve_sparsity).
+        init: String, the centroid initialization: "kmeans++", "linear", "density" or "random".
+        per_channel: Boolean, cluster each output channel of Conv2D kernels separately (other layers ignore it).
+        preserve_sparsity: Boolean, keep the zeros of a pruned model (one centroid pinned at zero).
+        epochs: Integer, the number of fine-tuning epochs (>= 1).
+        layers: Iterable of layer names, classes or class names to cluster, or None for every clusterable layer.
+        val_ds: tf.data.Dataset or None, validation data for ``fit``.
+        callbacks: Sequence of extra Keras callbacks.
+        optimizer: Optimizer or None (None: a fresh copy of the model's optimizer, else Adam(learning_rate)).
+        loss: Loss or None (None: the model's compiled loss, else sparse categorical cross-entropy).
+        learning_rate: Float, the rate of the default Adam.
+        strategy: tf.distribute strategy or None; the wrapped model is built in its scope.
+        verbose: ``fit`` verbosity.
+
+    Returns:
+        The stripped, compiled tf_keras model; ``cluster_counts(model)`` shows the distinct values per kernel.
+        Raises CompressionError when a clustered kernel has more than n_clusters values (per channel when
+        ``per_channel``) or, with ``preserve_sparsity``, lost more than half a point of zeros.
+
+    >>> clustered = cluster(model, train_ds, n_clusters=8)  # doctest: +SKIP
+    >>> max(cluster_counts(clustered)["layers"].values()) <= 8  # doctest: +SKIP
+    True
+    """
+    check_model(model, "cluster")
+    _validate(n_clusters, init, epochs, preserve_sparsity)
+    before = sparsity(model)["layers"] if preserve_sparsity else {}
+    params = {
+        "number_of_clusters": n_clusters,
+        "cluster_centroids_init": INITS[init],
+        "cluster_per_channel": bool(per_channel),
+        "preserve_sparsity": bool(preserve_sparsity),
+    }
+    with strategy_scope(strategy):
+        work = private_copy(model, "cluster")
+        names = _targets(work, layers)
+        try:
+            wrapped = wrap_layers(work, lambda layer: tfmot.clustering.keras.cluster_weights(layer, **params), names)
+        except ValueError as err:
+            raise UnsupportedLayerError(f"cluster: tfmot cannot wrap the model's layers {names}: {err}") from err
+        except tf.errors.InvalidArgumentError as err:
+            raise ConfigError(
+                f"cluster: tfmot could not initialize n_clusters={n_clusters} centroids with init={init!r} "
+                f"(per_channel={per_channel}, preserve_sparsity={preserve_sparsity}) for layers {names}: "
+                f"{err.message.strip()}. Some kernel (or channel) has fewer distinct non-zero weights than "
+                "clusters; use fewer clusters, init='linear', or layers=[...] to skip small layers"
+            ) from err
+        wrapper = _wrapper_type()
+        clustered = [layer.layer.name for layer in walk_layers(wrapped) if isinstance(layer, wrapper)]
+        if not clustered:
+            raise UnsupportedLayerError(
+                f"cluster: no layer among {names} has more weights than n_clusters={n_clusters}"
+                f"{' per channel' if per_channel else ''}; use fewer clusters"
+            )
+        compile_like(wrapped, model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
+    wrapped.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=list(callbacks), verbose=verbose)
+    stripped = tfmot.clustering.keras.strip_clustering(wrapped)
+    with strategy_scope(strategy):
+        compile_like(stripped, model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
+    _check(stripped, clustered, n_clusters, per_channel, before, preserve_sparsity)
+    return stripped

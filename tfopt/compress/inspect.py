@@ -1,0 +1,216 @@
+"""Looking inside (compressed) models: sparsity, distinct weight values, m-by-n patterns, layer choice.
+
+Works on plain tf_keras models (e.g. what ``tfopt.compress.prune`` / ``cluster`` return) and on
+tfmot-wrapped models (``PruneLowMagnitude`` layers are read through their masks).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from tfopt._keras import check_model, keras, tfmot
+from tfopt.errors import ConfigError
+
+__all__ = [
+    "sparsity",
+    "cluster_counts",
+    "m_by_n_ok",
+    "prunable_weights",
+    "clusterable_weights",
+    "match_layers",
+    "walk_layers",
+]
+
+# Attributes holding the weights tfmot prunes / clusters in its built-in registries
+# (Dense/Conv*: kernel, SeparableConv*: pointwise_kernel, Embedding: embeddings).
+_KERNEL_ATTRS = ("kernel", "pointwise_kernel", "embeddings")
+
+
+def _pruning_wrapper():
+    from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+    return pruning_wrapper.PruneLowMagnitude
+
+
+def _kernel_attrs(layer) -> list:
+    return [getattr(layer, a) for a in _KERNEL_ATTRS if getattr(layer, a, None) is not None]
+
+
+def prunable_weights(layer) -> list:
+    """List of the variables tfmot would prune in ``layer`` (empty when it prunes none or cannot wrap it).
+
+    Args:
+        layer: tf_keras layer (not wrapped).
+
+    >>> prunable_weights(keras.layers.Flatten())
+    []
+    """
+    from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer, prune_registry
+
+    if isinstance(layer, prunable_layer.PrunableLayer):
+        return list(layer.get_prunable_weights())
+    if not prune_registry.PruneRegistry.supports(layer) or not layer.built:
+        return []
+    return _kernel_attrs(layer)
+
+
+def clusterable_weights(layer) -> list:
+    """List of the kernel variables tfmot would cluster in ``layer`` (empty when none).
+
+    Args:
+        layer: tf_keras layer (not wrapped).
+    """
+    from tensorflow_model_optimization.python.core.clustering.keras import clusterable_layer, clustering_registry
+
+    if isinstance(layer, clusterable_layer.ClusterableLayer):
+        return [w for _, w in layer.get_clusterable_weights()]
+    if not clustering_registry.ClusteringRegistry.supports(layer) or not layer.built:
+        return []
+    return _kernel_attrs(layer)
+
+
+def walk_layers(model) -> Iterator:
+    """Yield the layers of ``model``, descending into nested models."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from walk_layers(layer)
+        else:
+            yield layer
+
+
+def _named(layer, weights) -> Iterator[tuple[str, object]]:
+    for w in weights:
+        short = w.name.split("/")[-1].split(":")[0]
+        yield (layer.name if len(weights) == 1 else f"{layer.name}/{short}"), w
+
+
+def _effective_kernels(model) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, values) of every prunable kernel; wrapped layers give kernel * mask (what they compute with)."""
+    wrapper = _pruning_wrapper()
+    for layer in walk_layers(model):
+        if isinstance(layer, wrapper):
+            pairs = [(w, m) for w, m, _ in layer.pruning_vars]
+            for (name, w), (_, m) in zip(_named(layer.layer, [w for w, _ in pairs]), pairs):
+                yield name, np.asarray(w.numpy()) * np.asarray(m.numpy())
+        else:
+            for name, w in _named(layer, prunable_weights(layer)):
+                yield name, np.asarray(w.numpy())
+
+
+def sparsity(model) -> dict:
+    """Dictionary of the fraction of exact zeros in each prunable kernel, and overall (size-weighted).
+
+    Args:
+        model: tf_keras model, stripped or still wrapped by ``prune_low_magnitude``.
+
+    Returns:
+        ``{"layers": {layer_name: fraction}, "overall": fraction, "sizes": {layer_name: n_weights}}``.
+
+    >>> m = keras.Sequential([keras.layers.Dense(2, input_shape=(2,), kernel_initializer="zeros")])
+    >>> sparsity(m)["overall"]
+    1.0
+    """
+    check_model(model, "sparsity")
+    fractions, sizes = {}, {}
+    for name, values in _effective_kernels(model):
+        sizes[name] = int(values.size)
+        fractions[name] = float(np.mean(values == 0)) if values.size else 0.0
+    total = sum(sizes.values())
+    overall = sum(fractions[k] * sizes[k] for k in sizes) / total if total else 0.0
+    return {"layers": fractions, "overall": float(overall), "sizes": sizes}
+
+
+def cluster_counts(model) -> dict:
+    """Dictionary of the number of distinct values in each clusterable kernel (and per output channel for convs).
+
+    Args:
+        model: tf_keras model (e.g. the stripped model ``tfopt.compress.cluster`` returns).
+
+    Returns:
+        ``{"layers": {layer_name: n_distinct}, "per_channel": {conv_layer_name: max n_distinct over
+        output channels}}``.
+
+    >>> m = keras.Sequential([keras.layers.Dense(3, input_shape=(2,), kernel_initializer="ones")])
+    >>> cluster_counts(m)["layers"]
+    {'dense': 1}
+    """
+    check_model(model, "cluster_counts")
+    counts, per_channel = {}, {}
+    for layer in walk_layers(model):
+        weights = clusterable_weights(getattr(layer, "layer", layer))
+        for name, w in _named(getattr(layer, "layer", layer), weights):
+            values = np.asarray(w.numpy())
+            counts[name] = int(np.unique(values).size)
+            if isinstance(getattr(layer, "layer", layer), keras.layers.Conv2D) and values.ndim == 4:
+                flat = values.reshape(-1, values.shape[-1])
+                per_channel[name] = max(int(np.unique(flat[:, c]).size) for c in range(flat.shape[1]))
+    return {"layers": counts, "per_channel": per_channel}
+
+
+def m_by_n_ok(kernel, m: int, n: int) -> bool:
+    """True when every group of ``n`` consecutive input-channel weights of ``kernel`` has at least ``m`` zeros.
+
+    Same convention and grouping as tfmot's ``sparsity_m_by_n=(m, n)`` (m zeros out of n, groups along the
+    input-channel axis as TFLite stores it; a short last group counts missing weights as zeros).
+
+    Args:
+        kernel: Array-like, a Dense ``(in, out)`` or Conv2D ``(h, w, in, out)`` kernel.
+        m: Integer, the number of zeros required in each group.
+        n: Integer, the group size.
+
+    >>> m_by_n_ok(np.array([[0.0], [1.0], [0.0], [2.0]]), 2, 4)
+    True
+    """
+    values = np.asarray(kernel)
+    rows = np.moveaxis(values, -2, -1).reshape(-1, values.shape[-2])
+    pad = (-rows.shape[1]) % n
+    groups = np.pad(rows, [(0, 0), (0, pad)]).reshape(-1, n)
+    return bool(np.all(np.count_nonzero(groups, axis=1) <= n - m))
+
+
+def _describe(spec) -> str:
+    return spec if isinstance(spec, str) else getattr(spec, "__name__", repr(spec))
+
+
+def match_layers(model, layers: Iterable | None, where: str, usable) -> list[str]:
+    """List of the names of the layers of ``model`` selected by ``layers`` (all usable layers when None).
+
+    Args:
+        model: tf_keras model.
+        layers: Iterable of layer names, layer classes or class names (e.g. ``["conv1", "Dense"]``), or None.
+        where: String, the calling function's name, for messages.
+        usable: Callable ``layer -> bool``, whether the technique can handle a layer.
+
+    Returns:
+        With ``layers=None`` the names of all usable layers, else the names of all layers matched (usable
+        or not: the caller reports unusable ones); raises ConfigError for an entry matching no layer.
+
+    >>> m = keras.Sequential([keras.layers.Dense(2, input_shape=(2,), name="d")])
+    >>> match_layers(m, ["Dense"], "prune", lambda layer: True)
+    ['d']
+    """
+    all_layers = [layer for layer in walk_layers(model) if not isinstance(layer, keras.layers.InputLayer)]
+    if layers is None:
+        return [layer.name for layer in all_layers if usable(layer)]
+    if isinstance(layers, (str, type)):
+        layers = [layers]
+    chosen = []
+    for spec in layers:
+        if isinstance(spec, str):
+            hits = [layer for layer in all_layers if spec in (layer.name, type(layer).__name__)]
+        elif isinstance(spec, type):
+            hits = [layer for layer in all_layers if isinstance(layer, spec)]
+        else:
+            raise ConfigError(
+                f"{where}: layers entry {spec!r} must be a layer name, a layer class or a class name"
+            )
+        if not hits:
+            names = ", ".join(layer.name for layer in all_layers)
+            raise ConfigError(
+                f"{where}: layers entry {_describe(spec)!r} matches no layer of the model; "
+                f"allowed: layer names ({names}) or their classes"
+            )
+        chosen += [layer.name for layer in hits if layer.name not in chosen]
+    return chosen

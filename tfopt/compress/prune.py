@@ -1,0 +1,290 @@
+"""Magnitude pruning with tfmot: wrap, fine-tune, strip, and check the sparsity really reached the target.
+
+The pruning schedule is derived from the data so that the target is reached inside the run: tfmot's
+wrappers see steps 1..T (T = batches per epoch x epochs) and update their masks only at steps that are
+multiples of ``frequency`` and ``<= end_step``; ``end_step`` is put on such a multiple at ~75% of T, so the
+final update (at the full target) happens and the last quarter of the run fine-tunes at that sparsity.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from tfopt._keras import check_model, keras, tfmot
+from tfopt.compress._common import compile_like, count_steps, strategy_scope
+from tfopt.compress.inspect import m_by_n_ok, match_layers, prunable_weights, sparsity, walk_layers
+from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_choice, check_range
+
+__all__ = ["prune", "pruning_schedule", "wrap_layers", "private_copy"]
+
+END_FRACTION = 0.75  # end_step ~ this fraction of the run; the rest fine-tunes at the target sparsity
+UPDATES = 10  # default number of mask updates before end_step
+
+
+def _xnnpack_policy():
+    return tfmot.sparsity.keras.PruneForLatencyOnXNNPack()
+
+
+POLICIES = {"xnnpack": _xnnpack_policy}
+
+
+def pruning_schedule(kind: str, target: float, total_steps: int, initial: float = 0.0, frequency=None):
+    """Tuple ``(schedule, begin_step, end_step, frequency)`` reaching ``target`` within ``total_steps`` steps.
+
+    Args:
+        kind: String, "polynomial" (PolynomialDecay from ``initial`` to ``target``) or "constant".
+        target: Float, the final sparsity, 0 <= target < 1.
+        total_steps: Integer, the number of training steps that will run.
+        initial: Float, the starting sparsity of the polynomial schedule.
+        frequency: Integer or None, steps between mask updates (None: about 10 updates before end_step).
+
+    >>> pruning_schedule("polynomial", 0.5, 40)[1:]
+    (0, 30, 3)
+    """
+    check_choice("schedule", kind, tuple(_SCHEDULES))
+    return _SCHEDULES[kind](target, int(total_steps), initial, frequency)
+
+
+def _polynomial(target, total, initial, frequency):
+    end_goal = max(1, int(total * END_FRACTION))
+    freq = int(frequency) if frequency else max(1, end_goal // UPDATES)
+    end = max(freq, (end_goal // freq) * freq)  # a multiple of freq, so the final update lands on end_step
+    schedule = tfmot.sparsity.keras.PolynomialDecay(initial, target, begin_step=0, end_step=end, frequency=freq)
+    return schedule, 0, end, freq
+
+
+def _constant(target, total, initial, frequency):
+    freq = int(frequency) if frequency else max(1, total // UPDATES)
+    schedule = tfmot.sparsity.keras.ConstantSparsity(target, begin_step=0, end_step=-1, frequency=freq)
+    return schedule, 0, -1, freq
+
+
+_SCHEDULES = {"polynomial": _polynomial, "constant": _constant}
+
+
+def private_copy(model, where: str):
+    """A clone of functional/Sequential ``model`` with copied weights (tfmot wrappers share the layers they wrap).
+
+    Args:
+        model: tf_keras functional or Sequential model.
+        where: String, the calling function's name, for messages.
+    """
+    if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+        raise UnsupportedLayerError(
+            f"{where} got a subclassed model ({type(model).__name__}); tfmot can only wrap the layers of "
+            "functional or Sequential models: rebuild it with keras.Model(inputs, outputs) or keras.Sequential"
+        )
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def wrap_layers(model, wrap, names: Sequence[str]):
+    """Clone ``model`` (sharing its layers) with ``wrap(layer)`` in place of the layers named in ``names``.
+
+    Args:
+        model: tf_keras functional or Sequential model (nested models are walked).
+        wrap: Callable taking a layer and returning the layer to use instead.
+        names: Sequence of layer names to wrap.
+    """
+    names = set(names)
+
+    def clone_function(layer):
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(layer, clone_function=clone_function)
+        return wrap(layer) if layer.name in names else layer
+
+    return keras.models.clone_model(model, clone_function=clone_function)
+
+
+def _check_m_by_n(m_by_n):
+    ok = isinstance(m_by_n, (tuple, list)) and len(m_by_n) == 2 and all(isinstance(v, int) for v in m_by_n)
+    if not ok or not 0 < m_by_n[0] < m_by_n[1]:
+        raise ConfigError(
+            f"m_by_n={m_by_n!r} is not allowed; allowed: a (2, 4)-like pair (m, n) of integers with 0 < m < n "
+            "(m zeros in every n consecutive weights)"
+        )
+    return tuple(m_by_n)
+
+
+def _validate(target_sparsity, initial_sparsity, epochs, schedule, frequency):
+    check_range("target_sparsity", target_sparsity, 0, 1, high_open=True)
+    check_range("initial_sparsity", initial_sparsity, 0, target_sparsity, high_open=target_sparsity > 0)
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs={epochs!r} is out of range; allowed: an integer >= 1")
+    check_choice("schedule", schedule, tuple(_SCHEDULES))
+    if frequency is not None and (not isinstance(frequency, int) or frequency < 1):
+        raise ConfigError(f"frequency={frequency!r} is out of range; allowed: None or an integer >= 1")
+
+
+def _targets(work, layers, policy, m_by_n) -> list[str]:
+    """Names of the layers to wrap, after the policy and layer selection; raises when there are none."""
+    def usable(layer):
+        weights = prunable_weights(layer)
+        if m_by_n:
+            return bool(weights) and all(len(w.shape) in (2, 4) for w in weights)
+        return bool(weights)
+
+    names = match_layers(work, layers, "prune", usable)
+    by_name = {layer.name: layer for layer in walk_layers(work)}
+    if layers is not None:
+        bad = [n for n in names if n in by_name and not usable(by_name[n])]
+        if bad:
+            what = "Dense/Conv2D kernels (rank 2 or 4)" if m_by_n else "prunable weights (Dense, Conv, Embedding...)"
+            raise UnsupportedLayerError(f"prune: layers {bad} have no {what}; choose other layers")
+    if policy is not None:
+        try:
+            policy.ensure_model_supports_pruning(work)
+        except ValueError as err:
+            raise UnsupportedLayerError(
+                f"prune: the model does not fit the pruning policy {type(policy).__name__}: {err}. "
+                "PruneForLatencyOnXNNPack needs: ZeroPadding2D(1) -> Conv2D 3x3 stride 2 'valid' on 3-channel "
+                "input, then only XNNPACK-supported layers (1x1 Conv2D, DepthwiseConv2D, BatchNorm, ReLU, Add...) "
+                "up to a GlobalAveragePooling2D(keepdims=True) in every branch"
+            ) from err
+        names = [n for n in names if n in by_name and policy.allow_pruning(by_name[n])]
+    if not names:
+        raise UnsupportedLayerError(
+            "prune: the model has no layer to prune (needs Dense/Conv/Embedding kernels"
+            f"{', 1x1 Conv2D for the policy' if policy is not None else ''}); layers: "
+            + ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in work.layers)
+        )
+    return names
+
+
+def _resolve_policy(policy):
+    if policy is None or hasattr(policy, "allow_pruning"):
+        return policy
+    check_choice("policy", policy, tuple(POLICIES))
+    return POLICIES[policy]()
+
+
+def _check_result(reached, sizes, pruned, target, m_by_n, stripped, info):
+    if m_by_n:
+        by_name = {}
+        for layer in walk_layers(stripped):
+            for w in prunable_weights(layer):
+                by_name.setdefault(layer.name, []).append(w)
+        bad = [n for n in pruned if not all(m_by_n_ok(w.numpy(), *m_by_n) for w in by_name.get(n, []))]
+        if bad:
+            raise CompressionError(
+                f"prune: layers {bad} do not have the {m_by_n[0]}:{m_by_n[1]} pattern ({m_by_n[0]} zeros in "
+                f"every {m_by_n[1]} input-channel weights); the structured mask is set at step 1 only"
+            )
+        return
+    low = {
+        name: value for name, value in reached.items()
+        if name.split("/")[0] in pruned and value < target - max(0.01, 1.0 / max(1, sizes[name]))
+    }
+    if low:
+        detail = ", ".join(f"{name}={value:.3f}" for name, value in low.items())
+        raise CompressionError(
+            f"prune: sparsity below target_sparsity={target} in layers {detail}. Likely cause: too few "
+            f"training steps for the schedule ({info['steps']} steps run, frequency={info['frequency']}, "
+            f"end_step={info['end_step']}: masks update only at multiples of frequency up to end_step); "
+            "use more epochs/data or a smaller frequency"
+        )
+
+
+def prune(
+    model,
+    train_ds,
+    target_sparsity: float,
+    epochs: int = 1,
+    schedule: str = "polynomial",
+    initial_sparsity: float = 0.0,
+    frequency: int | None = None,
+    m_by_n=None,
+    policy=None,
+    layers=None,
+    val_ds=None,
+    callbacks=(),
+    optimizer=None,
+    loss=None,
+    learning_rate: float = 1e-4,
+    strategy=None,
+    verbose="auto",
+    check: bool = True,
+    return_report: bool = False,
+):
+    """Fine-tune a copy of ``model`` with magnitude pruning and return it stripped (plain layers, zeros in kernels).
+
+    Args:
+        model: tf_keras functional or Sequential model, trained; it is not modified.
+        train_ds: tf.data.Dataset of (x, y) batches (finite).
+        target_sparsity: Float, the fraction of zeros wanted in each pruned kernel, 0 <= value < 1.
+        epochs: Integer, the number of fine-tuning epochs (>= 1).
+        schedule: String, "polynomial" (gradual, tfmot PolynomialDecay) or "constant" (ConstantSparsity).
+        initial_sparsity: Float, the starting sparsity of the polynomial schedule (< target_sparsity).
+        frequency: Integer or None, steps between mask updates; None picks ~10 updates within the run.
+        m_by_n: Pair of integers (m, n) or None: structured sparsity, m zeros in every n consecutive
+            input-channel weights (tfmot ``sparsity_m_by_n``, e.g. (2, 4)); the mask is set at the first step.
+        policy: None, "xnnpack" (tfmot PruneForLatencyOnXNNPack: only 1x1 convs of a fitting model) or a
+            tfmot PruningPolicy instance.
+        layers: Iterable of layer names, classes or class names to prune, or None for every prunable layer.
+        val_ds: tf.data.Dataset or None, validation data for ``fit``.
+        callbacks: Sequence of extra Keras callbacks.
+        optimizer: Optimizer or None (None: a fresh copy of the model's optimizer, else Adam(learning_rate)).
+        loss: Loss or None (None: the model's compiled loss, else sparse categorical cross-entropy).
+        learning_rate: Float, the rate of the default Adam.
+        strategy: tf.distribute strategy or None; the wrapped model is built in its scope.
+        verbose: ``fit`` verbosity.
+        check: Boolean, raise CompressionError when a pruned layer ends more than a point below target
+            (or breaks the m-by-n pattern).
+        return_report: Boolean, return ``(model, report)`` with the schedule and the sparsity reached.
+
+    Returns:
+        The stripped, compiled tf_keras model (or ``(model, report)``); inspect it with ``sparsity(model)``.
+
+    >>> pruned = prune(model, train_ds, 0.5, epochs=2)  # doctest: +SKIP
+    >>> sparsity(pruned)["overall"]  # doctest: +SKIP
+    0.5
+    """
+    check_model(model, "prune")
+    _validate(target_sparsity, initial_sparsity, epochs, schedule, frequency)
+    m_by_n = _check_m_by_n(m_by_n) if m_by_n is not None else None
+    policy = _resolve_policy(policy)
+    steps_per_epoch = count_steps(train_ds)
+    total = steps_per_epoch * epochs
+    sched, begin, end, freq = pruning_schedule(schedule, target_sparsity, total, initial_sparsity, frequency)
+    params = {"pruning_schedule": sched}
+    if m_by_n:
+        params["sparsity_m_by_n"] = m_by_n
+
+    with strategy_scope(strategy):
+        work = private_copy(model, "prune")
+        names = _targets(work, layers, policy, m_by_n)
+        try:
+            wrapped = wrap_layers(work, lambda layer: tfmot.sparsity.keras.prune_low_magnitude(layer, **params), names)
+        except ValueError as err:
+            raise UnsupportedLayerError(f"prune: tfmot cannot wrap the model's layers {names}: {err}") from err
+        compile_like(wrapped, model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
+    wrapped.fit(
+        train_ds,
+        epochs=epochs,
+        validation_data=val_ds,
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks],
+        verbose=verbose,
+    )
+    stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
+    with strategy_scope(strategy):
+        compile_like(stripped, model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
+
+    measured = sparsity(stripped)
+    reached = {k: v for k, v in measured["layers"].items() if k.split("/")[0] in names}
+    info = {
+        "target": target_sparsity,
+        "schedule": schedule,
+        "m_by_n": m_by_n,
+        "pruned_layers": names,
+        "reached": reached,
+        "overall": measured["overall"],
+        "steps": total,
+        "steps_per_epoch": steps_per_epoch,
+        "begin_step": begin,
+        "end_step": end,
+        "frequency": freq,
+    }
+    if check:
+        _check_result(reached, measured["sizes"], names, target_sparsity, m_by_n, stripped, info)
+    return (stripped, info) if return_report else stripped

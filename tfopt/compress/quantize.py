@@ -1,0 +1,423 @@
+"""Quantization-aware training (QAT) with tfmot, leaving what tfmot cannot quantize in float.
+
+``quantize_aware`` flattens nested sub-models, annotates only the layers the chosen tfmot 8-bit
+scheme can quantize, applies the scheme and fine-tunes. The result is tfmot's quantize-wrapped
+model: still trainable, and ``tf.lite.TFLiteConverter`` with ``Optimize.DEFAULT`` turns it into a
+real int8 model. Schemes (all tfmot 0.8.1):
+
+- ``"default_8bit"``: ``tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme``.
+- ``"prune_preserve"`` (PQAT): ``tfmot.quantization.keras.collab_opts.Default8BitPrunePreserveQuantizeScheme``.
+- ``"cluster_preserve"`` (CQAT) and ``"prune_cluster_preserve"`` (PCQAT):
+  ``tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=...)``
+  (its own default is ``preserve_sparsity=True``, so it is always passed explicitly).
+"""
+
+from __future__ import annotations
+
+import re
+
+from tfopt._keras import check_model, keras, tf, tfmot
+from tfopt.compress._common import compile_like, count_steps, outputs_logits, strategy_scope
+from tfopt.errors import CompressionError, ConfigError, ExportError, UnsupportedLayerError, check_range
+
+__all__ = ["quantize_aware", "flatten_model", "save_quantized", "load_quantized", "quantize_scheme", "QAT_SCHEMES"]
+
+
+def _default_scheme():
+    return tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
+
+
+def _prune_preserve_scheme():
+    return tfmot.quantization.keras.collab_opts.Default8BitPrunePreserveQuantizeScheme()
+
+
+def _cluster_preserve_scheme():
+    return tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False)
+
+
+def _prune_cluster_preserve_scheme():
+    return tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)
+
+
+# (preserve_sparsity, preserve_clusters) -> (scheme name, factory)
+QAT_SCHEMES = {
+    (False, False): ("default_8bit", _default_scheme),
+    (True, False): ("prune_preserve", _prune_preserve_scheme),
+    (False, True): ("cluster_preserve", _cluster_preserve_scheme),
+    (True, True): ("prune_cluster_preserve", _prune_cluster_preserve_scheme),
+}
+
+# Why a layer class stays in float; anything else gets the generic reason.
+_FLOAT_REASONS = {
+    keras.layers.LSTM: "recurrent layer: tfmot's 8-bit registry has no quantize config for LSTMCell",
+    keras.layers.GRU: "recurrent layer: tfmot's 8-bit registry has no quantize config for GRUCell",
+    keras.layers.SimpleRNN: "recurrent layer: tfmot's 8-bit registry has no quantize config for SimpleRNNCell",
+    keras.layers.RNN: "recurrent layer: tfmot's 8-bit registry does not quantize RNN cells",
+    keras.layers.Lambda: "Lambda layer: tfmot needs a user QuantizeConfig for it",
+    keras.layers.BatchNormalization: "BatchNormalization not directly after a linear Conv2D/DepthwiseConv2D/Dense "
+    "cannot be folded by tfmot",
+    keras.layers.Embedding: "Embedding is not enabled in tfmot's 8-bit registry",
+}
+# Layer classes tfmot's layout transforms handle although the registry does not list them.
+_TRANSFORM_HANDLED = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+_FOLDABLE_INTO = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def quantize_scheme(preserve_sparsity: bool = False, preserve_clusters: bool = False):
+    """Return ``(name, scheme)``: the tfmot 8-bit QuantizeScheme for these preservation flags.
+
+    Args:
+        preserve_sparsity: Boolean, keep the zeros of a pruned model (PQAT, or PCQAT with clusters).
+        preserve_clusters: Boolean, keep the centroids of a clustered model (CQAT, or PCQAT).
+
+    >>> quantize_scheme(True, False)[0]
+    'prune_preserve'
+    """
+    name, factory = QAT_SCHEMES[(bool(preserve_sparsity), bool(preserve_clusters))]
+    return name, factory()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Flattening nested sub-models
+# ----------------------------------------------------------------------------------------------------
+
+
+def _is_graph_model(layer) -> bool:
+    return isinstance(layer, keras.Model) and (
+        isinstance(layer, keras.Sequential) or getattr(layer, "_is_graph_network", False)
+    )
+
+
+def _has_nested_model(model) -> bool:
+    return any(isinstance(layer, keras.Model) for layer in model.layers)
+
+
+class _Flattener:
+    """Replays a functional graph, inlining nested graph models, with fresh copies of every leaf layer."""
+
+    def __init__(self):
+        self.copies = {}  # id(original layer) -> (copy, original)
+        self.names = set()
+
+    def copy_layer(self, layer, prefix: str):
+        if id(layer) in self.copies:
+            return self.copies[id(layer)][0]
+        config = layer.get_config()
+        name = layer.name if layer.name not in self.names else f"{prefix}_{layer.name}"
+        while name in self.names:
+            name += "_"
+        config["name"] = name
+        self.names.add(name)
+        try:
+            copy = type(layer).from_config(config)
+        except Exception as err:  # noqa: BLE001  (any from_config failure means we cannot copy it)
+            raise UnsupportedLayerError(
+                f"flatten_model cannot copy layer {layer.name!r} ({type(layer).__name__}): {err}; "
+                "give it a complete get_config (and register it with @tfopt._keras.serializable)"
+            ) from err
+        self.copies[id(layer)] = (copy, layer)
+        return copy
+
+    def replay(self, model, inputs, training=None, prefix=""):
+        if not _is_graph_model(model) or not model.built:
+            raise UnsupportedLayerError(
+                f"flatten_model cannot flatten {model.name!r} ({type(model).__name__}): only built "
+                "functional or Sequential models (and sub-models of those kinds) can be flattened; "
+                "subclassed models have no layer graph"
+            )
+        usage = model._tensor_usage_count  # pylint: disable=protected-access
+        tensors = {}
+        for ref, value in zip(model.inputs, inputs):
+            tensors[str(id(ref))] = [value] * usage[str(id(ref))]
+        for depth in sorted(model._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
+            for node in model._nodes_by_depth[depth]:  # pylint: disable=protected-access
+                if node.is_input or any(t not in tensors for t in node.flat_input_ids):
+                    continue
+                args, kwargs = node.map_arguments(tensors)
+                layer = node.layer
+                if isinstance(layer, keras.Model):
+                    inner_training = training if training is not None else kwargs.get("training")
+                    flat_in = tf.nest.flatten((args, {k: v for k, v in kwargs.items() if k != "training"}))
+                    flat_in = [t for t in flat_in if keras.backend.is_keras_tensor(t)]
+                    outputs = self.replay(layer, flat_in, inner_training, prefix=layer.name)
+                else:
+                    if training is not None and layer._expects_training_arg:  # pylint: disable=protected-access
+                        kwargs["training"] = training
+                    outputs = self.copy_layer(layer, prefix or model.name)(*args, **kwargs)
+                for out_id, value in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+                    tensors[out_id] = [value] * usage[out_id]
+        return [tensors[str(id(ref))].pop() for ref in model.outputs]
+
+
+def flatten_model(model):
+    """Return one functional model in which nested functional/Sequential sub-models are inlined.
+
+    Leaf layers are copied (same config, same weights) so the original model is left untouched; a
+    copied layer whose name clashes gets its sub-model's name as a prefix. A sub-model called with
+    ``training=False`` passes that on to each of its layers that takes ``training``. A model with no
+    nested sub-model is returned as it is.
+
+    Args:
+        model: tf_keras functional or Sequential model, built.
+
+    Raises:
+        UnsupportedLayerError: a subclassed model (at the top or nested), or a layer that cannot be copied.
+
+    >>> inner = keras.Sequential([keras.layers.Dense(3, input_shape=(4,))])
+    >>> outer = keras.Sequential([inner, keras.layers.Dense(2)])
+    >>> [type(layer).__name__ for layer in flatten_model(outer).layers]
+    ['InputLayer', 'Dense', 'Dense']
+    """
+    check_model(model, "flatten_model")
+    if not _is_graph_model(model):
+        raise UnsupportedLayerError(
+            f"flatten_model cannot flatten the subclassed model {model.name!r} ({type(model).__name__}); "
+            "rebuild it as a functional or Sequential model"
+        )
+    if not model.built or not getattr(model, "inputs", None):
+        raise UnsupportedLayerError(f"flatten_model needs a built model with known inputs; {model.name!r} is not built")
+    if not _has_nested_model(model):
+        return model
+    flattener = _Flattener()
+    new_inputs = []
+    for ref in model.inputs:
+        name = ref.node.layer.name
+        flattener.names.add(name)
+        new_inputs.append(keras.Input(batch_shape=ref.shape, dtype=ref.dtype, name=name))
+    outputs = flattener.replay(model, new_inputs)
+    flat = keras.Model(
+        new_inputs if len(new_inputs) > 1 else new_inputs[0],
+        outputs if len(outputs) > 1 else outputs[0],
+        name=f"{model.name}_flat",
+    )
+    for copy, original in flattener.copies.values():
+        copy.set_weights(original.get_weights())
+        copy.trainable = original.trainable
+    return flat
+
+
+# ----------------------------------------------------------------------------------------------------
+# Annotation: only what the scheme supports
+# ----------------------------------------------------------------------------------------------------
+
+
+def _inbound_layers(layer):
+    nodes = layer._inbound_nodes  # pylint: disable=protected-access
+    return tf.nest.flatten(nodes[0].inbound_layers) if len(nodes) == 1 else []
+
+
+def _linear(layer) -> bool:
+    return getattr(getattr(layer, "activation", None), "__name__", "") == "linear"
+
+
+def _float_reason(layer, scheme_name: str, default_registry, scheme_registry):
+    """None when the scheme can quantize ``layer``, else the reason it stays in float."""
+    if isinstance(layer, keras.layers.InputLayer):
+        return None
+    if isinstance(layer, _TRANSFORM_HANDLED) and scheme_name == "default_8bit":
+        return None
+    if isinstance(layer, keras.layers.BatchNormalization):
+        inbound = _inbound_layers(layer)
+        if len(inbound) == 1 and type(inbound[0]).__name__ in _FOLDABLE_INTO and _linear(inbound[0]):
+            return None
+    elif default_registry.supports(layer) and scheme_registry.supports(layer):
+        return None
+    for cls in type(layer).__mro__:
+        if cls in _FLOAT_REASONS:
+            return _FLOAT_REASONS[cls]
+    if default_registry.supports(layer):
+        return f"{type(layer).__name__} is not supported by the {scheme_name} scheme's registry"
+    return f"{type(layer).__name__} is not in tfmot's Default8BitQuantizeRegistry (custom or unsupported layer)"
+
+
+def _annotate(flat, skip):
+    """Clone ``flat`` wrapping every layer not in ``skip`` (a name set) in QuantizeAnnotate."""
+    annotate = tfmot.quantization.keras.quantize_annotate_layer
+
+    def wrap(layer):
+        if isinstance(layer, keras.layers.InputLayer) or layer.name in skip:
+            return layer
+        return annotate(layer)
+
+    return keras.models.clone_model(flat, clone_function=wrap)
+
+
+_UNSUPPORTED = re.compile(r"Layer (.+?):<class '([^']+)'> is not supported")
+
+
+def _apply(flat, scheme, scheme_name, report):
+    """quantize_apply, moving layers tfmot still rejects (e.g. an unfoldable pattern) to float."""
+    for _ in range(len(flat.layers) + 1):
+        quantized = [name for name in report["quantized"]]
+        if not quantized:
+            raise UnsupportedLayerError(
+                f"quantize_aware found no layer the {scheme_name} scheme can quantize; float layers: {report['float']}"
+            )
+        annotated = _annotate(flat, set(report["float"]))
+        try:
+            with tfmot.quantization.keras.quantize_scope():
+                return tfmot.quantization.keras.quantize_apply(annotated, scheme)
+        except RuntimeError as err:
+            match = _UNSUPPORTED.search(str(err))
+            if not match or match.group(1) not in report["quantized"]:
+                raise CompressionError(f"tfmot quantize_apply failed: {err}") from err
+            report["quantized"].remove(match.group(1))
+            report["float"][match.group(1)] = f"tfmot's layout transforms left it unsupported ({match.group(2)})"
+        except ValueError as err:
+            raise UnsupportedLayerError(f"tfmot could not quantize model {flat.name!r}: {err}") from err
+    raise CompressionError("quantize_aware could not settle which layers to quantize")  # pragma: no cover
+
+
+def _sparsity_masks(qat_model):
+    """``[(kernel variable, its nonzero mask)]`` of the weights PQAT masks, read before fine-tuning.
+
+    tfmot's prune-preserve quantizer masks only the value it hands to the fake-quant op (its mask is
+    a graph tensor, ``kernel != 0`` at wrap time); the float kernel it trains drifts away from zero,
+    and a reloaded model would rebuild its mask from that drifted kernel. ``_keep_zeros`` writes the
+    mask back after fine-tuning; the layer's output does not change (it already uses ``kernel * mask``).
+    """
+    masks = []
+    for layer in qat_model.layers:
+        for weight, _quantizer, qvars in getattr(layer, "_weight_vars", []):
+            if isinstance(qvars, dict) and "sparsity_mask" in qvars:
+                masks.append((weight, (weight.numpy() != 0).astype(weight.dtype.as_numpy_dtype)))
+    return masks
+
+
+def _keep_zeros(masks) -> None:
+    for weight, mask in masks:
+        weight.assign(weight * mask)
+
+
+def _fine_tune_optimizer(model, optimizer, learning_rate):
+    if optimizer is not None:
+        return optimizer
+    source = getattr(model, "optimizer", None)
+    if source is None:
+        return keras.optimizers.Adam(learning_rate)
+    config = source.get_config()
+    config["learning_rate"] = learning_rate
+    return type(source).from_config(config)
+
+
+def quantize_aware(
+    model,
+    train_ds,
+    epochs: int = 1,
+    preserve_sparsity: bool = False,
+    preserve_clusters: bool = False,
+    val_ds=None,
+    callbacks=(),
+    optimizer=None,
+    loss=None,
+    learning_rate: float = 1e-4,
+    strategy=None,
+    verbose="auto",
+    return_report: bool = False,
+):
+    """Quantization-aware fine-tuning of ``model`` with tfmot's 8-bit scheme.
+
+    Layers the scheme cannot quantize (LSTM, GRU, custom layers, ...) stay in float and are listed in
+    the report; nested sub-models are flattened first (``flatten_model``). ``model`` is not modified.
+
+    Args:
+        model: tf_keras functional or Sequential model (pretrained).
+        train_ds: tf.data.Dataset of (x, y) batches for fine-tuning.
+        epochs: Integer, fine-tuning epochs (0 returns the QAT model untrained).
+        preserve_sparsity: Boolean, keep a pruned model's zeros (PQAT; PCQAT with preserve_clusters).
+        preserve_clusters: Boolean, keep a clustered model's centroids (CQAT; PCQAT with preserve_sparsity).
+        val_ds: tf.data.Dataset or None, validation batches.
+        callbacks: Sequence of Keras callbacks.
+        optimizer: Optimizer or None: None uses ``model``'s optimizer class (Adam when not compiled)
+            at ``learning_rate``.
+        loss: Loss or None: None reuses ``model.loss``, else sparse categorical cross-entropy.
+        learning_rate: Float, the fine-tuning rate of the default optimizer.
+        strategy: tf.distribute.Strategy or None.
+        verbose: "auto", 0, 1 or 2, as in ``fit``.
+        return_report: Boolean, also return ``{"quantized": [...], "float": {name: reason}, "scheme": name}``.
+
+    Returns:
+        The QAT model, or ``(model, report)`` when ``return_report``.
+
+    >>> qat, report = quantize_aware(model, train_ds, epochs=1, return_report=True)  # doctest: +SKIP
+    >>> report["scheme"]  # doctest: +SKIP
+    'default_8bit'
+    """
+    check_model(model, "quantize_aware")
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
+        raise ConfigError(f"epochs={epochs!r} must be an integer >= 0")
+    check_range("epochs", epochs, 0)
+    check_range("learning_rate", learning_rate, 0, low_open=True)
+    if epochs:
+        count_steps(train_ds, "train_ds")
+    scheme_name, scheme = quantize_scheme(preserve_sparsity, preserve_clusters)
+    flat = flatten_model(model)
+    default_registry = tfmot.quantization.keras.default_8bit.Default8BitQuantizeRegistry()
+    scheme_registry = scheme.get_quantize_registry()
+    report = {"quantized": [], "float": {}, "scheme": scheme_name}
+    for layer in flat.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        reason = _float_reason(layer, scheme_name, default_registry, scheme_registry)
+        if reason is None:
+            report["quantized"].append(layer.name)
+        else:
+            report["float"][layer.name] = reason
+    if loss is None:
+        loss = getattr(model, "loss", None) or keras.losses.SparseCategoricalCrossentropy(
+            from_logits=outputs_logits(flat)
+        )
+    with strategy_scope(strategy):
+        qat = _apply(flat, scheme, scheme_name, report)
+        compile_like(qat, optimizer=_fine_tune_optimizer(model, optimizer, learning_rate), loss=loss)
+    masks = _sparsity_masks(qat) if preserve_sparsity else []
+    if epochs:
+        qat.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=list(callbacks), verbose=verbose)
+    _keep_zeros(masks)
+    return (qat, report) if return_report else qat
+
+
+_H5_SUFFIXES = (".h5", ".hdf5")
+
+
+def save_quantized(model, path) -> str:
+    """Save a QAT model as HDF5 (``.h5``), the format tfmot's QuantizeLayer loads back from.
+
+    With tfmot 0.8.1 and tf_keras 2.21 a ``.keras`` file of a QAT model saves but fails to load
+    ("Layer 'quantize_layer' expected 5 variables, but received 3"), so only ``.h5``/``.hdf5`` is allowed.
+
+    Args:
+        model: tf_keras QAT model (from ``quantize_aware``).
+        path: String or path-like ending in ``.h5`` or ``.hdf5``.
+
+    >>> save_quantized(qat, "qat.h5")  # doctest: +SKIP
+    'qat.h5'
+    """
+    check_model(model, "save_quantized")
+    path = str(path)
+    if not path.lower().endswith(_H5_SUFFIXES):
+        raise ConfigError(
+            f"save_quantized path={path!r} must end in .h5 or .hdf5: .keras files of tfmot QAT models "
+            "do not load back (QuantizeLayer variable mismatch)"
+        )
+    model.save(path, include_optimizer=False)
+    return path
+
+
+def load_quantized(path, custom_objects=None):
+    """Load a QAT model saved by ``save_quantized`` (HDF5) inside ``tfmot``'s ``quantize_scope``.
+
+    Prune/cluster-preserving quantizers are not serialised by tfmot: a reloaded PQAT/CQAT model
+    fine-tunes with the plain 8-bit quantizers (its saved weights, zeros included, are kept).
+
+    Args:
+        path: String or path-like, the saved model file.
+        custom_objects: Dict or None, extra custom objects (tfopt's own are registered already).
+
+    >>> loaded = load_quantized("qat.keras")  # doctest: +SKIP
+    """
+    with tfmot.quantization.keras.quantize_scope(custom_objects or {}):
+        try:
+            return keras.models.load_model(path)
+        except (OSError, ValueError) as err:
+            raise ExportError(f"load_quantized could not load {str(path)!r}: {err}") from err

@@ -1,0 +1,84 @@
+"""A recurrent classifier: stacked (optionally bidirectional) LSTMs over features or token ids, then logits.
+
+The LSTMs are plain ``keras.layers.LSTM`` with default settings, which the TFLite converter fuses into
+UNIDIRECTIONAL_SEQUENCE_LSTM ops (convert with a fixed batch of 1: see ``tfopt.export.tflite``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from tfopt._keras import keras
+from tfopt.errors import ConfigError
+from tfopt.models import blocks
+from tfopt.models.registry import register
+
+__all__ = ["lstm"]
+
+
+def _inputs(input_shape, vocab_size, seq_len, embed_dim):
+    """The Input tensor and the sequence tensor the LSTMs read (after the Embedding for token ids)."""
+    tokens = vocab_size is not None or seq_len is not None
+    if (input_shape is None) == (not tokens) or (tokens and (vocab_size is None or seq_len is None)):
+        raise ConfigError(
+            f"lstm got input_shape={input_shape!r}, vocab_size={vocab_size!r}, seq_len={seq_len!r}; "
+            "allowed: exactly one of input_shape=(timesteps, features) for sequences of features, "
+            "or vocab_size and seq_len (both) for sequences of token ids"
+        )
+    if input_shape is not None:
+        shape = blocks.input_shape_of(input_shape, 2, "(timesteps, features)")
+        inputs = keras.Input(shape, name="input")
+        return inputs, inputs
+    vocab_size = blocks.positive_int("vocab_size", vocab_size)
+    seq_len = blocks.positive_int("seq_len", seq_len)
+    embed_dim = blocks.positive_int("embed_dim", embed_dim)
+    inputs = keras.Input((seq_len,), dtype="int32", name="input")
+    x = keras.layers.Embedding(vocab_size, embed_dim, mask_zero=False, name="embedding")(inputs)
+    return inputs, x
+
+
+@register("lstm")
+def lstm(
+    input_shape: Sequence[int] | None = None,
+    vocab_size: int | None = None,
+    seq_len: int | None = None,
+    embed_dim: int = 64,
+    units: Sequence[int] = (64,),
+    bidirectional: bool = False,
+    dropout: float = 0.0,
+    num_classes: int = 2,
+):
+    """Stacked LSTMs lstm1, lstm2, ... (all but the last return sequences), dropout, then "logits".
+
+    Give either ``input_shape`` (sequences of feature vectors, e.g. row-wise MNIST (28, 28)) or
+    ``vocab_size`` and ``seq_len`` (integer token ids, embedded by an Embedding without masking).
+
+    Args:
+        input_shape: Sequence of 2 integers (timesteps, features), or None for token ids.
+        vocab_size: Integer >= 1, the number of token ids (with ``seq_len``), or None.
+        seq_len: Integer >= 1, the length of each token sequence (with ``vocab_size``), or None.
+        embed_dim: Integer >= 1, the embedding size for token ids.
+        units: Sequence of integers >= 1, the units of each stacked LSTM.
+        bidirectional: Bool, wrap each LSTM in ``Bidirectional`` (layers named bilstm1, ...).
+        dropout: Float in [0, 1), the dropout rate after each LSTM.
+        num_classes: Integer >= 1, the number of logits.
+
+    Returns:
+        A functional tf_keras model named "lstm" (or "bilstm") that outputs logits.
+
+    >>> lstm(input_shape=(28, 28), units=(32,), num_classes=10).output_shape
+    (None, 10)
+    """
+    units = blocks.positive_ints("units", units, allow_empty=False)
+    dropout = blocks.dropout_of(dropout)
+    num_classes = blocks.positive_int("num_classes", num_classes)
+    inputs, x = _inputs(input_shape, vocab_size, seq_len, embed_dim)
+    for i, n in enumerate(units, start=1):
+        layer = keras.layers.LSTM(n, return_sequences=i < len(units), name=f"lstm{i}")
+        if bidirectional:
+            layer = keras.layers.Bidirectional(layer, name=f"bilstm{i}")
+        x = layer(x)
+        if dropout > 0:
+            x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
+    name = "bilstm" if bidirectional else "lstm"
+    return keras.Model(inputs, blocks.logits(x, num_classes), name=name)

@@ -1,0 +1,122 @@
+"""The model registry, after timm: ``@register`` a builder, ``build(name, **kwargs)`` it, ``list_models()``.
+
+``build`` drops keyword arguments whose value is None, so an unset CLI flag or config key never overrides a
+builder's default, and turns unknown names and unknown arguments into a :class:`ConfigError` that lists
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from typing import Callable
+
+from tfopt.errors import ConfigError
+
+__all__ = ["register", "build", "list_models", "get_builder"]
+
+_BUILDERS: dict[str, Callable] = {}
+
+
+def register(name: str | Callable | None = None, *, overwrite: bool = False):
+    """Register a model builder under ``name`` (default: the function's name).
+
+    Usable as ``@register``, ``@register("name")`` or ``register("name")(fn)`` for a user's own builder.
+    A builder takes keyword arguments and returns a tf_keras model.
+
+    Args:
+        name: String, the registry name, or None for the function's ``__name__``.
+        overwrite: Bool, allow replacing a different builder already registered under ``name``.
+
+    Returns:
+        The decorator (or, used bare as ``@register``, the builder itself, unchanged).
+
+    >>> from tfopt._keras import keras
+    >>> @register("tiny_dense")
+    ... def tiny_dense(input_shape=(4,), num_classes=2):
+    ...     inputs = keras.Input(input_shape)
+    ...     return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(inputs))
+    >>> "tiny_dense" in list_models()
+    True
+    """
+    if callable(name):  # bare @register
+        return register(None, overwrite=overwrite)(name)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigError(f"register(name={name!r}): the name must be a non-empty string")
+
+    def decorator(fn: Callable) -> Callable:
+        if not callable(fn):
+            raise ConfigError(f"register({name!r}) needs a callable builder, got {type(fn).__name__}")
+        key = name or fn.__name__
+        old = _BUILDERS.get(key)
+        same = old is not None and (old.__module__, old.__qualname__) == (fn.__module__, fn.__qualname__)
+        if old is not None and not same and not overwrite:
+            raise ConfigError(
+                f"a model named {key!r} is already registered ({old.__module__}.{old.__qualname__}); "
+                "pick another name or pass overwrite=True"
+            )
+        _BUILDERS[key] = fn
+        return fn
+
+    return decorator
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """The sorted names of the registered models matching the fnmatch ``pattern``.
+
+    Args:
+        pattern: String, a shell-style pattern such as ``"res*"``.
+
+    >>> list_models("res*")
+    ['resnet']
+    """
+    return sorted(n for n in _BUILDERS if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_builder(name: str) -> Callable:
+    """The builder function registered under ``name``; ConfigError listing the known names otherwise.
+
+    >>> get_builder("mlp").__name__
+    'mlp'
+    """
+    try:
+        return _BUILDERS[name]
+    except (KeyError, TypeError):
+        known = ", ".join(map(repr, list_models())) or "(none)"
+        raise ConfigError(f"unknown model {name!r}; known models: {known}") from None
+
+
+def build(name: str, **kwargs):
+    """Build the registered model ``name`` with ``kwargs``; None-valued kwargs are dropped first.
+
+    Args:
+        name: String, a registered model name (see :func:`list_models`).
+        **kwargs: The builder's arguments (e.g. ``input_shape``, ``num_classes``); a None value means
+            "use the builder's default".
+
+    Returns:
+        A functional tf_keras model that outputs logits.
+
+    >>> model = build("mlp", input_shape=(28, 28, 1), num_classes=10, dropout=None)
+    >>> model.count_params()
+    266610
+    """
+    builder = get_builder(name)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    params = inspect.signature(builder).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not takes_any:
+        unknown = [k for k in kwargs if k not in named]
+        if unknown:
+            raise ConfigError(
+                f"model {name!r} got unknown argument(s) {', '.join(map(repr, unknown))}; "
+                f"its arguments: {', '.join(named)}"
+            )
+    missing = [
+        n for n in named if params[n].default is inspect.Parameter.empty and n not in kwargs
+    ]
+    if missing:
+        raise ConfigError(f"model {name!r} needs argument(s) {', '.join(map(repr, missing))}; "
+                          f"its arguments: {', '.join(named)}")
+    return builder(**kwargs)
