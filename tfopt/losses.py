@@ -22,6 +22,7 @@ __all__ = [
     "SparseFocalLoss",
     "AdaptiveClassWeightedLoss",
     "AdaptiveClassWeights",
+    "UncertaintyWeighting",
     "get",
     "LOSSES",
 ]
@@ -309,6 +310,40 @@ class AdaptiveClassWeights(keras.callbacks.Callback):
             logs["max_class_weight"] = float(new.max())
         if self.verbose:
             print(f"AdaptiveClassWeights epoch {epoch + 1}: weights={np.round(new, 3).tolist()}")
+
+
+@serializable
+class UncertaintyWeighting(keras.layers.Layer):
+    """Combine several scalar losses with learnt homoscedastic uncertainty (Kendall et al., CVPR 2018).
+
+    ``total = sum_i exp(-s_i) * loss_i + s_i`` with trainable ``s_i = log(sigma_i**2)`` (the
+    ``log_vars`` weight, starting at 0, i.e. equal weights). Call it on a list of scalar losses inside
+    a custom train step, or ``model.add_loss(layer([loss_a, loss_b]))``.
+
+    Args:
+        num_losses: Integer >= 2, the number of losses combined.
+
+    >>> layer = UncertaintyWeighting(2)
+    >>> float(layer([tf.constant(1.0), tf.constant(2.0)]))
+    3.0
+    """
+
+    def __init__(self, num_losses: int, **kwargs):
+        super().__init__(**kwargs)
+        check_range("num_losses", num_losses, 2)
+        self.num_losses = int(num_losses)
+        self.log_vars = self.add_weight(
+            name="log_vars", shape=(self.num_losses,), initializer="zeros", trainable=True
+        )
+
+    def call(self, losses):
+        if len(losses) != self.num_losses:
+            raise ConfigError(f"UncertaintyWeighting got {len(losses)} losses; allowed: {self.num_losses}")
+        stacked = tf.stack([tf.cast(tf.reduce_mean(v), self.log_vars.dtype) for v in losses])
+        return tf.reduce_sum(tf.exp(-self.log_vars) * stacked + self.log_vars)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_losses": self.num_losses}
 
 
 def _keras_sparse_ce(from_logits: bool = True, **kw):

@@ -106,7 +106,7 @@ def apply(model, l1: float = 0.0, l2: float = 0.0, layers: str | Sequence[str] |
     check_model(model, "regularizers.apply")
     check_range("l1", l1, 0)
     check_range("l2", l2, 0)
-    if layers is not None and layers != "all" and (isinstance(layers, str) or not isinstance(layers, (list, tuple, set, frozenset))):
+    if layers is not None and layers != "all" and not isinstance(layers, (list, tuple, set, frozenset)):
         raise ConfigError(f"layers={layers!r} is not allowed; allowed: None, 'all' or a list of layer names")
     if isinstance(model, keras.Sequential) or model._is_graph_network:
         config = model.get_config()

@@ -345,6 +345,8 @@ def find_lr(model, train_ds, min_lr: float = 1e-7, max_lr: float = 1.0, steps: i
         loss = getattr(model, "loss", None) or keras.losses.SparseCategoricalCrossentropy(
             from_logits=outputs_logits(model)
         )
+    if isinstance(loss, keras.losses.Loss):  # a fresh copy: stateful losses must not see the test's batches
+        loss = type(loss).from_config(loss.get_config())
     if isinstance(optimizer, keras.optimizers.Optimizer):
         config = dict(optimizer.get_config(), learning_rate=float(min_lr))
         opt = type(optimizer).from_config(config)
