@@ -11,14 +11,41 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
-from tfopt import _keras  # noqa: F401  (must come first: sets TF_USE_LEGACY_KERAS)
-from tfopt import errors
+from tfopt import _keras  # noqa: F401,I001  (must come first: sets TF_USE_LEGACY_KERAS)
+from tfopt import (
+    data,
+    distribute,
+    errors,
+    export,
+    losses,
+    models,
+    optimizers,
+    regularizers,
+    schedules,
+    train,
+)
 from tfopt._keras import set_seed
 from tfopt.errors import TfoptError
+from tfopt.saving import load_model
 
 try:
     __version__ = _metadata.version("tfopt")
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "errors", "set_seed", "TfoptError"]
+__all__ = [
+    "__version__",
+    "data",
+    "distribute",
+    "errors",
+    "export",
+    "load_model",
+    "losses",
+    "models",
+    "optimizers",
+    "regularizers",
+    "schedules",
+    "set_seed",
+    "train",
+    "TfoptError",
+]

@@ -66,7 +66,7 @@ def _replicate(model, strategy):
         clone = keras.models.clone_model(model)
         clone.set_weights(model.get_weights())
         metrics = [m for m in getattr(model.compiled_metrics, "_user_metrics", None) or ["accuracy"]]
-        compile_like(clone, source=model, metrics=metrics)
+        compile_like(clone, source=model, metrics=metrics, learning_rate=None)
     return clone
 
 

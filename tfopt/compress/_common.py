@@ -48,11 +48,14 @@ def compile_like(model, source=None, optimizer=None, loss=None, metrics=("accura
         model: tf_keras model to compile (e.g. a tfmot-wrapped copy of ``source``).
         source: tf_keras model whose compiled loss and optimizer are reused, or None.
         optimizer: Optimizer, name or None: None copies ``source``'s optimizer class and config (a fresh
-            instance, so slots are not shared), or Adam(learning_rate) when ``source`` is not compiled.
+            instance, so slots are not shared) with its rate set to ``learning_rate`` (fine-tuning a trained
+            model wants a lower rate than its training schedule), or Adam(learning_rate) when ``source``
+            is not compiled.
         loss: Loss or None: None reuses ``source.loss``, else sparse categorical cross-entropy
             (from logits when the model outputs logits).
         metrics: Sequence of metrics.
-        learning_rate: Float, the rate of the default Adam.
+        learning_rate: Float, the fine-tuning rate; None keeps ``source``'s rate (or schedule) as it is,
+            and means 1e-3 for the default Adam.
 
     >>> m = keras.Sequential([keras.layers.Dense(3, input_shape=(4,))])
     >>> compile_like(m).loss.get_config()["from_logits"]
@@ -62,9 +65,12 @@ def compile_like(model, source=None, optimizer=None, loss=None, metrics=("accura
     src_opt = getattr(source, "optimizer", None) if source is not None else None
     if optimizer is None:
         if src_opt is not None:
-            optimizer = type(src_opt).from_config(src_opt.get_config())
+            config = src_opt.get_config()
+            if learning_rate is not None:
+                config["learning_rate"] = learning_rate
+            optimizer = type(src_opt).from_config(config)
         else:
-            optimizer = keras.optimizers.Adam(learning_rate)
+            optimizer = keras.optimizers.Adam(1e-3 if learning_rate is None else learning_rate)
     if loss is None:
         loss = getattr(source, "loss", None) if source is not None else None
         if loss is None:

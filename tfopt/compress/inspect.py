@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from tfopt._keras import check_model, keras, tfmot
+from tfopt._keras import check_model, keras
 from tfopt.errors import ConfigError
 
 __all__ = [

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numbers
 from typing import Callable, Sequence
 
+import numpy as np
 from tfopt._keras import keras
 from tfopt.errors import ConfigError, check_choice, check_range
 
@@ -46,6 +47,15 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _plain_sequence(value):
+    """A tf.TensorShape or 1-D NumPy array as a list (unknown shapes as None); anything else unchanged."""
+    if hasattr(value, "as_list"):
+        return value.as_list() if value.rank is not None else None
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        return value.tolist()
+    return value
+
+
 def positive_int(name: str, value) -> int:
     """``value`` as an int when it is an integer >= 1, else ConfigError.
 
@@ -63,6 +73,7 @@ def positive_ints(name: str, values, allow_empty: bool = True) -> tuple:
     >>> positive_ints("units", [300, 100])
     (300, 100)
     """
+    values = _plain_sequence(values)
     if _is_int(values):
         values = (values,)
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
@@ -86,6 +97,7 @@ def input_shape_of(value, ndim: int | None = None, what: str = "") -> tuple:
     >>> input_shape_of([32, 32, 3], 3)
     (32, 32, 3)
     """
+    value = _plain_sequence(value)
     if value is None or _is_int(value) or isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ConfigError(f"input_shape={value!r} is not allowed; allowed: a tuple of integers >= 1 {what}".rstrip())
     if ndim is not None and len(value) != ndim:
@@ -132,7 +144,7 @@ def regularizer_of(l1: float = 0.0, l2: float = 0.0):
         l1: Float >= 0, the L1 factor.
         l2: Float >= 0, the L2 factor.
 
-    >>> regularizer_of(0.0, 1e-4).get_config()["l2"]
+    >>> round(regularizer_of(0.0, 1e-4).get_config()["l2"], 6)
     0.0001
     """
     check_range("l1", l1, 0)

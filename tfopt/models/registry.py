@@ -38,6 +38,7 @@ def register(name: str | Callable | None = None, *, overwrite: bool = False):
     ...     return keras.Model(inputs, keras.layers.Dense(num_classes, name="logits")(inputs))
     >>> "tiny_dense" in list_models()
     True
+    >>> _ = _BUILDERS.pop("tiny_dense")  # (keep the doctest from leaving it registered)
     """
     if callable(name):  # bare @register
         return register(None, overwrite=overwrite)(name)

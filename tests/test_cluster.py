@@ -1,0 +1,110 @@
+"""tfopt.compress.cluster and tfopt.compress.inspect.cluster_counts on a tiny CNN trained on 8x8 digits."""
+
+import numpy as np
+import pytest
+from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
+
+from tests.helpers import run_model_saving_test
+from tests.test_prune import accuracy, build_cnn, digits, trained_cnn
+from tfopt._keras import keras
+from tfopt.compress.cluster import cluster
+from tfopt.compress.inspect import cluster_counts, sparsity
+from tfopt.compress.prune import prune
+from tfopt.errors import ConfigError, UnsupportedLayerError
+
+KERNELS = ("conv1", "conv2", "dense_x", "logits")
+
+
+def _kernel(model, name):
+    return model.get_layer(name).kernel.numpy()
+
+
+def test_cluster_limits_distinct_values_and_keeps_accuracy(tmp_path):
+    train, _, x_val, y_val = digits()
+    model = trained_cnn()
+    before = [w.copy() for w in model.get_weights()]
+    clustered = cluster(model, train, n_clusters=8, verbose=0)
+
+    counts = cluster_counts(clustered)["layers"]
+    for name in KERNELS:
+        distinct = np.unique(_kernel(clustered, name)).size
+        assert counts[name] == distinct and 2 <= distinct <= 8, (name, distinct)
+        assert np.unique(_kernel(model, name)).size > 8  # the original had many more values
+    assert accuracy(clustered, x_val, y_val) > 0.5
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert not any(isinstance(layer, ClusterWeights) for layer in clustered.layers)
+    loaded = run_model_saving_test(clustered, x_val[:16], tmp_path)
+    assert cluster_counts(loaded)["layers"] == counts
+
+
+def test_per_channel_clustering_limits_each_output_channel():
+    train, *_ = digits()
+    clustered = cluster(trained_cnn(), train, n_clusters=4, init="linear", per_channel=True, verbose=0)
+    counts = cluster_counts(clustered)
+    for name in ("conv1", "conv2"):
+        kernel = _kernel(clustered, name)
+        per_channel = [np.unique(kernel[..., c]).size for c in range(kernel.shape[-1])]
+        assert max(per_channel) <= 4 and counts["per_channel"][name] == max(per_channel)
+        assert np.unique(kernel).size > 4  # different centroids in different channels
+    for name in ("dense_x", "logits"):  # per_channel only applies to Conv2D
+        assert np.unique(_kernel(clustered, name)).size <= 4
+
+
+def test_preserve_sparsity_keeps_the_zeros_of_a_pruned_model():
+    train, _, x_val, y_val = digits()
+    pruned = prune(trained_cnn(), train, 0.7, verbose=0)
+    zeros_before = {name: _kernel(pruned, name) == 0 for name in KERNELS}
+    clustered = cluster(pruned, train, n_clusters=8, preserve_sparsity=True, verbose=0)
+    after = sparsity(clustered)["layers"]
+    for name in KERNELS:
+        assert np.all(_kernel(clustered, name)[zeros_before[name]] == 0), name  # every pruned weight stays 0
+        assert after[name] >= sparsity(pruned)["layers"][name] - 0.005
+        assert np.unique(_kernel(clustered, name)).size <= 8
+    assert accuracy(clustered, x_val, y_val) > 0.5
+
+
+def test_layers_selection_clusters_only_the_chosen_layer():
+    train, *_ = digits()
+    model = trained_cnn()
+    clustered = cluster(model, train, n_clusters=4, layers=["dense_x"], verbose=0)
+    counts = cluster_counts(clustered)["layers"]
+    assert counts["dense_x"] <= 4
+    assert counts["conv2"] > 100 and counts["logits"] > 100
+
+
+def test_cluster_counts_matches_numpy_on_known_kernels():
+    model = keras.Sequential(
+        [keras.layers.Conv2D(2, 1, input_shape=(3, 3, 2), name="c"), keras.layers.Flatten(), keras.layers.Dense(2)]
+    )
+    kernel = np.array([1.0, 2.0, 3.0, 3.0], "float32").reshape(1, 1, 2, 2)  # channel 0: {1, 3}, 1: {2, 3}
+    model.get_layer("c").set_weights([kernel, np.zeros(2, "float32")])
+    counts = cluster_counts(model)
+    assert counts["layers"]["c"] == 3 and counts["per_channel"] == {"c": 2}
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,named",
+    [
+        ({"n_clusters": 1}, ConfigError, "n_clusters=1"),
+        ({"n_clusters": 2, "preserve_sparsity": True}, ConfigError, "n_clusters=2"),
+        ({"n_clusters": 8.0}, ConfigError, "n_clusters=8.0"),
+        ({"init": "kmeans"}, ConfigError, "'kmeans++'"),
+        ({"epochs": 0}, ConfigError, "epochs=0"),
+        ({"layers": ["nope"]}, ConfigError, "'nope'"),
+        ({"layers": ["flat"]}, UnsupportedLayerError, "flat"),
+    ],
+)
+def test_bad_arguments_raise_with_the_value_named(kwargs, error, named):
+    train, *_ = digits()
+    with pytest.raises(error) as err:
+        cluster(build_cnn(), train, verbose=0, **kwargs)
+    assert named in str(err.value)
+    if kwargs.get("init"):
+        assert "init='kmeans'" in str(err.value)
+
+
+def test_model_without_clusterable_layer_raises():
+    train, *_ = digits()
+    flat_only = keras.Sequential([keras.layers.Flatten(input_shape=(8, 8, 1)), keras.layers.Activation("relu")])
+    with pytest.raises(UnsupportedLayerError, match="no clusterable layer"):
+        cluster(flat_only, train, verbose=0)
