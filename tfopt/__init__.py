@@ -13,6 +13,7 @@ from importlib import metadata as _metadata
 
 from tfopt import _keras  # noqa: F401,I001  (must come first: sets TF_USE_LEGACY_KERAS)
 from tfopt import (
+    compress,
     data,
     distribute,
     errors,
@@ -35,6 +36,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree that is not
 
 __all__ = [
     "__version__",
+    "compress",
     "data",
     "distribute",
     "errors",

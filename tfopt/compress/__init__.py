@@ -1,0 +1,38 @@
+"""Compression on tfmot: pruning, clustering, quantization-aware training, distillation, transfer learning.
+
+Every step takes a tf_keras model and a ``tf.data.Dataset`` of (x, y) batches, fine-tunes a private copy,
+checks what it reached, and returns a plain model that saves, loads and converts to TFLite.
+
+>>> pruned = tfopt.compress.prune(model, train_ds, target_sparsity=0.8, epochs=2)  # doctest: +SKIP
+>>> tfopt.compress.sparsity(pruned)["overall"]  # doctest: +SKIP
+0.8
+>>> qat = tfopt.compress.quantize_aware(pruned, train_ds, preserve_sparsity=True)  # doctest: +SKIP
+"""
+
+from tfopt.compress.cluster import INITS, cluster
+from tfopt.compress.distill import Distiller, distill, distillation_loss
+from tfopt.compress.inspect import cluster_counts, m_by_n_ok, sparsity
+from tfopt.compress.prune import prune, pruning_schedule
+from tfopt.compress.quantize import QAT_SCHEMES, flatten_model, load_quantized, quantize_aware, quantize_scheme, save_quantized
+from tfopt.compress.transfer import build_transfer_model, fine_tune
+
+__all__ = [
+    "INITS",
+    "QAT_SCHEMES",
+    "Distiller",
+    "build_transfer_model",
+    "cluster",
+    "cluster_counts",
+    "distill",
+    "distillation_loss",
+    "fine_tune",
+    "flatten_model",
+    "load_quantized",
+    "m_by_n_ok",
+    "prune",
+    "pruning_schedule",
+    "quantize_aware",
+    "quantize_scheme",
+    "save_quantized",
+    "sparsity",
+]

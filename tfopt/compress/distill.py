@@ -93,7 +93,7 @@ class Distiller(keras.Model):
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
-    def _losses(self, x, y, training: bool):
+    def _distill_losses(self, x, y, training: bool):
         teacher_logits = self._teacher_logits(self.teacher(x, training=False))
         student_logits = self._student_logits(self.student(x, training=training))
         total, hard, soft = distillation_loss(y, teacher_logits, student_logits, self.temperature, self.alpha)
@@ -111,14 +111,14 @@ class Distiller(keras.Model):
     def train_step(self, data):
         x, y = data[0], data[1]
         with tf.GradientTape() as tape:
-            total, hard, soft, student_logits = self._losses(x, y, training=True)
+            total, hard, soft, student_logits = self._distill_losses(x, y, training=True)
         variables = self.student.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
         return self._record(y, total, hard, soft, student_logits)
 
     def test_step(self, data):
         x, y = data[0], data[1]
-        return self._record(y, *self._losses(x, y, training=False))
+        return self._record(y, *self._distill_losses(x, y, training=False))
 
     def get_config(self):
         return {

@@ -248,8 +248,7 @@ _UNSUPPORTED = re.compile(r"Layer (.+?):<class '([^']+)'> is not supported")
 def _apply(flat, scheme, scheme_name, report):
     """quantize_apply, moving layers tfmot still rejects (e.g. an unfoldable pattern) to float."""
     for _ in range(len(flat.layers) + 1):
-        quantized = [name for name in report["quantized"]]
-        if not quantized:
+        if not report["quantized"]:
             raise UnsupportedLayerError(
                 f"quantize_aware found no layer the {scheme_name} scheme can quantize; float layers: {report['float']}"
             )
@@ -287,17 +286,6 @@ def _sparsity_masks(qat_model):
 def _keep_zeros(masks) -> None:
     for weight, mask in masks:
         weight.assign(weight * mask)
-
-
-def _fine_tune_optimizer(model, optimizer, learning_rate):
-    if optimizer is not None:
-        return optimizer
-    source = getattr(model, "optimizer", None)
-    if source is None:
-        return keras.optimizers.Adam(learning_rate)
-    config = source.get_config()
-    config["learning_rate"] = learning_rate
-    return type(source).from_config(config)
 
 
 def quantize_aware(
@@ -369,7 +357,7 @@ def quantize_aware(
         )
     with strategy_scope(strategy):
         qat = _apply(flat, scheme, scheme_name, report)
-        compile_like(qat, optimizer=_fine_tune_optimizer(model, optimizer, learning_rate), loss=loss)
+        compile_like(qat, source=model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
     masks = _sparsity_masks(qat) if preserve_sparsity else []
     if epochs:
         qat.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=list(callbacks), verbose=verbose)

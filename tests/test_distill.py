@@ -1,0 +1,117 @@
+"""Knowledge distillation: the loss against NumPy, alpha=1 is plain training, a student that learns."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from tfopt._keras import keras, tf
+from tfopt.compress.distill import Distiller, distill, distillation_loss
+from tfopt.errors import ConfigError
+from tests.helpers import run_model_saving_test, run_serialization_test
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_digits()
+    x = (data.data / 16.0).astype("float32")
+    y = data.target.astype("int32")
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order], y[order]
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+def _ds(x, y, batch=64):
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+
+
+def _mlp(hidden, name, activation=None):
+    return keras.Sequential(
+        [keras.layers.Dense(hidden, activation="relu", input_shape=(64,)), keras.layers.Dense(10, activation=activation)],
+        name=name,
+    )
+
+
+def _np_log_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def _np_loss(y, t_logits, s_logits, temperature, alpha):
+    hard = -np.mean(_np_log_softmax(s_logits)[np.arange(len(y)), y])
+    lt, ls = _np_log_softmax(t_logits / temperature), _np_log_softmax(s_logits / temperature)
+    soft = temperature**2 * np.mean(np.sum(np.exp(lt) * (lt - ls), axis=-1))
+    return alpha * hard + (1 - alpha) * soft
+
+
+@pytest.mark.parametrize("temperature,alpha", [(4.0, 0.1), (1.0, 0.5), (2.5, 0.0)])
+def test_train_step_loss_matches_numpy(temperature, alpha):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 5)).astype("float32")
+    y = rng.integers(0, 3, size=16).astype("int32")
+    teacher = keras.Sequential([keras.layers.Dense(3, input_shape=(5,))])
+    student = keras.Sequential([keras.layers.Dense(3, input_shape=(5,))])
+    t_logits, s_logits = teacher(x).numpy(), student(x).numpy()
+    distiller = Distiller(student, teacher, temperature=temperature, alpha=alpha)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1))
+    logs = distiller.train_step((tf.constant(x), tf.constant(y)))
+    expected = _np_loss(y, t_logits, s_logits, temperature, alpha)
+    np.testing.assert_allclose(float(logs["loss"]), expected, rtol=1e-5)
+    total, _, _ = distillation_loss(y, t_logits, s_logits, temperature, alpha)
+    np.testing.assert_allclose(float(total), expected, rtol=1e-5)
+    assert not np.allclose(student(x).numpy(), s_logits)  # the step updated the student
+    np.testing.assert_array_equal(teacher(x).numpy(), t_logits)
+
+
+def test_alpha_one_equals_plain_sparse_ce_training(digits):
+    x, y, _, _ = digits
+    teacher = _mlp(8, "teacher")
+    student = _mlp(16, "student")
+    twin = _mlp(16, "twin")
+    twin.set_weights(student.get_weights())
+    ds = _ds(x[:256], y[:256])
+    distill(teacher, student, ds, alpha=1.0, epochs=2, optimizer=keras.optimizers.SGD(0.1), verbose=0)
+    twin.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    twin.fit(ds, epochs=2, verbose=0)
+    for got, want in zip(student.get_weights(), twin.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_distilled_student_learns_saves_and_leaves_teacher_alone(digits, tmp_path):
+    x, y, xv, yv = digits
+    teacher = _mlp(64, "teacher", activation="softmax")  # softmax output: read as probabilities
+    teacher.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    teacher.fit(x, y, batch_size=64, epochs=5, verbose=0)
+    teacher_weights = [w.copy() for w in teacher.get_weights()]
+    student = _mlp(8, "student")
+    trained = distill(teacher, student, _ds(x, y), temperature=4.0, alpha=0.1, epochs=4,
+                      val_ds=_ds(xv, yv), learning_rate=1e-2, verbose=0)
+    assert trained is student
+    accuracy = np.mean(np.argmax(student.predict(xv, verbose=0), axis=-1) == yv)
+    assert accuracy > 0.6  # chance is 0.1
+    for before, after in zip(teacher_weights, teacher.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    loaded = run_model_saving_test(student, xv[:32], tmp_path)
+    assert type(loaded).__name__ == "Sequential"
+
+
+def test_distiller_config_round_trip():
+    teacher = keras.Sequential([keras.layers.Dense(3, input_shape=(5,))], name="t")
+    student = keras.Sequential([keras.layers.Dense(3, input_shape=(5,))], name="s")
+    clone = run_serialization_test(Distiller(student, teacher, temperature=3.0, alpha=0.25))
+    assert clone.temperature == 3.0 and clone.alpha == 0.25
+
+
+def test_distill_errors_name_the_bad_value(digits):
+    x, y, _, _ = digits
+    ds = _ds(x[:64], y[:64])
+    teacher, student = _mlp(8, "teacher"), _mlp(8, "student")
+    with pytest.raises(ConfigError, match="temperature=0"):
+        distill(teacher, student, ds, temperature=0)
+    with pytest.raises(ConfigError, match="alpha=1.5"):
+        distill(teacher, student, ds, alpha=1.5)
+    small = keras.Sequential([keras.layers.Dense(5, input_shape=(64,))])
+    with pytest.raises(ConfigError, match=r"\(None, 10\).*\(None, 5\)"):
+        distill(teacher, small, ds)
+    sigmoid = _mlp(8, "sig", activation="sigmoid")
+    with pytest.raises(ConfigError, match="sigmoid"):
+        distill(teacher, sigmoid, ds)

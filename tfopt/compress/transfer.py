@@ -1,0 +1,169 @@
+"""Transfer learning: replace a trained model's classifier with a new head, train it, then fine-tune.
+
+The new model is built directly on a copy of the base's own graph (nested sub-models flattened), so
+it stays one flat functional model that QAT (``quantize_aware``) accepts. Every BatchNormalization
+layer of the base is set ``trainable=False`` for both phases: in tf_keras that also makes it run in
+inference mode, so its moving mean/variance (and gamma/beta) never change, which is what
+fine-tuning on a small new dataset needs. The base model passed in is never modified.
+"""
+
+from __future__ import annotations
+
+from tfopt._keras import check_model, keras
+from tfopt.compress._common import compile_like, count_steps, strategy_scope
+from tfopt.compress.quantize import flatten_model
+from tfopt.errors import ConfigError, UnsupportedLayerError, check_range
+
+__all__ = ["fine_tune", "build_transfer_model"]
+
+# Rank of the feature tensor -> pooling layer that makes it (batch, channels).
+_POOLING = {3: keras.layers.GlobalAveragePooling1D, 4: keras.layers.GlobalAveragePooling2D}
+# Trailing layers that belong to the old classifier, cut before a final Dense.
+_CLASSIFIER_TAIL = (keras.layers.Softmax, keras.layers.Activation)
+
+
+def _copy(model):
+    flat = flatten_model(model)
+    copy = keras.models.clone_model(flat)
+    copy.set_weights(flat.get_weights())
+    return copy
+
+
+def _feature_layer(model):
+    """The layer whose output feeds the new head: the one before a final Dense classifier, if any."""
+    layers = [lay for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
+    while layers and isinstance(layers[-1], _CLASSIFIER_TAIL):
+        layers.pop()
+    if layers and isinstance(layers[-1], keras.layers.Dense) and len(layers) > 1:
+        inbound = layers[-1]._inbound_nodes  # pylint: disable=protected-access
+        if len(inbound) == 1 and not isinstance(inbound[0].inbound_layers, list):
+            return inbound[0].inbound_layers
+    return layers[-1] if layers else None
+
+
+def build_transfer_model(base, num_classes: int, head_dropout: float = 0.0):
+    """Return ``(model, base_layers)``: a copy of ``base`` with a new ``Dense(num_classes)`` "logits" head.
+
+    Args:
+        base: tf_keras functional or Sequential model (trained), with one input and one output.
+        num_classes: Integer >= 2, the classes of the new task.
+        head_dropout: Float in [0, 1), dropout before the new head.
+
+    >>> base = keras.Sequential([keras.layers.Dense(4, input_shape=(3,)), keras.layers.Dense(2)])
+    >>> model, base_layers = build_transfer_model(base, 5)
+    >>> model.output_shape, len(base_layers)
+    ((None, 5), 2)
+    """
+    check_model(base, "build_transfer_model")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"num_classes={num_classes!r} must be an integer >= 2")
+    check_range("head_dropout", head_dropout, 0, 1, high_open=True)
+    if len(base.outputs or []) != 1 or len(base.inputs or []) != 1:
+        raise UnsupportedLayerError(f"fine_tune needs a base with one input and one output; {base.name!r} has "
+                                    f"{len(base.inputs or [])} inputs and {len(base.outputs or [])} outputs")
+    copy = _copy(base)
+    feature_layer = _feature_layer(copy)
+    features = copy.input if feature_layer is None else feature_layer.output
+    rank = len(features.shape)
+    if rank in _POOLING:
+        features = _POOLING[rank](name="head_pool")(features)
+    elif rank != 2:
+        raise UnsupportedLayerError(
+            f"the base's features have shape {tuple(features.shape)}; fine_tune handles rank 2, 3 or 4 features"
+        )
+    if head_dropout:
+        features = keras.layers.Dropout(head_dropout, name="head_dropout")(features)
+    outputs = keras.layers.Dense(num_classes, name="logits")(features)
+    model = keras.Model(copy.inputs, outputs, name=f"{base.name}_transfer")
+    head = {"head_pool", "head_dropout", "logits"}
+    base_layers = [lay for lay in model.layers if lay.name not in head]
+    for layer in base_layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    return model, base_layers
+
+
+def _check_epochs(epochs):
+    ok = (
+        isinstance(epochs, (tuple, list))
+        and len(epochs) == 2
+        and all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in epochs)
+    )
+    if not ok:
+        raise ConfigError(f"epochs={epochs!r} must be a pair (head_epochs, fine_tune_epochs) of integers >= 0")
+
+
+def _frozen_count(freeze, n_layers: int) -> int:
+    if freeze == "all":
+        return 0
+    if isinstance(freeze, bool) or not isinstance(freeze, int) or not 0 <= freeze <= n_layers:
+        raise ConfigError(
+            f"freeze={freeze!r} is not allowed; allowed: 'all' or an integer 0 <= freeze <= {n_layers} "
+            f"(the base keeps {n_layers} layers, input layer included)"
+        )
+    return freeze
+
+
+def _set_trainable(base_layers, first_trainable: int) -> None:
+    for i, layer in enumerate(base_layers):
+        layer.trainable = i >= first_trainable and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def fine_tune(
+    base,
+    num_classes: int,
+    train_ds,
+    freeze="all",
+    epochs=(1, 1),
+    lr_scale: float = 0.1,
+    learning_rate: float = 1e-3,
+    val_ds=None,
+    head_dropout: float = 0.0,
+    strategy=None,
+    verbose="auto",
+):
+    """Transfer ``base`` to a new ``num_classes`` task: train a new head, then fine-tune the top layers.
+
+    Phase 1 trains only the new "logits" head (base frozen) for ``epochs[0]`` epochs at
+    ``learning_rate``. Phase 2 (``epochs[1]`` > 0) unfreezes the base -- all of it for ``freeze="all"``,
+    or all but its first ``freeze`` layers (``model.layers`` order, input layer included) -- and trains
+    at ``learning_rate * lr_scale``. BatchNormalization layers stay frozen (inference mode) throughout.
+
+    Args:
+        base: tf_keras functional or Sequential model trained on another task (not modified).
+        num_classes: Integer >= 2, the classes of the new task.
+        train_ds: tf.data.Dataset of (x, integer label) batches of the new task.
+        freeze: "all" or Integer, how many of the base's first layers stay frozen in phase 2.
+        epochs: Pair of integers >= 0, (head epochs, fine-tuning epochs).
+        lr_scale: Float > 0, the phase-2 learning-rate factor.
+        learning_rate: Float > 0, the phase-1 Adam learning rate.
+        val_ds: tf.data.Dataset or None, validation batches.
+        head_dropout: Float in [0, 1), dropout before the new head.
+        strategy: tf.distribute.Strategy or None.
+        verbose: "auto", 0, 1 or 2, as in ``fit``.
+
+    Returns:
+        The new flat functional model, outputting logits, compiled for the last phase it ran.
+
+    >>> model = fine_tune(base, 5, train_ds, freeze="all", epochs=(2, 1))  # doctest: +SKIP
+    """
+    check_model(base, "fine_tune")
+    _check_epochs(epochs)
+    check_range("lr_scale", lr_scale, 0, low_open=True)
+    check_range("learning_rate", learning_rate, 0, low_open=True)
+    count_steps(train_ds, "train_ds")
+    with strategy_scope(strategy):
+        model, base_layers = build_transfer_model(base, num_classes, head_dropout)
+    first_trainable = _frozen_count(freeze, len(base_layers))
+    phases = ((len(base_layers), epochs[0], learning_rate), (first_trainable, epochs[1], learning_rate * lr_scale))
+    for first, n_epochs, rate in phases:
+        if not n_epochs:
+            continue
+        _set_trainable(base_layers, first)
+        with strategy_scope(strategy):
+            compile_like(model, learning_rate=rate)
+        model.fit(train_ds, epochs=n_epochs, validation_data=val_ds, verbose=verbose)
+    if not any(phases[i][1] for i in range(2)):
+        with strategy_scope(strategy):
+            compile_like(model, learning_rate=learning_rate)
+    return model
