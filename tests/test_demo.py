@@ -1,0 +1,39 @@
+"""The demo end to end through the command line, and the figures it must reach on mnist_5k."""
+
+import json
+
+import pytest
+
+from tfopt.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--run-dir", str(run_dir)]) == 0
+    return run_dir, json.loads((run_dir / "results.json").read_text())
+
+
+def test_demo_writes_its_files(demo):
+    run_dir, results = demo
+    assert (run_dir / "results.md").read_text().startswith("| variant |")
+    assert (run_dir / "baseline.keras").is_file()
+    assert (run_dir / "baseline" / "history.csv").is_file()
+    for row in results["variants"]:
+        assert (run_dir / "tflite").joinpath(row["path"].split("/")[-1]).stat().st_size == row["bytes"]
+    assert results["seed"] == 0 and results["data"]["n_train"] == 4000 and results["data"]["n_val"] == 1000
+
+
+def test_demo_reaches_the_issue_figures(demo):
+    _, results = demo
+    rows = {r["variant"]: r for r in results["variants"]}
+    base = rows["float32"]
+    assert base["accuracy"] >= 0.95  # measured on the float TFLite file itself
+    assert results["baseline"]["keras_accuracy"] == pytest.approx(base["accuracy"], abs=1e-3)
+    best = rows["pruned+QAT int8"]
+    assert base["gzip_bytes"] / best["gzip_bytes"] >= 10  # prune 80% + int8: at least 10x smaller gzipped
+    assert best["accuracy"] >= base["accuracy"] - 0.01  # within 1 point of the float baseline
+    assert rows["QAT int8"]["accuracy"] >= base["accuracy"] - 0.005  # QAT int8 within 0.5 point
+    assert results["pruning"]["reached"]["overall"] == pytest.approx(0.8, abs=0.01)
+    for row in rows.values():
+        assert row["latency_us_p50"] > 0  # measured, whichever is faster

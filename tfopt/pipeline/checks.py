@@ -1,0 +1,248 @@
+"""Cross-field recipe checks: known builders and their arguments, model against data, stage order, variants."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from tfopt.pipeline.schema import read_section
+from tfopt.pipeline.sections import MODEL_STAGES, QUANTIZATION_NAMES, VARIANT
+
+__all__ = ["check_data", "check_model_section", "check_builder", "check_model_fits_data", "check_training",
+           "check_order", "check_tune_available", "embedded_shape", "FROM_DATA"]
+
+# builder arguments the runner fills in from the loaded data unless the recipe fixes them
+FROM_DATA = ("input_shape", "num_classes", "vocab_size", "seq_len")
+_TEXT_KEYS = ("vocab_size", "seq_len")
+
+
+def embedded_shape(name: str):
+    """``(input_shape, num_classes, kind)`` of an embedded dataset, or None for a tfds name.
+
+    >>> embedded_shape("digits")
+    ((8, 8, 1), 10, 'image')
+    """
+    from tfopt.data import EMBEDDED
+
+    if name not in EMBEDDED:
+        return None
+    x, y, kind, _ = EMBEDDED[name]()
+    shape = tuple(int(d) for d in x.shape[1:])
+    return (shape + (1,) if kind == "image" and len(shape) == 2 else shape), 10, kind
+
+
+def check_data(values: dict, path: tuple, problems) -> None:
+    """Text options only for tfds sets; class subsets within the data's classes."""
+    name = values.get("name")
+    if not isinstance(name, str):
+        return
+    known = embedded_shape(name)
+    if known is None:
+        return
+    for key in _TEXT_KEYS:
+        if values.get(key) is not None:
+            problems.add(path + (key,), f"{key} only applies to text datasets; {name!r} is {known[2]} data")
+    classes = values.get("classes")
+    if isinstance(classes, list) and all(isinstance(c, int) for c in classes):
+        if max(classes, default=0) >= known[1]:
+            problems.add(path + ("classes",), f"classes={classes} names a class >= {known[1]}; "
+                                              f"{name!r} has classes 0..{known[1] - 1}")
+        if len(set(classes)) != len(classes):
+            problems.add(path + ("classes",), f"classes={classes} lists a class twice")
+
+
+def check_builder(builder: str, args: dict, path: tuple, problems) -> None:
+    """The builder is registered and takes every argument given; missing ones come from the data."""
+    from tfopt import models
+
+    if builder not in models.list_models():
+        problems.add(path + ("builder",), f"unknown model builder {builder!r}; allowed: "
+                                          f"{', '.join(models.list_models())}")
+        return
+    params = inspect.signature(models.get_builder(builder)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in args:
+        if key not in params:
+            problems.add(path + ("args", key), f"model {builder!r} has no argument {key!r}; its arguments: "
+                                               f"{', '.join(params)}")
+    for key, p in params.items():
+        if p.default is inspect.Parameter.empty and key not in args and key not in FROM_DATA:
+            problems.add(path + ("args",), f"model {builder!r} needs the argument {key!r}")
+
+
+def check_model_section(values: dict, base_dir: Path, problems):
+    """Exactly one of builder / path; returns the ModelSpec (path made absolute)."""
+    from tfopt.pipeline.recipe import ModelSpec
+
+    builder, path, args = values.get("builder"), values.get("path"), values.get("args") or {}
+    if (builder is None) == (path is None):
+        problems.add(("model",), f"model needs exactly one of 'builder' (a registered model) or 'path' (a saved "
+                                 f".keras model), got builder={builder!r}, path={path!r}")
+        return ModelSpec(builder, dict(args), path)
+    if builder is not None:
+        check_builder(builder, args, ("model",), problems)
+        return ModelSpec(builder, dict(args), None)
+    if args:
+        problems.add(("model", "args"), "model.args only applies to a builder; a saved model has its own shape")
+    full = Path(path) if Path(path).is_absolute() else (base_dir / path)
+    if not str(path).endswith((".keras", ".h5")):
+        problems.add(("model", "path"), f"model.path={path!r} must be a .keras or .h5 file")
+    elif not full.is_file():
+        problems.add(("model", "path"), f"model.path={path!r} does not exist (looked at {str(full)!r})")
+    return ModelSpec(None, {}, str(full.resolve()))
+
+
+def check_model_fits_data(spec, data_v, path: tuple, problems) -> None:
+    """A fixed input_shape / num_classes must match what the (embedded) data gives."""
+    if spec is None or data_v is None or not spec.builder or not isinstance(data_v.get("name"), str):
+        return
+    known = embedded_shape(data_v["name"])
+    if known is None:
+        return  # a tfds set: checked after loading, before the first stage runs
+    shape, num_classes, _ = known
+    if data_v.get("classes"):
+        num_classes = len(data_v["classes"])
+    args = spec.args or {}
+    fixed = args.get("input_shape")
+    if fixed is not None and (not isinstance(fixed, (list, tuple)) or tuple(fixed) != shape):
+        problems.add(path + ("args", "input_shape"), f"input_shape={fixed!r} does not match the data "
+                     f"{data_v['name']!r}, whose inputs have shape {list(shape)}; remove it to follow the data")
+    n = args.get("num_classes")
+    if n is not None and n != num_classes:
+        problems.add(path + ("args", "num_classes"), f"num_classes={n!r} does not match the data "
+                     f"{data_v['name']!r}, which has {num_classes} classes; remove it to follow the data")
+
+
+def _named_args(value, path: tuple, registry: dict, what: str, problems, skip=()) -> None:
+    """A ``name`` or ``{name: ..., **args}`` value whose name is in ``registry`` and whose args the target takes."""
+    name, args = (value, {}) if isinstance(value, str) else (value.get("name"), {k: v for k, v in value.items()
+                                                                              if k != "name"})
+    if not isinstance(name, str) or name.lower() not in registry:
+        where = path if isinstance(value, str) else path + ("name",)
+        problems.add(where, f"{what}={name!r} is unknown; allowed: {', '.join(sorted(registry))}")
+        return
+    target = registry[name.lower()]
+    target = target[0] if isinstance(target, tuple) else target
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in args:
+        if key not in params and key not in skip:
+            problems.add(path + (key,), f"{what} {name!r} has no argument {key!r}; allowed: "
+                                        f"{', '.join(k for k in params if k != 'self')}")
+
+
+def check_training(values: dict, problems) -> None:
+    """Optimizer, schedule and loss names (and their argument names) exist."""
+    from tfopt import losses, optimizers, schedules
+
+    path = ("training",)
+    if isinstance(values.get("optimizer"), (str, dict)):
+        _named_args(values["optimizer"], path + ("optimizer",), optimizers.OPTIMIZERS, "optimizer", problems,
+                    skip=("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "learning_rate"))
+    if isinstance(values.get("schedule"), (str, dict)):
+        _named_args(values["schedule"], path + ("schedule",), schedules.SCHEDULES, "schedule", problems,
+                    skip=("warmup_fraction",))
+    if isinstance(values.get("loss"), (str, dict)):
+        _named_args(values["loss"], path + ("loss",), losses.LOSSES, "loss", problems)
+
+
+def check_tune_available(path: tuple, problems) -> None:
+    """The tune stage needs ``tfopt.tune.search``."""
+    import importlib
+
+    try:
+        search = getattr(importlib.import_module("tfopt.tune"), "search", None)
+    except ImportError:
+        search = None
+    if search is None:
+        problems.add(path, "the 'tune' stage needs tfopt.tune.search, which this tfopt does not provide")
+
+
+_CHANGES_MODEL = ("tune", "train", "prune", "cluster", "quantize_aware", "distill", "fine_tune")
+
+
+def check_order(stages: list, model_spec, problems) -> None:
+    """Each stage gets what it needs from the earlier ones; export variants name earlier models."""
+    trained = model_spec is not None and model_spec.path is not None
+    pruned = clustered = qat = exported = False
+    models_so_far: list[str] = []
+    variant_names: set = set()
+    for spec, path in stages:
+        t, opts = spec.type, spec.options
+
+        def bad(message, where=path):
+            problems.add(where, f"{t}: {message}")
+
+        if t in _CHANGES_MODEL and exported:
+            bad(f"'{t}' after 'export': export (and evaluate) must come after every stage that changes the model")
+        if t in ("prune", "cluster", "quantize_aware", "distill", "fine_tune", "export") and not trained:
+            bad(f"'{t}' needs a trained model: put a 'train' (or 'tune') stage before it, or load one with model.path")
+        if t in ("tune", "train", "prune", "cluster", "distill", "fine_tune") and qat:
+            bad(f"'{t}' after 'quantize_aware' is not supported (tfmot cannot wrap a quantization-aware model); "
+                "quantize_aware must be the last training stage")
+        if t == "train" and (pruned or clustered):
+            bad("plain training after prune/cluster would undo the compression; give that stage more epochs")
+        if t == "tune" and (pruned or clustered):
+            bad("'tune' must come before the compression stages")
+        if t == "prune" and clustered:
+            bad("'prune' after 'cluster' loses the clusters; prune first, then cluster with preserve_sparsity")
+        if t in ("cluster", "quantize_aware") and opts.get("preserve_sparsity") and not pruned:
+            bad("preserve_sparsity: true needs an earlier 'prune' stage", path + ("preserve_sparsity",))
+        if t == "quantize_aware" and opts.get("preserve_clusters") and not clustered:
+            bad("preserve_clusters: true needs an earlier 'cluster' stage", path + ("preserve_clusters",))
+        if t == "evaluate" and not exported:
+            bad("'evaluate' measures exported TFLite files: put an 'export' stage before it")
+        if t == "export":
+            _check_variants(spec, path, models_so_far, variant_names, problems)
+            exported = True
+        # what this stage leaves behind
+        if t in ("tune", "train"):
+            trained = True
+        elif t == "prune":
+            pruned = True
+        elif t == "cluster":
+            clustered = True
+        elif t == "quantize_aware":
+            qat = True
+        elif t in ("distill", "fine_tune"):
+            trained, pruned, clustered = True, False, False
+        if t in MODEL_STAGES:
+            models_so_far.append(spec.name)
+
+
+def _check_variants(spec, path: tuple, models_so_far: list, variant_names: set, problems) -> None:
+    """Validate each export variant; fill in its model (default: the latest model) and TFLite quantization."""
+    variants = spec.options.get("variants")
+    if not isinstance(variants, list):
+        return
+    current = models_so_far[-1] if models_so_far else "model"
+    allowed_models = models_so_far or ["model"]
+    cleaned = []
+    for j, item in enumerate(variants):
+        vpath = path + ("variants", j)
+        v = read_section(item, VARIANT, vpath, problems, "export variant")
+        if v is None:
+            continue
+        if v["name"] in variant_names:
+            problems.add(vpath + ("name",), f"variant name {v['name']!r} is used twice; names become file names")
+        variant_names.add(v["name"])
+        v["model"] = v["model"] or current
+        if v["model"] not in allowed_models:
+            problems.add(vpath + ("model",), f"model={v['model']!r} is not an earlier stage that makes a model; "
+                                             f"allowed: {', '.join(allowed_models)}")
+        v["tflite_quantization"] = QUANTIZATION_NAMES.get(v["quantization"] or "float32")
+        if v["io_dtype"] != "float32" and v["tflite_quantization"] not in ("int8", "int16x8"):
+            problems.add(vpath + ("io_dtype",), f"io_dtype={v['io_dtype']!r} needs quantization int8 or int16x8")
+        cleaned.append(v)
+    spec.options["variants"] = cleaned
+    baseline = spec.options.get("baseline")
+    names = [v["name"] for v in cleaned]
+    if baseline is not None and cleaned and baseline not in names:
+        problems.add(path + ("baseline",), f"baseline={baseline!r} is not a variant; allowed: {', '.join(names)}")
+    elif baseline is None and names:
+        spec.options["baseline"] = names[0]

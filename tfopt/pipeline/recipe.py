@@ -1,0 +1,267 @@
+"""Recipes: a YAML file validated, all at once and before anything runs, into frozen dataclasses.
+
+Every problem (unknown key, wrong type, value out of range, stages in an order that cannot work, a model
+the data cannot feed) is reported in one :class:`~tfopt.errors.ConfigError`, one line per problem, each
+with its key path and line number: ``recipe.yaml:14: stages[2].quantize_aware: ...``.
+
+Implicit stages: when ``stages`` lists neither ``train`` nor ``tune`` and the model comes from a builder,
+a ``train`` stage runs first; when it lists an ``export`` and no ``evaluate`` after it, an ``evaluate``
+stage runs last (every exported variant is measured on the held-out split).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from tfopt.errors import ConfigError
+from tfopt.pipeline import checks
+from tfopt.pipeline._yaml import Problems, parse_yaml, read_text
+from tfopt.pipeline.schema import read_section
+from tfopt.pipeline.sections import DATA, MODEL, STAGE_OPTIONS, STAGE_TYPES, STUDENT, TOP, TRAINING, VARIANT
+
+__all__ = ["Recipe", "StageSpec", "DataSpec", "ModelSpec", "load_recipe", "merge"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """The ``data`` section: what :func:`tfopt.data.load` loads (plus an optional class subset)."""
+
+    name: str
+    val_fraction: float = 0.2
+    data_dir: str | None = None
+    cache: bool = True
+    classes: tuple | None = None
+    vocab_size: int | None = None
+    seq_len: int | None = None
+
+    def key(self) -> str:
+        """A string identifying the dataset (cache key)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The ``model`` section: a registered builder and its arguments, or the path of a saved model."""
+
+    builder: str | None = None
+    args: dict = dataclasses.field(default_factory=dict)
+    path: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """One stage: its type, its unique name (the folder ``NN_name``), options with defaults, and where it is."""
+
+    type: str
+    name: str
+    index: int
+    options: dict
+    implicit: bool = False
+
+    @property
+    def dirname(self) -> str:
+        """String, the stage's folder in the run directory, e.g. ``02_prune``."""
+        return f"{self.index:02d}_{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. ``raw`` is the resolved recipe (defaults and implicit stages filled in)."""
+
+    name: str
+    seed: int
+    data: DataSpec
+    model: ModelSpec
+    training: dict
+    stages: tuple
+    source: str
+    raw: dict
+
+    @property
+    def hash(self) -> str:
+        """String, the SHA-256 of the resolved recipe (a run directory belongs to one hash)."""
+        text = json.dumps(self.raw, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+    def stage(self, name: str) -> StageSpec:
+        """The stage called ``name``."""
+        for spec in self.stages:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"no stage named {name!r}; stages: {', '.join(s.name for s in self.stages)}")
+
+
+def merge(base, override):
+    """Deep-merge ``override`` into a copy of ``base``.
+
+    A mapping given for ``stages`` merges into the stages by name or type (``{"prune": {"epochs": 1}}``).
+
+    >>> merge({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}})
+    {'a': {'b': 3, 'c': 2}}
+    """
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if key == "stages" and isinstance(value, dict) and isinstance(out.get("stages"), list):
+            out["stages"] = [_merge_stage(item, value) for item in out["stages"]]
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _merge_stage(item, by_name: dict):
+    stage_type, options = (item, {}) if isinstance(item, str) else (next(iter(item)), next(iter(item.values())))
+    if not isinstance(item, (str, dict)) or (isinstance(item, dict) and len(item) != 1):
+        return item
+    options = options or {}
+    for key in (options.get("name"), stage_type):
+        if key in by_name:
+            return {stage_type: merge(options, by_name[key])}
+    return item
+
+
+def _resolve_data_override(raw: dict, data: str | None) -> dict:
+    """Replace the data name; text-only options and data_dir are dropped for an embedded set."""
+    if not data:
+        return raw
+    from tfopt.data import EMBEDDED
+
+    raw = copy.deepcopy(raw)
+    section = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    section = dict(section, name=data)
+    if data in EMBEDDED:
+        for key in ("vocab_size", "seq_len", "data_dir"):
+            section.pop(key, None)
+    raw["data"] = section
+    return raw
+
+
+def load_recipe(path_or_dict, overrides: dict | None = None, data: str | None = None) -> Recipe:
+    """Read and validate a recipe; every problem is reported at once in one ConfigError.
+
+    Args:
+        path_or_dict: String or Path of a YAML recipe, or the recipe as a dict.
+        overrides: Dict or None, deep-merged into the recipe before validation (e.g.
+            ``{"training": {"epochs": 1}, "stages": {"prune": {"epochs": 1}}}``).
+        data: String or None, a dataset name replacing ``data.name`` (the model's input shape and class
+            count follow the data unless the recipe fixes them).
+
+    Returns:
+        A :class:`Recipe`.
+
+    >>> recipe = load_recipe("recipes/mnist_cnn.yaml")  # doctest: +SKIP
+    >>> [s.name for s in recipe.stages]  # doctest: +SKIP
+    ['train', 'prune', 'quantize_aware', 'export', 'evaluate']
+    """
+    if isinstance(path_or_dict, dict):
+        raw, lines, source, base_dir = copy.deepcopy(path_or_dict), {}, "<dict>", Path.cwd()
+    else:
+        path = Path(path_or_dict)
+        raw, lines = parse_yaml(read_text(path), str(path))
+        source, base_dir = str(path), path.parent
+    problems = Problems(source, lines)
+    if not isinstance(raw, dict):
+        problems.add((), f"a recipe must be a mapping with keys {', '.join(TOP)}, got {type(raw).__name__}")
+        raise problems.error()
+    raw = _resolve_data_override(merge(raw, overrides), data)
+
+    top = read_section(raw, TOP, (), problems, "the recipe")
+    data_v = read_section(raw.get("data"), DATA, ("data",), problems, "data") if "data" in raw else None
+    model_v = read_section(raw.get("model"), MODEL, ("model",), problems, "model") if "model" in raw else None
+    training_v = read_section(raw.get("training"), TRAINING, ("training",), problems, "training")
+    stages = _read_stages(raw.get("stages"), model_v, problems)
+
+    data_spec = _data_spec(data_v)
+    if data_v is not None:
+        checks.check_data(data_v, ("data",), problems)
+    model_spec = None
+    if model_v is not None:
+        model_spec = checks.check_model_section(model_v, base_dir, problems)
+        checks.check_model_fits_data(model_spec, data_v, ("model",), problems)
+    if training_v is not None:
+        checks.check_training(training_v, problems)
+    checks.check_order(stages, model_spec, problems)
+    for spec, path in stages:
+        _check_stage_details(spec, path, data_v, problems)
+    problems.raise_if_any()
+
+    stage_specs = tuple(spec for spec, _ in stages)
+    resolved = {
+        "name": top["name"], "seed": top["seed"], "description": top.get("description"),
+        "data": dataclasses.asdict(data_spec), "model": dataclasses.asdict(model_spec), "training": training_v,
+        "stages": [{"type": s.type, "name": s.name, "implicit": s.implicit, "options": s.options}
+                   for s in stage_specs],
+    }
+    return Recipe(name=top["name"], seed=top["seed"], data=data_spec, model=model_spec, training=training_v,
+                  stages=stage_specs, source=source, raw=json.loads(json.dumps(resolved, default=list)))
+
+
+def _data_spec(values) -> DataSpec | None:
+    if values is None:
+        return None
+    values = dict(values)
+    if values.get("classes") is not None:
+        values["classes"] = tuple(values["classes"])
+    return DataSpec(**values)
+
+
+def _read_stages(raw_stages, model_v, problems) -> list:
+    """Parse the ``stages`` list into ``[(StageSpec, key path)]``, adding the implicit train / evaluate."""
+    items = []
+    for i, item in enumerate(raw_stages or []):
+        if isinstance(item, str):
+            stage_type, options, path = item, {}, ("stages", i)
+        elif isinstance(item, dict) and len(item) == 1:
+            stage_type, options = next(iter(item.items()))
+            path = ("stages", i, stage_type)
+        else:
+            problems.add(("stages", i), f"each stage is a stage type ({', '.join(STAGE_TYPES)}) or a mapping "
+                                        f"of one stage type to its options, got {item!r}")
+            continue
+        if stage_type not in STAGE_OPTIONS:
+            problems.add(("stages", i), f"unknown stage {stage_type!r}; allowed: {', '.join(STAGE_TYPES)}")
+            continue
+        values = read_section(options, STAGE_OPTIONS[stage_type], path, problems, f"stage {stage_type!r}")
+        if values is not None:
+            items.append((stage_type, values, path))
+    types = [t for t, _, _ in items]
+    from_builder = model_v is not None and model_v.get("path") is None
+    if from_builder and "train" not in types and "tune" not in types:
+        items.insert(0, ("train", {"name": None, "epochs": None}, None))
+    if "export" in types and "evaluate" not in types[types.index("export"):]:
+        items.append(("evaluate", read_section({}, STAGE_OPTIONS["evaluate"], (), problems, "evaluate"), None))
+    stages, seen, counts = [], set(), {}
+    for index, (stage_type, values, path) in enumerate(items, start=1):
+        name = values.pop("name", None)
+        if name is None:
+            counts[stage_type] = counts.get(stage_type, 0) + 1
+            name = stage_type if counts[stage_type] == 1 else f"{stage_type}_{counts[stage_type]}"
+        if name in seen:
+            problems.add(path or ("stages",), f"stage name {name!r} is used twice; give each stage a unique name")
+        seen.add(name)
+        spec = StageSpec(type=stage_type, name=name, index=index, options=values, implicit=path is None)
+        stages.append((spec, path or ("stages",)))
+    return stages
+
+
+def _check_stage_details(spec: StageSpec, path: tuple, data_v, problems) -> None:
+    """Nested sections of stage options: a distill student, fine_tune data, export variants, tune."""
+    opts = spec.options
+    if spec.type == "distill" and isinstance(opts.get("student"), dict):
+        student = read_section(opts["student"], STUDENT, path + ("student",), problems, "student")
+        if student is not None and student.get("builder"):
+            checks.check_builder(student["builder"], student.get("args") or {}, path + ("student",), problems)
+            checks.check_model_fits_data(ModelSpec(student["builder"], student.get("args") or {}), data_v,
+                                         path + ("student",), problems)
+    elif spec.type == "fine_tune" and isinstance(opts.get("data"), dict):
+        sub = read_section(opts["data"], DATA, path + ("data",), problems, "fine_tune data")
+        if sub is not None:
+            checks.check_data(sub, path + ("data",), problems)
+            opts["data"] = dataclasses.asdict(_data_spec(sub))
+    elif spec.type == "tune":
+        checks.check_tune_available(path, problems)
