@@ -8,12 +8,47 @@ tfmot and by users' own code) is Keras 2 as well.
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+
+def _import_quietly():
+    """Import TensorFlow and tf_keras with their C++ start-up chatter (oneDNN, CUDA stub, absl lines that
+    TF_CPP_MIN_LOG_LEVEL does not silence) kept off stderr; replayed if the import fails.
+    ``TFOPT_TF_LOGS=1`` shows it."""
+    if os.environ.get("TFOPT_TF_LOGS") == "1" or "tensorflow" in sys.modules:
+        import tensorflow
+        import tf_keras
+
+        return tensorflow, tf_keras
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (e.g. some notebook front ends)
+        import tensorflow
+        import tf_keras
+
+        return tensorflow, tf_keras
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow
+            import tf_keras
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return tensorflow, tf_keras
+
+
+tf, keras = _import_quietly()
 
 from tfopt.errors import KerasVersionError  # noqa: E402
 
