@@ -392,7 +392,7 @@ def save_quantized(model, path) -> str:
     return path
 
 
-def load_quantized(path, custom_objects=None):
+def load_quantized(path, custom_objects=None, safe_mode: bool = True):
     """Load a QAT model saved by ``save_quantized`` (HDF5) inside ``tfmot``'s ``quantize_scope``.
 
     Prune/cluster-preserving quantizers are not serialised by tfmot: a reloaded PQAT/CQAT model
@@ -401,9 +401,14 @@ def load_quantized(path, custom_objects=None):
     Args:
         path: String or path-like, the saved model file.
         custom_objects: Dict or None, extra custom objects (tfopt's own are registered already).
+        safe_mode: Bool, refuse files holding a Lambda layer (HDF5 stores its Python bytecode).
 
-    >>> loaded = load_quantized("qat.keras")  # doctest: +SKIP
+    >>> loaded = load_quantized("qat.h5")  # doctest: +SKIP
     """
+    if safe_mode:
+        from tfopt.saving import refuse_unsafe_h5
+
+        refuse_unsafe_h5(path)
     with tfmot.quantization.keras.quantize_scope(custom_objects or {}):
         try:
             return keras.models.load_model(path)
