@@ -24,6 +24,7 @@ from tfopt import (
     regularizers,
     schedules,
     train,
+    tune,
 )
 from tfopt._keras import set_seed
 from tfopt.errors import TfoptError
@@ -49,5 +50,6 @@ __all__ = [
     "schedules",
     "set_seed",
     "train",
+    "tune",
     "TfoptError",
 ]

@@ -22,7 +22,8 @@ from typing import Callable
 from tfopt._io import atomic_write_text, read_json, write_json
 from tfopt.tune.objectives import FEASIBLE, better
 
-__all__ = ["Trials", "SearchResult", "make_record", "best_record", "write_outputs", "SIDECAR"]
+
+__all__ = ["Trials", "SearchResult", "make_record", "best_record", "collect", "write_outputs", "SIDECAR"]
 
 SIDECAR = "tfopt_trial.json"  # written in each trial folder by the process that ran the trial
 
@@ -36,7 +37,8 @@ class Trials(list):
 
         rows = []
         for rec in self:
-            row = {k: rec.get(k) for k in ("trial_id", "status", "score", "tuner_id", "epochs", "epochs_trained")}
+            row = {k: rec.get(k) for k in ("trial_id", "status", "score", "tuner_id", "epochs", "initial_epoch",
+                                          "epochs_trained", "resumed_from")}
             for k, v in (rec.get("hyperparameters") or {}).items():
                 row[k] = str(v) if isinstance(v, (list, tuple, dict)) else v
             row.update(rec.get("metrics") or {})
@@ -136,6 +138,20 @@ class SearchResult:
             self._model = self.loader(self.best_trial)
         return self._model
 
+    def load_model(self, trial_id: str):
+        """Any trial's model, rebuilt and loaded with the weights it was scored with.
+
+        Args:
+            trial_id: String, a record's ``trial_id``.
+        """
+        from tfopt.errors import ConfigError
+
+        rec = next((r for r in self.trials if r["trial_id"] == trial_id), None)
+        if rec is None or self.loader is None or rec.get("status") not in ("COMPLETED", "INFEASIBLE"):
+            known = [r["trial_id"] for r in self.trials if r.get("status") in ("COMPLETED", "INFEASIBLE")]
+            raise ConfigError(f"trial_id={trial_id!r} has no saved model here; allowed: {known}")
+        return self.loader(rec)
+
     @property
     def best_score(self):
         """The best trial's value of the first objective, or None."""
@@ -146,6 +162,53 @@ class SearchResult:
     def table(self):
         """``self.trials.table()``."""
         return self.trials.table()
+
+
+def _records(tuner, space) -> Trials:
+    def order(tid):
+        return (0, int(tid), "") if tid.isdigit() else (1, 0, tid)
+
+    trials = sorted(tuner.oracle.trials.values(), key=lambda t: order(t.trial_id))
+    return Trials(make_record(t, tuner.get_trial_dir(t.trial_id), space.values) for t in trials)
+
+
+def _worker_records(tuner) -> Trials:
+    """A worker's own trials, from the records it wrote (its oracle lives in the chief)."""
+    out = Trials()
+    for path in sorted(Path(tuner.project_dir).glob(f"trial_*/{SIDECAR}")):
+        side = read_json(path)
+        if side.get("tuner_id") != tuner.tuner_id:
+            continue
+        status = "FAILED" if side.get("error") else "INFEASIBLE" if side.get("violations") else "COMPLETED"
+        out.append({**side, "status": status, "score": None, "pareto": False})
+    return out
+
+
+def collect(tuner, space, objectives: dict, worker: bool) -> SearchResult:
+    """The SearchResult of a finished search: every trial from the oracle (a worker: its own trials)."""
+    from tfopt.tune.pareto import pareto_front
+
+    records = _worker_records(tuner) if worker else _records(tuner, space)
+    front = pareto_front(records, objectives) if len(objectives) > 1 else []
+    for rec in front:
+        rec["pareto"] = True
+    best = best_record(records, objectives, front if front else None)
+    oracle_trials = None if worker else tuner.oracle.trials
+
+    def loader(rec):
+        if oracle_trials is not None:
+            return tuner.load_model(oracle_trials[rec["trial_id"]])
+        return None
+
+    return SearchResult(
+        trials=records,
+        best_hyperparameters=None if best is None else dict(best["hyperparameters"]),
+        best_trial=best,
+        pareto=front,
+        directory=Path(tuner.project_dir),
+        objectives=dict(objectives),
+        loader=None if worker else loader,
+    )
 
 
 def write_outputs(result: SearchResult) -> None:

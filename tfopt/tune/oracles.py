@@ -1,0 +1,102 @@
+"""keras-tuner's oracles (framework-free), taught that a trial breaking a constraint is infeasible.
+
+An infeasible trial ran fine, so it stays COMPLETED for keras-tuner (it is neither retried nor counted
+as a failure towards ``max_consecutive_failed_trials``), and its metrics are all recorded. Two things
+keep the oracle from picking it:
+
+* its score is replaced by a *finite* penalty: the worst score among the feasible completed trials so
+  far (and its own), worsened by ``max(1, |worst|)``. Finite, because the Bayesian oracle turns
+  infinities into 0 before fitting its Gaussian process; relative, so the process's normalised targets
+  keep a sensible scale. Hyperband therefore promotes it only when no feasible candidate is left.
+* :meth:`get_best_trials` ranks every feasible completed trial before any other, whatever its score.
+"""
+
+from __future__ import annotations
+
+import math
+
+from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.src.tuners.bayesian import BayesianOptimizationOracle
+from keras_tuner.src.tuners.gridsearch import GridSearchOracle
+from keras_tuner.src.tuners.hyperband import HyperbandOracle
+from keras_tuner.src.tuners.randomsearch import RandomSearchOracle
+
+from tfopt.tune.objectives import FEASIBLE
+
+__all__ = ["ORACLES", "make_oracle", "is_infeasible"]
+
+COMPLETED = trial_module.TrialStatus.COMPLETED
+
+
+def is_infeasible(trial) -> bool:
+    """True when a keras-tuner trial reported ``tfopt_feasible`` = 0."""
+    return trial.metrics.exists(FEASIBLE) and trial.metrics.get_last_value(FEASIBLE) < 0.5
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+class _FeasibilityMixin:
+    """Penalises infeasible trials' scores and ranks feasible trials first."""
+
+    def score_trial(self, trial):
+        super().score_trial(trial)
+        if is_infeasible(trial) and _finite(trial.score):
+            trial.score = self.penalty(trial.score, exclude=trial)
+
+    def penalty(self, own: float, exclude=None) -> float:
+        """The score given to an infeasible trial whose real score is ``own``."""
+        scores = [
+            t.score for t in self.trials.values()
+            if t is not exclude and t.status == COMPLETED and _finite(t.score) and not is_infeasible(t)
+        ]
+        maximize = self.objective.direction == "max"
+        worst = min([*scores, own]) if maximize else max([*scores, own])
+        margin = max(1.0, abs(worst))
+        return worst - margin if maximize else worst + margin
+
+    def get_best_trials(self, num_trials=1):
+        ranked = super().get_best_trials(max(num_trials, len(self.trials)))
+        good = [t for t in ranked if t.status == COMPLETED and not is_infeasible(t)]
+        rest = [t for t in ranked if t not in good]
+        return (good + rest)[:num_trials]
+
+
+class TfoptRandomSearchOracle(_FeasibilityMixin, RandomSearchOracle):
+    """RandomSearchOracle with infeasible-trial handling."""
+
+
+class TfoptHyperbandOracle(_FeasibilityMixin, HyperbandOracle):
+    """HyperbandOracle with infeasible-trial handling (and ``max_trials``, which upstream lacks)."""
+
+
+class TfoptBayesianOptimizationOracle(_FeasibilityMixin, BayesianOptimizationOracle):
+    """BayesianOptimizationOracle with infeasible-trial handling."""
+
+
+class TfoptGridSearchOracle(_FeasibilityMixin, GridSearchOracle):
+    """GridSearchOracle with infeasible-trial handling."""
+
+
+# algorithm name -> oracle class
+ORACLES = {
+    "random": TfoptRandomSearchOracle,
+    "hyperband": TfoptHyperbandOracle,
+    "bayesian": TfoptBayesianOptimizationOracle,
+    "grid": TfoptGridSearchOracle,
+}
+
+
+def make_oracle(algorithm: str, objective, hyperparameters, max_trials: int, max_epochs: int, factor: int,
+                seed: int, max_consecutive_failed_trials: int):
+    """An oracle for ``algorithm`` (a key of :data:`ORACLES`), silent (tfopt prints its own progress)."""
+    common = dict(objective=objective, hyperparameters=hyperparameters, seed=seed,
+                  max_consecutive_failed_trials=max_consecutive_failed_trials)
+    if algorithm == "hyperband":
+        oracle = TfoptHyperbandOracle(max_epochs=max_epochs, factor=factor, **common)
+        oracle.max_trials = max_trials  # Oracle.create_trial honours it; Hyperband's __init__ does not take it
+    else:
+        oracle = ORACLES[algorithm](max_trials=max_trials, **common)
+    oracle.verbose = 0
+    return oracle
