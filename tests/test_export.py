@@ -127,3 +127,26 @@ def test_bad_input_is_named(trained, tmp_path):
         evaluate(to_tflite(trained), (np.zeros((0, 8, 8, 1), np.float32), np.zeros((0,), np.int32)))
     with pytest.raises(KerasVersionError, match="expected a tf_keras.Model"):
         to_tflite(object())
+
+
+def test_sparse_encoded_int8_runs_on_builtin_kernels_when_xnnpack_refuses(trained, digits):
+    x, _ = digits
+    model = keras.models.clone_model(trained)
+    weights = trained.get_weights()
+    kernel = weights[2]
+    kernel[np.abs(kernel) < np.quantile(np.abs(kernel), 0.9)] = 0
+    model.set_weights(weights)
+    tfl = to_tflite(model, "int8", representative_data=x[:100], sparse=True)
+    plain = to_tflite(model, "int8", representative_data=x[:100])
+    assert tfl.bytes < plain.bytes  # the sparse encoding is really in the file
+    np.testing.assert_allclose(tfl.predict(x[:20]), plain.predict(x[:20]), atol=0.3)
+    assert evaluate(tfl, _val(digits), runs=3)["accuracy"] > 0.7
+
+
+def test_written_files_get_normal_permissions(trained, tmp_path):
+    import os
+
+    path = to_tflite(trained, path=tmp_path / "m.tflite").path
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

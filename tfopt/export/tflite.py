@@ -77,14 +77,27 @@ class TFLiteModel:
 
 
 def interpreter(content: bytes, threads: int = 1):
-    """A LiteRT (``ai_edge_litert``) interpreter for a flatbuffer, tensors allocated."""
-    from ai_edge_litert.interpreter import Interpreter
+    """A LiteRT (``ai_edge_litert``) interpreter for a flatbuffer, tensors allocated.
+
+    When the default XNNPACK delegate cannot prepare the model (measured: int8 files with sparse-encoded
+    weights, ``to_tflite(..., sparse=True)``), the builtin kernels are used instead, with a warning.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     try:
         it = Interpreter(model_content=content, num_threads=threads)
         it.allocate_tensors()
+        return it
     except (ValueError, RuntimeError) as e:
-        raise ExportError(f"LiteRT could not load the model: {e}") from e
+        first = e
+    try:
+        it = Interpreter(model_content=content, num_threads=threads,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise ExportError(f"LiteRT could not load the model: {first}") from e
+    log.warning("LiteRT's default delegate could not prepare this model (%s); running builtin kernels",
+                str(first).splitlines()[0][:200])
     return it
 
 

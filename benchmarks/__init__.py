@@ -1,0 +1,1 @@
+"""Benchmark scripts: each figure is a ratio measured side by side in one run (see BENCHMARKS.md)."""

@@ -1,0 +1,375 @@
+"""What every benchmark figure shares: settings, timing with spread, shared trained models, the machine.
+
+A figure is a dict (see :func:`figure`) holding one headline RATIO measured side by side in one run,
+the spread of that ratio over repeats (median, min, max), a table of every variant, and notes.
+:func:`render_markdown` writes the tables; :func:`save` merges figures into ``results.json`` and rewrites
+``BENCHMARKS.md``, both atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import statistics
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tfopt import data, losses, models, optimizers, schedules, train
+from tfopt._io import atomic_write_text, read_json, write_json
+from tfopt._keras import keras, set_seed, tf
+
+__all__ = ["Settings", "spread", "figure", "timed", "interleaved", "load_data", "baseline", "cached",
+           "machine", "versions", "save", "render_markdown", "main", "ROOT", "DATASET"]
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASET = "mnist_5k"
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How big a run is: ``quick`` picks the small value of every :meth:`pick` pair.
+
+    >>> Settings(quick=True).pick(8, 2)
+    2
+    """
+
+    quick: bool = False
+    seed: int = 0
+
+    def pick(self, full, quick):
+        """The full-run value, or the quick-run value when ``quick``."""
+        return quick if self.quick else full
+
+
+def spread(values) -> dict:
+    """Dict of the median, min, max and count of ``values`` (plus the values themselves).
+
+    >>> spread([3.0, 1.0, 2.0])["median"]
+    2.0
+    """
+    vals = [float(v) for v in values]
+    if not vals:
+        return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0, "values": []}
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals), "values": vals}
+
+
+def figure(name: str, title: str, value: float, unit: str, goal: str, met, spread_: dict, columns, rows,
+           summary=None, notes=(), details=None) -> dict:
+    """The record of one figure.
+
+    Args:
+        name: String, the figure's key (the script's name).
+        title: String, a one-line description of the ratio.
+        value: Float, the headline ratio.
+        unit: String, e.g. "x".
+        goal: String, the goal in words (e.g. ">= 10x with <= 1 point drop").
+        met: Bool or None (None: no goal to meet).
+        spread_: Dict from :func:`spread`, the headline ratio over repeats/seeds.
+        columns: Sequence of strings, the table header.
+        rows: Sequence of sequences, the table rows.
+        summary: List of dicts ``{label, value, unit, goal, met}`` for the summary table (default: one row).
+        notes: Sequence of strings shown under the table.
+        details: Dict of anything else worth keeping in results.json.
+    """
+    summary = summary or [{"label": title, "value": value, "unit": unit, "goal": goal, "met": met}]
+    return {"name": name, "title": title, "value": float(value), "unit": unit, "goal": goal, "met": met,
+            "spread": spread_, "columns": list(columns), "rows": [list(r) for r in rows], "summary": summary,
+            "notes": list(notes), "details": details or {}}
+
+
+def timed(fn: Callable) -> float:
+    """Seconds one call of ``fn`` takes (wall clock)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """Time each of ``fns`` (name -> no-arg callable) ``repeats`` times, interleaved A/B/A/B.
+
+    The order rotates every round so that drift of a shared machine hits every entry alike. Returns
+    ``{name: [seconds per round]}``; ``warmup`` untimed rounds run first.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            times[name].append(timed(fns[name]))
+    return times
+
+
+# ---------------------------------------------------------------- shared data and models (cached per process)
+
+_CACHE: dict = {}
+
+
+def cached(key, make: Callable):
+    """``make()`` once per process per ``key`` (figures run by run_all share trained models)."""
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+def load_data(settings: Settings, batch_size: int = BATCH, augment=None):
+    """``(train_ds, val_ds, info)`` of mnist_5k with the run's seed (the same split in every figure)."""
+    return data.load(DATASET, batch_size=batch_size, seed=settings.seed, augment=augment)
+
+
+# name -> (builder kwargs, full epochs, quick epochs); the demo's recipe trains every baseline.
+BASELINES = {
+    "cnn": ({"name": "cnn", "filters": (32, 64), "dense": (128,), "dropout": 0.25}, 8, 2),
+    "lenet-300-100": ({"name": "mlp", "units": (300, 100)}, 20, 3),
+}
+
+
+def compile_demo(model, epochs: int, steps_per_epoch: int):
+    """Compile like ``tfopt demo``: AdamW, warm-up cosine from 2e-3, label smoothing 0.1."""
+    steps = epochs * steps_per_epoch
+    lr = schedules.warmup_cosine(2e-3, total_steps=steps, warmup_steps=steps // 10)
+    model.compile(optimizer=optimizers.get("adamw", learning_rate=lr, weight_decay=1e-4),
+                  loss=losses.LabelSmoothingCrossEntropy(0.1, sparse=True), metrics=["accuracy"])
+    return model
+
+
+def baseline(arch: str, settings: Settings):
+    """The trained baseline ``arch`` ("cnn" or "lenet-300-100"), trained once per process with the demo recipe."""
+
+    def make():
+        kwargs, full, quick = BASELINES[arch]
+        train_ds, val_ds, info = load_data(settings)
+        set_seed(settings.seed)
+        kwargs = dict(kwargs)
+        model = models.build(kwargs.pop("name"), input_shape=info.input_shape, num_classes=info.num_classes, **kwargs)
+        epochs = settings.pick(full, quick)
+        compile_demo(model, epochs, math.ceil(info.n_train / BATCH))
+        train.fit(model, train_ds, epochs=epochs, verbose=0)
+        return model
+
+    return cached(("baseline", arch, settings), make)
+
+
+# ---------------------------------------------------------------- TFLite measurements with a no-XNNPACK fallback
+
+NO_XNNPACK = "LiteRT's default XNNPACK delegate fails to prepare this file; run without default delegates"
+
+
+def _plain_runner(content: bytes, threads: int):
+    """tfopt's runner over an interpreter without the default (XNNPACK) delegate."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from tfopt.export.tflite import _Runner
+
+    it = Interpreter(model_content=content, num_threads=threads,
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    return _Runner(it)
+
+
+def tflite_accuracy(tfl, val_ds) -> tuple[float, str | None]:
+    """``(accuracy, note)`` of a TFLite model on ``val_ds``; note is set when XNNPACK had to be left out."""
+    from tfopt import export
+    from tfopt.errors import ExportError
+
+    try:
+        return export.evaluate(tfl, val_ds, runs=0)["accuracy"], None
+    except ExportError:
+        runner = _plain_runner(tfl.content, 1)
+        correct = total = 0
+        for x, y in val_ds.as_numpy_iterator():
+            correct += int((runner.predict(x.astype("float32")).argmax(-1) == y).sum())
+            total += len(y)
+        return correct / total, NO_XNNPACK
+
+
+def latency_p50(tfl, sample, threads: int, runs: int, warmup: int = 20) -> tuple[float, str | None]:
+    """``(p50 microseconds at batch 1, note)``: ``tfopt.export.latency``, or the same loop without XNNPACK."""
+    import numpy as np
+
+    from tfopt import export
+    from tfopt.errors import ExportError
+
+    try:
+        return export.latency(tfl, sample, threads=threads, warmup=warmup, runs=runs)["latency_us_p50"], None
+    except ExportError:
+        runner = _plain_runner(tfl.content, threads)
+        x = np.asarray(sample)[None]
+        for _ in range(warmup):
+            runner.invoke(x)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            runner.invoke(x)
+            times.append((time.perf_counter() - start) * 1e6)
+        return float(np.percentile(times, 50)), NO_XNNPACK
+
+
+# ---------------------------------------------------------------- machine, versions
+
+def machine() -> dict:
+    """Platform, CPU model (from /proc/cpuinfo) and core count."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count()}
+
+
+def versions() -> dict:
+    """Versions of Python and the libraries measured."""
+    out = {"python": platform.python_version(), "tensorflow": tf.__version__, "tf_keras": keras.__version__}
+    for name, module in (("tfmot", "tensorflow_model_optimization"), ("ai_edge_litert", "ai_edge_litert"),
+                         ("keras_tuner", "keras_tuner"), ("tfopt", "tfopt")):
+        try:
+            from importlib.metadata import version
+
+            out[name] = version(module.replace("_", "-")) if name != "tfmot" else __import__(module).__version__
+        except Exception:  # noqa: BLE001  (a missing package is reported as such)
+            out[name] = None
+    return out
+
+
+# ---------------------------------------------------------------- output
+
+def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return "" if v is None else str(v)
+
+
+def _table(columns, rows) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _met(met) -> str:
+    return "—" if met is None else "yes" if met else "**no**"
+
+
+def render_markdown(results: dict) -> str:
+    """BENCHMARKS.md: the summary table, then a section per figure."""
+    m, v = results["machine"], results["versions"]
+    lines = [
+        "# tfopt benchmarks",
+        "",
+        "Written by `python -m benchmarks.run_all` (`make bench`); do not edit by hand. Each figure is a ratio "
+        "measured side by side in one run, on the same data split (mnist_5k: 4,000 train / 1,000 held-out "
+        "digits) and seed, so the noise of a shared machine cancels out. Timings: warm-up first, interleaved "
+        "repeats, medians with [min, max].",
+        "",
+        f"Run {results['date']} on {m['cpu']} ({m['cores']} cores, {m['platform']}); "
+        f"TensorFlow {v.get('tensorflow')}, tf_keras {v.get('tf_keras')}, tfmot {v.get('tfmot')}, "
+        f"LiteRT {v.get('ai_edge_litert')}; seed {results['seed']}"
+        + (". **Quick run** (fewer epochs, repeats and seeds): indicative only." if results.get("quick") else "."),
+        "",
+        "## Summary",
+        "",
+    ]
+    rows = []
+    for fig in results["figures"].values():
+        if fig.get("error"):
+            rows.append([fig["name"], "error", "", "**no**"])
+            continue
+        for s in fig["summary"]:
+            sp = fig["spread"] if len(fig["summary"]) == 1 and fig["spread"]["n"] > 1 else None
+            value = f"{_fmt(s['value'])}{s['unit']}" + (f" [{_fmt(sp['min'])}, {_fmt(sp['max'])}]" if sp else "")
+            rows.append([s["label"] + (" (quick)" if fig.get("quick") else ""), value, s["goal"], _met(s["met"])])
+    lines += _table(["figure", "value", "goal", "met?"], rows)
+    for fig in results["figures"].values():
+        lines += ["", f"## {fig['name']}: {fig.get('title', '')}", ""]
+        if fig.get("error"):
+            lines += ["Failed: `" + fig["error"].strip().splitlines()[-1] + "`"]
+            continue
+        sp = fig["spread"]
+        lines += [f"**{_fmt(fig['value'])}{fig['unit']}** (median {_fmt(sp['median'])}, min {_fmt(sp['min'])}, "
+                  f"max {_fmt(sp['max'])}, n={sp['n']}); goal {fig['goal']}: {_met(fig['met'])}. "
+                  f"{fig['seconds']:.0f} s{' (quick)' if fig.get('quick') else ''}.", ""]
+        lines += _table(fig["columns"], fig["rows"])
+        if fig["notes"]:
+            lines += [""] + [f"- {n}" for n in fig["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def save(figures: dict, out_dir, settings: Settings) -> dict:
+    """Merge ``figures`` into ``out_dir``'s results.json (others kept) and rewrite its BENCHMARKS.md.
+
+    ``out_dir=None`` writes the committed files: ``benchmarks/results.json`` and ``BENCHMARKS.md``.
+    """
+    if out_dir is None:
+        json_path, md_path = ROOT / "benchmarks" / "results.json", ROOT / "BENCHMARKS.md"
+    else:
+        json_path, md_path = Path(out_dir) / "results.json", Path(out_dir) / "BENCHMARKS.md"
+    old = read_json(json_path) if json_path.is_file() else {}
+    merged = dict(old.get("figures", {}))
+    merged.update(figures)
+    order = ["compression", "latency", "training_overhead", "input_pipeline", "distillation", "search", "throughput"]
+    merged = {k: merged[k] for k in sorted(merged, key=lambda k: (order.index(k) if k in order else 99, k))}
+    results = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "quick": any(f.get("quick") for f in merged.values()),
+        "seed": settings.seed,
+        "dataset": DATASET,
+        "machine": machine(),
+        "versions": versions(),
+        "figures": merged,
+    }
+    write_json(json_path, results)
+    atomic_write_text(md_path, render_markdown(results))
+    for path in (json_path, md_path):  # atomic writes create 0600 files; these are committed and shared
+        path.chmod(0o644)
+    return results
+
+
+def run_figure(name: str, run: Callable, settings: Settings) -> dict:
+    """Run one figure, timing it and recording (not raising) a failure."""
+    print(f"[bench] {name}{' (quick)' if settings.quick else ''} ...", flush=True)
+    start = time.perf_counter()
+    try:
+        fig = run(settings)
+    except Exception:  # noqa: BLE001  (one broken figure must not lose the others)
+        fig = {"name": name, "title": name, "error": traceback.format_exc()}
+        print(fig["error"], flush=True)
+    fig["seconds"] = time.perf_counter() - start
+    fig["quick"] = settings.quick
+    fig["seed"] = settings.seed
+    print(f"[bench] {name}: {fig.get('value', 'error')} ({fig['seconds']:.0f} s)", flush=True)
+    return fig
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark script takes: --quick, --out DIR, --seed."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="fewer epochs/repeats/seeds (numbers marked quick)")
+    p.add_argument("--out", default=None, help="write results.json and BENCHMARKS.md here instead of the repo")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(name: str, run: Callable, argv=None) -> dict:
+    """Entry point of a figure script run alone (``python -m benchmarks.<name>``)."""
+    args = parser(f"tfopt benchmark: {name}").parse_args(argv)
+    settings = Settings(quick=args.quick, seed=args.seed)
+    fig = run_figure(name, run, settings)
+    save({name: fig}, args.out, settings)
+    return fig

@@ -1,0 +1,124 @@
+"""The benchmark scripts run end to end (``--quick``, into a tmp dir) and write complete, sane results.
+
+Timing goals are never asserted: only that every figure produced finite numbers, the spread fields, the
+tables, and that BENCHMARKS.md got the summary table. One quick run is shared by all tests.
+"""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import common
+from tfopt._io import read_json
+
+ROOT = Path(__file__).resolve().parent.parent
+# The fast figures (~1 min quick). compression + latency (~2 min quick: tfmot fine-tunes, conversions) and
+# search (keras-tuner trials) are left to `make bench`; their helpers are tested in-process below.
+FAST = ["training_overhead", "input_pipeline", "distillation"]
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run_all", "--quick", "--only", *FAST, "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    return out, proc
+
+
+def test_quick_run_succeeds_and_writes_every_figure(quick_run):
+    out, proc = quick_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = read_json(out / "results.json")
+    assert set(FAST) <= set(results["figures"])
+    assert results["quick"] is True
+    assert results["machine"]["cores"] >= 1 and results["machine"]["cpu"]
+    assert results["versions"]["tensorflow"] and results["versions"]["tfmot"]
+    for name in FAST:
+        fig = results["figures"][name]
+        assert "error" not in fig, fig.get("error")
+        assert math.isfinite(fig["value"]) and fig["value"] > 0, (name, fig["value"])
+        for key in ("median", "min", "max", "n"):
+            assert key in fig["spread"], (name, key)
+        assert fig["spread"]["min"] <= fig["spread"]["median"] <= fig["spread"]["max"]
+        assert fig["rows"] and all(len(r) == len(fig["columns"]) for r in fig["rows"]), name
+        assert fig["summary"] and all(math.isfinite(s["value"]) for s in fig["summary"]), name
+        assert fig["quick"] is True and fig["seconds"] > 0
+
+
+def test_sanity_values(quick_run):
+    out, _ = quick_run
+    figures = read_json(out / "results.json")["figures"]
+    distill = figures["distillation"]["details"]
+    assert distill["student_params"] * 10 < distill["teacher_params"]
+    assert all(0 <= e < 0.5 for e in distill["alone"] + distill["distilled"])
+    pipe = figures["input_pipeline"]["details"]
+    assert pipe["pipeline_examples_per_s"]["median"] > 0 and pipe["train_step_examples_per_s"]["median"] > 0
+    overhead = figures["training_overhead"]
+    plain = next(r for r in overhead["rows"] if r[0] == "plain tf_keras model.fit")
+    assert plain[1] > 0 and plain[3] == pytest.approx(1.0)
+
+
+def _tiny_pruned_model():
+    from tfopt._keras import keras
+
+    model = keras.Sequential([keras.layers.Dense(32, input_shape=(16,), use_bias=False),
+                              keras.layers.Dense(4, use_bias=False)])
+    rng = np.random.default_rng(0)
+    # 75% zeros and 4 distinct non-zero values in the first kernel.
+    kernel = rng.choice([0.0, 0.0, 0.0, 0.5, -0.5, 0.25, -0.25], size=(16, 32), p=[.25, .25, .25, .0625, .0625, .0625, .0625])
+    model.layers[0].set_weights([kernel.astype("float32")])
+    return model, rng
+
+
+def test_file_stats_reads_sparsity_and_values_from_the_int8_file():
+    from benchmarks.compression import file_stats
+    from tfopt import export
+
+    model, rng = _tiny_pruned_model()
+    x = rng.random((32, 16)).astype("float32")
+    tfl = export.to_tflite(model, "int8", representative_data=x)
+    weights = export.tflite_weights(tfl.content)
+    first = next(w for w in weights.values() if w.shape == (32, 16))
+    stats = file_stats(tfl.content)
+    assert stats["kernels"] == 1  # the 4x32 kernel is below the 256-weight floor
+    assert stats["sparsity"] == pytest.approx(float(np.mean(first == 0)))
+    assert 0.6 < stats["sparsity"] < 0.9
+    assert stats["max_values_per_channel"] <= 5  # 4 values and the zero, per output channel
+
+
+def test_latency_measure_gives_per_round_ratios():
+    from benchmarks.latency import measure
+    from tfopt import export
+
+    model, rng = _tiny_pruned_model()
+    models = {"float32": export.to_tflite(model), "dynamic": export.to_tflite(model, "dynamic")}
+    result = measure(models, rng.random(16).astype("float32"), threads=1, rounds=2, runs=5)
+    assert result["float32"]["ratio"] == pytest.approx([1.0, 1.0])
+    assert len(result["dynamic"]["p50"]) == 2 and all(v > 0 for v in result["dynamic"]["p50"])
+    assert result["dynamic"]["ratio"][0] == pytest.approx(result["float32"]["p50"][0] / result["dynamic"]["p50"][0])
+
+
+def test_benchmarks_md_has_the_summary_table(quick_run):
+    out, _ = quick_run
+    text = (out / "BENCHMARKS.md").read_text()
+    assert "## Summary" in text and "| figure | value | goal | met? |" in text
+    for name in FAST:
+        assert f"## {name}:" in text
+    assert "(quick)" in text
+
+
+def test_spread_and_markdown_helpers():
+    s = common.spread([4.0, 1.0, 3.0, 2.0])
+    assert (s["median"], s["min"], s["max"], s["n"]) == (2.5, 1.0, 4.0, 4)
+    fig = common.figure("x", "a / b", 2.0, "x", ">= 1x", True, s, ["k", "v"], [["a", 1.5]])
+    results = {"date": "d", "quick": False, "seed": 0, "machine": common.machine(), "versions": {},
+               "figures": {"x": {**fig, "seconds": 1.0}}}
+    md = common.render_markdown(results)
+    assert "| a / b | 2x [1, 4] | >= 1x | yes |" in md
+    assert "| a | 1.5 |" in md
