@@ -93,7 +93,7 @@ class Problems:
         """One ConfigError listing every problem as ``file:line: key.path: message``."""
         head = f"{len(self.items)} problem(s) in recipe {self.source}:"
         body = []
-        for path, message in self.items:
+        for path, message in sorted(self.items, key=lambda item: self.line(item[0]) or 0):
             line = self.line(path)
             where = f"{self.source}:{line}" if line is not None else self.source
             body.append(f"  {where}: {format_path(path)}: {message}")

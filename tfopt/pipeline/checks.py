@@ -9,7 +9,7 @@ from tfopt.pipeline.schema import read_section
 from tfopt.pipeline.sections import MODEL_STAGES, QUANTIZATION_NAMES, VARIANT
 
 __all__ = ["check_data", "check_model_section", "check_builder", "check_model_fits_data", "check_training",
-           "check_order", "check_tune_available", "embedded_shape", "FROM_DATA"]
+           "check_order", "check_tune_available", "check_same_inputs", "embedded_shape", "FROM_DATA"]
 
 # builder arguments the runner fills in from the loaded data unless the recipe fixes them
 FROM_DATA = ("input_shape", "num_classes", "vocab_size", "seq_len")
@@ -49,6 +49,17 @@ def check_data(values: dict, path: tuple, problems) -> None:
                                               f"{name!r} has classes 0..{known[1] - 1}")
         if len(set(classes)) != len(classes):
             problems.add(path + ("classes",), f"classes={classes} lists a class twice")
+
+
+def check_same_inputs(values: dict, main: dict | None, path: tuple, problems) -> None:
+    """A fine_tune stage's data must have the inputs of the recipe's data (the model is reused)."""
+    names = (values.get("name"), (main or {}).get("name"))
+    if not all(isinstance(n, str) for n in names):
+        return
+    new, old = embedded_shape(names[0]), embedded_shape(names[1])
+    if new is not None and old is not None and new[0] != old[0]:
+        problems.add(path + ("name",), f"data {names[0]!r} has inputs of shape {list(new[0])} but the model takes "
+                                       f"{list(old[0])} (the inputs of {names[1]!r}); fine_tune keeps the model's inputs")
 
 
 def check_builder(builder: str, args: dict, path: tuple, problems) -> None:
@@ -197,6 +208,11 @@ def check_order(stages: list, model_spec, problems) -> None:
             bad("preserve_clusters: true needs an earlier 'cluster' stage", path + ("preserve_clusters",))
         if t == "evaluate" and not exported:
             bad("'evaluate' measures exported TFLite files: put an 'export' stage before it")
+        if t == "cluster" and opts.get("preserve_sparsity") is None:
+            opts["preserve_sparsity"] = pruned
+        if t == "quantize_aware":
+            opts["preserve_sparsity"] = pruned if opts.get("preserve_sparsity") is None else opts["preserve_sparsity"]
+            opts["preserve_clusters"] = clustered if opts.get("preserve_clusters") is None else opts["preserve_clusters"]
         if t == "export":
             _check_variants(spec, path, models_so_far, variant_names, problems)
             exported = True

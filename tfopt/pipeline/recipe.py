@@ -115,8 +115,10 @@ def merge(base, override):
 
 
 def _merge_stage(item, by_name: dict):
-    stage_type, options = (item, {}) if isinstance(item, str) else (next(iter(item)), next(iter(item.values())))
     if not isinstance(item, (str, dict)) or (isinstance(item, dict) and len(item) != 1):
+        return item  # malformed: left for validation to report
+    stage_type, options = (item, {}) if isinstance(item, str) else next(iter(item.items()))
+    if not isinstance(options, (dict, type(None))):
         return item
     options = options or {}
     for key in (options.get("name"), stage_type):
@@ -133,11 +135,21 @@ def _resolve_data_override(raw: dict, data: str | None) -> dict:
 
     raw = copy.deepcopy(raw)
     section = raw.get("data") if isinstance(raw.get("data"), dict) else {}
-    section = dict(section, name=data)
-    if data in EMBEDDED:
-        for key in ("vocab_size", "seq_len", "data_dir"):
-            section.pop(key, None)
-    raw["data"] = section
+    old = section.get("name")
+
+    def replaced(section: dict) -> dict:
+        section = dict(section, name=data)
+        if data in EMBEDDED:
+            for key in ("vocab_size", "seq_len", "data_dir"):
+                section.pop(key, None)
+        return section
+
+    raw["data"] = replaced(section)
+    # the same dataset elsewhere (a fine_tune stage's data) is replaced too
+    for item in raw.get("stages") or []:
+        options = next(iter(item.values()), None) if isinstance(item, dict) and len(item) == 1 else None
+        if isinstance(options, dict) and isinstance(options.get("data"), dict) and options["data"].get("name") == old:
+            options["data"] = replaced(options["data"])
     return raw
 
 
@@ -262,6 +274,7 @@ def _check_stage_details(spec: StageSpec, path: tuple, data_v, problems) -> None
         sub = read_section(opts["data"], DATA, path + ("data",), problems, "fine_tune data")
         if sub is not None:
             checks.check_data(sub, path + ("data",), problems)
+            checks.check_same_inputs(sub, data_v, path + ("data",), problems)
             opts["data"] = dataclasses.asdict(_data_spec(sub))
     elif spec.type == "tune":
         checks.check_tune_available(path, problems)

@@ -46,7 +46,8 @@ class Field:
         kinds: Tuple of strings, the allowed YAML types (INT, FLOAT, STR, BOOL, LIST, MAP, NONE, ANY).
         default: The value when the key is absent (ignored when ``required``).
         required: Boolean, the key must be present.
-        check: Callable ``value -> str | None`` returning what is wrong with a well-typed value.
+        check: Callable ``value -> str | None``: None when a well-typed value is fine, else the allowed range
+            (reported as "key=value is out of range; allowed: ..."), or a whole message starting with "!".
         choices: Tuple or None, the allowed values (None is always allowed when NONE is in kinds).
     """
 
@@ -73,7 +74,7 @@ def read_section(mapping, fields: dict, path: tuple, problems, what: str) -> dic
     ...              ("training",), p, "training")
     {'epochs': 0}
     >>> p.items[0][1]
-    'training.epochs=0 is out of range; allowed: >= 1'
+    'epochs=0 is out of range; allowed: >= 1'
     """
     if mapping is None:
         mapping = {}
@@ -85,7 +86,6 @@ def read_section(mapping, fields: dict, path: tuple, problems, what: str) -> dic
         if key not in fields:
             problems.add(path + (key,), f"unknown key {key!r} in {what}; allowed: {', '.join(fields)}")
     for key, field in fields.items():
-        full = ".".join(str(p) for p in (*path, key) if not isinstance(p, int))
         if key not in mapping:
             if field.required:
                 problems.add(path, f"{what} needs the key {key!r}")
@@ -94,20 +94,20 @@ def read_section(mapping, fields: dict, path: tuple, problems, what: str) -> dic
         value = mapping[key]
         out[key] = value
         if not any(_type_ok(value, k) for k in field.kinds):
-            problems.add(path + (key,), f"{full}={value!r} has the wrong type ({_describe(value)}); "
+            problems.add(path + (key,), f"{key}={value!r} has the wrong type ({_describe(value)}); "
                                         f"allowed: {' or '.join(field.kinds)}")
             continue
         if value is None:
             continue
         if field.choices is not None and value not in field.choices:
             allowed = ", ".join(map(repr, field.choices))
-            problems.add(path + (key,), f"{full}={value!r} is not allowed; allowed: {allowed}")
+            problems.add(path + (key,), f"{key}={value!r} is not allowed; allowed: {allowed}")
             continue
         if field.check is not None:
             message = field.check(value)
             if message:
-                problems.add(path + (key,), f"{full}={value!r} is out of range; allowed: {message}"
-                             if not message.startswith("!") else f"{full}={value!r}: {message[1:]}")
+                problems.add(path + (key,), f"{key}={value!r} is out of range; allowed: {message}"
+                             if not message.startswith("!") else f"{key}={value!r}: {message[1:]}")
     return out
 
 

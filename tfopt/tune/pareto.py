@@ -74,10 +74,7 @@ def plot_pareto(records, objectives: dict, path) -> Path | None:
     """
     if len(objectives) < 2:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's inline backend stays as it is
 
     from tfopt._io import atomic_path
 
@@ -86,26 +83,24 @@ def plot_pareto(records, objectives: dict, path) -> Path | None:
     front = pareto_front(records, objectives)
     others = [r for r in records if r.get("status") == "INFEASIBLE" and xn in (r.get("metrics") or {})
               and yn in r["metrics"]]
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
-    try:
-        ax.scatter([r["metrics"][xn] for r in cands], [r["metrics"][yn] for r in cands], c="tab:blue",
-                   label="feasible trials")
-        if others:
-            ax.scatter([r["metrics"][xn] for r in others], [r["metrics"][yn] for r in others], c="tab:gray",
-                       marker="x", label="infeasible trials")
-        pts = sorted((r["metrics"][xn], r["metrics"][yn], r["trial_id"]) for r in front)
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", c="tab:red", label="Pareto front")
-            for x, y, tid in pts:
-                ax.annotate(str(tid), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xlabel(f"{xn} ({xd})")
-        ax.set_ylabel(f"{yn} ({yd})")
-        ax.set_title("Pareto front" + (f" (first 2 of {len(objectives)} objectives)" if len(objectives) > 2 else ""))
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(6, 4.5), dpi=100)
+    ax = fig.subplots()
+    ax.scatter([r["metrics"][xn] for r in cands], [r["metrics"][yn] for r in cands], c="tab:blue",
+               label="feasible trials")
+    if others:
+        ax.scatter([r["metrics"][xn] for r in others], [r["metrics"][yn] for r in others], c="tab:gray",
+                   marker="x", label="infeasible trials")
+    pts = sorted((r["metrics"][xn], r["metrics"][yn], r["trial_id"]) for r in front)
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", c="tab:red", label="Pareto front")
+        for x, y, tid in pts:
+            ax.annotate(str(tid), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(f"{xn} ({xd})")
+    ax.set_ylabel(f"{yn} ({yd})")
+    ax.set_title("Pareto front" + (f" (first 2 of {len(objectives)} objectives)" if len(objectives) > 2 else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
     return Path(path)

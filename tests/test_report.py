@@ -1,0 +1,134 @@
+"""The run report: table values equal results.json, self-contained HTML, figures, TFLite read-back sparsity."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+
+from tfopt._io import read_json
+from tfopt.errors import ConfigError
+from tfopt.pipeline import run_recipe, write_report
+from tfopt.pipeline.plots import pareto_front, read_history
+from tfopt.pipeline.results import with_ratios
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _recipe() -> dict:
+    return {
+        "name": "report", "seed": 1, "data": {"name": "digits"},
+        "model": {"builder": "cnn", "args": {"filters": [8], "dense": [32]}},
+        "training": {"epochs": 2, "batch_size": 32, "optimizer": "adam", "learning_rate": 0.01},
+        "stages": ["train", {"prune": {"target_sparsity": 0.6, "epochs": 1}},
+                   {"export": {"variants": [{"name": "float32", "model": "train"}, {"name": "pruned", "model": "prune"},
+                                            {"name": "pruned_int8", "model": "prune", "quantization": "int8"}]}},
+                   {"evaluate": {"runs": 20, "warmup": 2}}],
+    }
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("report") / "run"
+    return run_dir, run_recipe(_recipe(), run_dir=run_dir, verbose=0)
+
+
+def _md_table(text: str, heading: str) -> list[dict]:
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def test_report_files_and_figures(run):
+    run_dir, _ = run
+    for rel in ("report.md", "report.html", "report/curves.png", "report/pareto.png", "report/layers.png",
+                "report/layers.json"):
+        assert (run_dir / rel).is_file(), rel
+    for name in ("curves", "pareto", "layers"):
+        content = (run_dir / "report" / f"{name}.png").read_bytes()
+        assert content.startswith(PNG) and len(content) > 5000
+
+
+def test_markdown_table_equals_results_json(run):
+    run_dir, results = run
+    saved = read_json(run_dir / "results.json")
+    rows = _md_table((run_dir / "report.md").read_text(), "Variants")
+    assert [r["variant"] for r in rows] == [v["variant"] for v in saved["variants"]] == ["float32", "pruned",
+                                                                                           "pruned_int8"]
+    for row, v in zip(rows, saved["variants"]):
+        assert float(row["accuracy"]) == pytest.approx(v["accuracy"], abs=5e-5)
+        assert int(row["bytes"].replace(",", "")) == v["bytes"]
+        assert int(row["gzip bytes"].replace(",", "")) == v["gzip_bytes"]
+        assert int(row["params"].replace(",", "")) == v["params"]
+        assert float(row["p50 µs"]) == pytest.approx(v["latency_us_p50"], abs=0.05)
+        assert float(row["p90 µs"]) == pytest.approx(v["latency_us_p90"], abs=0.05)
+        assert float(row["gzip x smaller"]) == pytest.approx(saved["variants"][0]["gzip_bytes"] / v["gzip_bytes"], abs=0.005)
+        assert float(row["p50 speed-up"]) == pytest.approx(v["speedup_p50"], abs=0.005)
+        assert float(row["Δ accuracy"]) == pytest.approx(v["accuracy"] - saved["variants"][0]["accuracy"], abs=5e-5)
+    assert rows[0]["gzip x smaller"] == "1.00" and rows[0]["Δ accuracy"] == "+0.0000"
+    text = (run_dir / "report.md").read_text()
+    assert f"hash `{results['recipe_hash']}`, seed 1" in text and "## Versions" in text and "tf_keras" in text
+    assert "target_sparsity: 0.6" in text  # the recipe used
+
+
+def test_html_is_self_contained_with_the_same_numbers(run):
+    run_dir, results = run
+    page = (run_dir / "report.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "<link" not in page and "<script" not in page and "url(" not in page
+    sources = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert all(base64.b64decode(s.split(",", 1)[1]).startswith(PNG) for s in sources)
+    for v in results["variants"]:
+        assert f"<td>{v['accuracy']:.4f}</td>" in page and f"<td>{v['gzip_bytes']:,}</td>" in page
+
+
+def test_layer_sparsity_is_read_back_from_the_tflite_files(run):
+    run_dir, results = run
+    layers = read_json(run_dir / "report" / "layers.json")
+    assert set(layers) == {"float32", "pruned", "pruned_int8"}
+    assert set(layers["pruned"]) == {"conv1", "dense1", "logits"}
+    for name in ("conv1", "dense1", "logits"):
+        assert layers["float32"][name][0] < 0.05
+        assert layers["pruned"][name][0] == pytest.approx(0.6, abs=0.02)
+        assert layers["pruned_int8"][name][0] >= 0.58  # int8 keeps every zero (zero point 0)
+        assert layers["pruned_int8"][name][1] <= 256
+    # the same fractions as the Keras model the prune stage saved
+    per_stage = results["stages"][1]["metrics"]["layer_sparsity"]
+    assert {k: round(v, 4) for k, v in per_stage.items()} == {k: round(v[0], 4) for k, v in layers["pruned"].items()}
+
+
+def test_report_rebuilds_from_the_manifest(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run[0], copy)
+    (copy / "results.json").unlink()
+    (copy / "report.md").unlink()
+    paths = write_report(copy)
+    assert paths["md"] == copy / "report.md" and len(paths["images"]) == 3
+    rows = _md_table(paths["md"].read_text(), "Variants")
+    assert [float(r["accuracy"]) for r in rows] == pytest.approx([v["accuracy"] for v in run[1]["variants"]], abs=5e-5)
+    with pytest.raises(ConfigError, match=f"{re.escape(str(tmp_path))!s}.*is not a tfopt run directory"):
+        write_report(tmp_path)
+
+
+def test_pareto_front_and_ratios():
+    rows = [{"variant": "f32", "gzip_bytes": 1000, "accuracy": 0.95, "latency_us_p50": 100.0},
+            {"variant": "int8", "gzip_bytes": 250, "accuracy": 0.94, "latency_us_p50": 80.0},
+            {"variant": "bad", "gzip_bytes": 500, "accuracy": 0.90, "latency_us_p50": 50.0},
+            {"variant": "tiny", "gzip_bytes": 100, "accuracy": 0.50, "latency_us_p50": 40.0}]
+    assert pareto_front(rows) == {"f32", "int8", "tiny"}
+    ratios = {r["variant"]: r for r in with_ratios(rows, "f32")}
+    assert ratios["int8"]["gzip_x_smaller"] == 4.0 and ratios["int8"]["speedup_p50"] == 1.25
+    assert ratios["bad"]["accuracy_delta"] == pytest.approx(-0.05)
+    assert with_ratios(rows, "missing")[0]["gzip_x_smaller"] == 1.0  # falls back to the first row
+
+
+def test_read_history(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,accuracy,loss,val_accuracy,val_loss\n0,0.5,1.2,0.6,1.0\n1,0.7,0.8,0.75,0.7\n")
+    hist = read_history(path)
+    assert hist == {"accuracy": [0.5, 0.7], "loss": [1.2, 0.8], "val_accuracy": [0.6, 0.75], "val_loss": [1.0, 0.7]}

@@ -1,0 +1,240 @@
+"""What the stages of one run share: loaded datasets, models by stage name, and building/compiling from a recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+import numpy as np
+
+from tfopt import data as tfdata
+from tfopt import losses, models, optimizers, regularizers, schedules
+from tfopt._io import atomic_path
+from tfopt._keras import keras, set_seed, tf
+from tfopt.compress._common import count_steps, outputs_logits
+from tfopt.errors import ConfigError
+from tfopt.pipeline.checks import FROM_DATA
+from tfopt.pipeline.recipe import DataSpec, ModelSpec, Recipe
+
+__all__ = ["Context", "save_model", "load_saved", "weight_count"]
+
+_QUANTIZER_VARS = ("_min", "_max", "optimizer_step", "iterations", "min_var", "max_var")
+
+
+def weight_count(model) -> tuple[int, int]:
+    """``(parameters, non-zero parameters)`` of a model, not counting tfmot quantizer variables."""
+    total = nonzero = 0
+    for w in model.weights:
+        if any(tag in w.name for tag in _QUANTIZER_VARS):
+            continue
+        values = np.asarray(w.numpy())
+        total += values.size
+        nonzero += int(np.count_nonzero(values))
+    return total, nonzero
+
+
+def _is_qat(model) -> bool:
+    return any(type(layer).__name__.startswith("Quantize") for layer in model.layers)
+
+
+def save_model(model, directory: Path) -> Path:
+    """Save ``model`` atomically as ``model.keras`` (``model.h5`` for a quantization-aware model)."""
+    from tfopt.compress.quantize import save_quantized
+
+    if _is_qat(model):
+        path = Path(directory) / "model.h5"
+        with atomic_path(path, suffix=".h5") as tmp:
+            save_quantized(model, tmp)
+    else:
+        path = Path(directory) / "model.keras"
+        with atomic_path(path, suffix=".keras") as tmp:
+            model.save(tmp)
+    return path
+
+
+def load_saved(path) -> keras.Model:
+    """Load a model written by :func:`save_model`."""
+    from tfopt.compress.quantize import load_quantized
+    from tfopt.saving import load_model
+
+    return load_quantized(path) if str(path).endswith(".h5") else load_model(path)
+
+
+def _filter_classes(ds, classes, batch_size: int):
+    """Keep the rows whose label is in ``classes`` and relabel them 0..len(classes)-1."""
+    table = np.full(max(classes) + 1, -1, np.int32)
+    table[list(classes)] = np.arange(len(classes), dtype=np.int32)
+    table = tf.constant(table)
+
+    def lookup(y):
+        y = tf.cast(y, tf.int32)
+        inside = tf.logical_and(y >= 0, y < tf.shape(table)[0])
+        return tf.where(inside, tf.gather(table, tf.clip_by_value(y, 0, tf.shape(table)[0] - 1)), -1)
+
+    @tf.autograph.experimental.do_not_convert
+    def keep(x, y):
+        return lookup(y) >= 0
+
+    @tf.autograph.experimental.do_not_convert
+    def relabel(x, y):
+        return x, lookup(y)
+
+    ds = ds.unbatch().filter(keep).map(relabel)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+class Context:
+    """Datasets and models of one run, loaded once and shared by the stages.
+
+    Args:
+        recipe: The validated Recipe.
+        run_dir: Path of the run directory.
+        verbose: Keras verbosity.
+    """
+
+    def __init__(self, recipe: Recipe, run_dir: Path, verbose="auto"):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.verbose = verbose
+        self._data: dict = {}
+        self._models: dict = {}
+        self.model_paths: dict = {}
+        self.model_data: dict = {}
+        self.current: str | None = None
+        self.current_data: DataSpec = recipe.data
+        self.exported: list = []  # rows of the export stages so far (what evaluate measures)
+        self.baseline: str | None = None
+
+    # ------------------------------------------------------------ data
+    def load(self, spec: DataSpec | None = None):
+        """``(train_ds, val_ds, info)`` of ``spec`` (default: the data the current model is for)."""
+        spec = spec or self.current_data
+        key = spec.key()
+        if key not in self._data:
+            # a fixed global seed while the pipelines are made: their shuffle/augment seeds do not depend
+            # on what ran before, so a resumed run sees the same batches as an uninterrupted one
+            set_seed(self.recipe.seed)
+            t = self.recipe.training
+            kw = {k: v for k, v in (("vocab_size", spec.vocab_size), ("seq_len", spec.seq_len)) if v is not None}
+            train_ds, val_ds, info = tfdata.load(spec.name, batch_size=t["batch_size"], val_fraction=spec.val_fraction,
+                                                 augment=t["augment"], seed=self.recipe.seed, data_dir=spec.data_dir,
+                                                 cache=spec.cache, **kw)
+            if spec.classes:
+                train_ds = _filter_classes(train_ds, spec.classes, t["batch_size"])
+                val_ds = _filter_classes(val_ds, spec.classes, t["batch_size"])
+                n_train = sum(int(y.shape[0]) for _, y in train_ds)
+                n_val = sum(int(y.shape[0]) for _, y in val_ds)
+                names = tuple(info.class_names[c] for c in spec.classes) if info.class_names else None
+                info = dataclasses.replace(info, num_classes=len(spec.classes), n_train=n_train, n_val=n_val,
+                                           class_names=names)
+            self._data[key] = (train_ds, val_ds, info)
+        return self._data[key]
+
+    def fresh_data(self, specs=()) -> None:
+        """Forget loaded datasets and load ``specs`` (plus the current data) anew, before a stage's seed is set.
+
+        Each stage gets datasets made afresh (a tf.data shuffle reshuffles per pass, so a dataset reused
+        across stages would give a resumed stage other batches than an uninterrupted run).
+        """
+        self._data.clear()
+        for spec in (self.current_data, *specs):
+            self.load(spec)
+
+    # ------------------------------------------------------------ models
+    def model(self, name: str):
+        """The model stage ``name`` produced (loaded from its file when made by an earlier run)."""
+        if name not in self._models:
+            if name not in self.model_paths:
+                raise ConfigError(f"no model from a stage named {name!r}; models: {', '.join(self.model_paths)}")
+            self._models[name] = load_saved(self.model_paths[name])
+        return self._models[name]
+
+    def set_model(self, name: str, model, path, data_spec: DataSpec) -> None:
+        """Record the model stage ``name`` made (``model`` may be None: loaded lazily from ``path``)."""
+        if model is not None:
+            self._models[name] = model
+        self.model_paths[name] = str(path)
+        self.model_data[name] = data_spec
+        self.current, self.current_data = name, data_spec
+
+    def build(self, spec: ModelSpec, info):
+        """Build a builder model whose input shape and class count follow ``info`` unless the recipe fixes them."""
+        builder = models.get_builder(spec.builder)
+        params = inspect.signature(builder).parameters
+        from_data = {"num_classes": info.num_classes}
+        if info.kind == "tokens":
+            from_data.update(vocab_size=info.vocab_size, seq_len=info.seq_len)
+        else:
+            from_data["input_shape"] = tuple(info.input_shape)
+        args = dict(spec.args or {})
+        for key in FROM_DATA:
+            if key in from_data and key not in args and key in params:
+                args[key] = from_data[key]
+        model = models.build(spec.builder, **args)
+        self.check_fits(model, info, f"model {spec.builder!r}")
+        return model
+
+    def check_fits(self, model, info, what: str) -> None:
+        """ConfigError unless ``model`` takes ``info``'s inputs and has ``info.num_classes`` outputs."""
+        want = tuple(model.input_shape[1:])
+        have = (info.seq_len,) if info.kind == "tokens" else tuple(info.input_shape)
+        if len(want) != len(have) or any(w is not None and w != h for w, h in zip(want, have)):
+            raise ConfigError(f"{what} takes inputs of shape {list(want)} but the data {info.name!r} gives "
+                              f"{list(have)}; pick matching data or a model that follows the data")
+        out = model.output_shape[-1]
+        if out != info.num_classes and not (out == 1 and info.num_classes == 2):
+            raise ConfigError(f"{what} outputs {out} classes but the data {info.name!r} has {info.num_classes}")
+
+    def source_model(self):
+        """The recipe's saved model (``model.path``), checked against the data."""
+        model = load_saved(self.recipe.model.path)
+        _, _, info = self.load(self.recipe.data)
+        self.check_fits(model, info, f"model {self.recipe.model.path!r}")
+        return model
+
+    # ------------------------------------------------------------ training settings
+    def compile(self, model, train_ds, epochs: int) -> None:
+        """Compile ``model`` with the recipe's optimizer, learning-rate schedule and loss."""
+        t = self.recipe.training
+        steps = count_steps(train_ds) * epochs
+        lr = self._schedule(t, steps)
+        opt = t["optimizer"]
+        opt = {"name": opt} if isinstance(opt, str) else dict(opt)
+        optimizer = optimizers.get(**opt, learning_rate=lr)
+        model.compile(optimizer=optimizer, loss=self._loss(t, model), metrics=["accuracy"])
+
+    @staticmethod
+    def _schedule(t: dict, total_steps: int):
+        sched = t["schedule"]
+        if sched is None:
+            return t["learning_rate"]
+        sched = {"name": sched} if isinstance(sched, str) else dict(sched)
+        name = sched.pop("name")
+        fn = schedules.SCHEDULES[name.lower()]
+        params = list(inspect.signature(fn).parameters)
+        if params and params[0] in ("base_lr", "max_lr") and params[0] not in sched:
+            sched[params[0]] = t["learning_rate"]
+        if "total_steps" in params and "total_steps" not in sched:
+            sched["total_steps"] = total_steps
+        fraction = sched.pop("warmup_fraction", None)
+        if fraction is not None and "warmup_steps" in params:
+            sched["warmup_steps"] = int(fraction * sched.get("total_steps", total_steps))
+        return schedules.get(name, **sched)
+
+    @staticmethod
+    def _loss(t: dict, model):
+        from_logits = outputs_logits(model)
+        if t["label_smoothing"]:
+            return losses.LabelSmoothingCrossEntropy(t["label_smoothing"], sparse=True, from_logits=from_logits)
+        loss = t["loss"]
+        loss = {"name": loss} if isinstance(loss, str) else dict(loss)
+        name = loss.pop("name")
+        if "from_logits" in inspect.signature(losses.LOSSES[name.lower()]).parameters:
+            loss.setdefault("from_logits", from_logits)
+        return losses.get(name, **loss)
+
+    def regularize(self, model):
+        """The model with the recipe's L1/L2 kernel penalties (unchanged when both are 0)."""
+        t = self.recipe.training
+        return regularizers.apply(model, l1=t["l1"], l2=t["l2"]) if (t["l1"] or t["l2"]) else model

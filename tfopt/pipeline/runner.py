@@ -1,0 +1,238 @@
+"""``run_recipe``: run a recipe's stages into a run directory, resumably.
+
+Layout of a run directory::
+
+    manifest.json        recipe hash, per-stage status, outputs, metrics, seconds, seed (atomic, after each stage)
+    01_train/            model.keras, metrics.json, history.csv, checkpoints/, backup/, logs/
+    02_prune/ ...        (a quantization-aware model is model.h5: tfmot's QAT layers load back only from HDF5)
+    04_export/           <variant>.tflite
+    results.json         every number; report.md, report.html, report/*.png
+
+Running the same recipe again resumes at the first unfinished stage (a ``train`` stage also resumes
+inside, at its last finished epoch, through ``tfopt.train.fit``'s BackupAndRestore); finished stages are
+never re-run unless ``force`` names them (then they and every later stage re-run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+from tfopt._io import atomic_write_text, read_json, write_json
+from tfopt._keras import set_seed
+from tfopt.errors import ConfigError
+from tfopt.pipeline.context import Context, save_model
+from tfopt.pipeline.recipe import DataSpec, Recipe, load_recipe
+from tfopt.pipeline.results import collect_results, versions
+from tfopt.pipeline.sections import MODEL_STAGES
+from tfopt.pipeline.stages import STAGES
+from tfopt.progress import Stages
+
+__all__ = ["run_recipe", "MANIFEST"]
+
+MANIFEST = "manifest.json"
+_OUR_FILES = (MANIFEST, "results.json", "report.md", "report.html", "report", "recipe.yaml")
+
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = atomic_write_text(run_dir / ".tfopt-write-test", "ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"run directory {str(run_dir)!r} is not writable: {err.strerror or err}; "
+                          "pass another --run-dir") from None
+
+
+def _new_manifest(recipe: Recipe) -> dict:
+    return {
+        "recipe_hash": recipe.hash, "recipe": recipe.raw, "source": recipe.source, "seed": recipe.seed,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions(),
+        "stages": [{"name": s.name, "type": s.type, "dir": s.dirname, "status": "pending", "seed": recipe.seed + s.index,
+                    "outputs": {}, "metrics": {}, "seconds": None} for s in recipe.stages],
+    }
+
+
+def _clear(run_dir: Path, old: dict | None) -> None:
+    """Remove a previous run's files (only the ones tfopt writes)."""
+    names = list(_OUR_FILES) + [e["dir"] for e in (old or {}).get("stages", [])]
+    names += [p.name for p in run_dir.iterdir() if p.is_dir() and p.name[:2].isdigit() and p.name[2:3] == "_"]
+    for name in names:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _open_run_dir(run_dir: Path, recipe: Recipe, overwrite: bool) -> dict:
+    """The manifest to continue: the existing one for the same recipe, else a new one (refusals first)."""
+    _check_writable(run_dir)
+    path = run_dir / MANIFEST
+    old = None
+    if path.exists():
+        try:
+            old = read_json(path)
+        except ValueError:
+            old = {}
+        if old.get("recipe_hash") == recipe.hash:
+            return old
+        if not overwrite:
+            raise ConfigError(
+                f"run directory {str(run_dir)!r} holds a run of a different recipe "
+                f"({old.get('recipe', {}).get('name')!r}, hash {old.get('recipe_hash')!r}; this recipe "
+                f"{recipe.name!r} has hash {recipe.hash!r}); pass overwrite=True (--overwrite) to replace it, "
+                "or pick another run directory"
+            )
+    elif any(p.name != ".tfopt-write-test" for p in run_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"run directory {str(run_dir)!r} is not empty and holds no tfopt run (no {MANIFEST}); "
+                          "pass overwrite=True (--overwrite) or pick an empty or new directory")
+    _clear(run_dir, old)
+    manifest = _new_manifest(recipe)
+    write_json(path, manifest)
+    return manifest
+
+
+def _apply_force(manifest: dict, recipe: Recipe, force, run_dir: Path) -> None:
+    """Mark the forced stages and every later one pending, and delete their folders."""
+    force = [force] if isinstance(force, str) else list(force or ())
+    if not force:
+        return
+    names = [s.name for s in recipe.stages]
+    aliases = {**{s.dirname: s.name for s in recipe.stages}, **{n: n for n in names}}
+    unknown = [f for f in force if f not in aliases]
+    if unknown:
+        raise ConfigError(f"force={unknown!r} names no stage of recipe {recipe.name!r}; allowed: {', '.join(names)}")
+    first = min(names.index(aliases[f]) for f in force)
+    for entry in manifest["stages"][first:]:
+        stage_dir = run_dir / entry["dir"]
+        if stage_dir.exists():
+            shutil.rmtree(stage_dir)
+        entry.update(status="pending", outputs={}, metrics={}, seconds=None)
+    write_json(run_dir / MANIFEST, manifest)
+
+
+def _restore(ctx: Context, spec, entry: dict) -> bool:
+    """Re-attach a finished stage's outputs to the context; False when they are missing on disk."""
+    outputs = entry.get("outputs") or {}
+    if spec.type in MODEL_STAGES:
+        path = outputs.get("model")
+        if not path or not (ctx.run_dir / path).exists():
+            return False
+        data = outputs.get("data") or dataclasses.asdict(ctx.current_data)
+        data = DataSpec(**{**data, "classes": tuple(data["classes"]) if data.get("classes") else None})
+        ctx.set_model(spec.name, None, ctx.run_dir / path, data)
+    if spec.type == "export":
+        rows = entry["metrics"].get("variants", [])
+        if not all((ctx.run_dir / r["path"]).exists() for r in rows):
+            return False
+        ctx.exported += rows
+        ctx.baseline = ctx.baseline or entry["metrics"].get("baseline")
+    return True
+
+
+def _data_needed(ctx: Context, spec) -> list:
+    """The datasets a stage reads besides the current one: a fine_tune's new task, the exported models' data."""
+    if spec.type == "fine_tune":
+        d = spec.options["data"]
+        return [DataSpec(**{**d, "classes": tuple(d["classes"]) if d.get("classes") else None})]
+    if spec.type == "export":
+        return [ctx.model_data[v["model"]] for v in spec.options["variants"] if v["model"] in ctx.model_data]
+    return []
+
+
+def _run_stage(ctx: Context, spec, entry: dict, manifest: dict, stages: Stages) -> None:
+    stage_dir = ctx.run_dir / spec.dirname
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    entry.update(status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_json(ctx.run_dir / MANIFEST, manifest)
+    start = time.perf_counter()
+    ctx.fresh_data(_data_needed(ctx, spec))
+    set_seed(entry["seed"])
+    what = "(implicit) " * spec.implicit + ", ".join(f"{k}={v}" for k, v in spec.options.items()
+                                                     if v is not None and k not in ("variants", "data", "student", "space"))
+    try:
+        with stages(spec.name, what[:100]) as note:
+            out = STAGES[spec.type](ctx, spec, stage_dir)
+            note(out.note)
+    except BaseException as err:
+        entry.update(status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
+                     error=f"{type(err).__name__}: {err}"[:500], seconds=time.perf_counter() - start)
+        write_json(ctx.run_dir / MANIFEST, manifest)
+        raise
+    outputs = {}
+    if out.model is not None:
+        model_path = save_model(out.model, stage_dir)
+        data = out.data or ctx.current_data
+        outputs = {"model": str(model_path.relative_to(ctx.run_dir)), "data": dataclasses.asdict(data)}
+        ctx.set_model(spec.name, out.model, model_path, data)
+    if spec.type == "export":
+        ctx.exported += out.metrics["variants"]
+        ctx.baseline = ctx.baseline or out.metrics.get("baseline")
+    if (stage_dir / "history.csv").exists():
+        outputs["history"] = str((stage_dir / "history.csv").relative_to(ctx.run_dir))
+    write_json(stage_dir / "metrics.json", out.metrics)
+    entry.pop("error", None)
+    entry.update(status="done", outputs=outputs, metrics=out.metrics, seconds=time.perf_counter() - start)
+    write_json(ctx.run_dir / MANIFEST, manifest)
+
+
+def run_recipe(path_or_dict, run_dir=None, force=(), overwrite: bool = False, data: str | None = None,
+               verbose="auto", overrides: dict | None = None) -> dict:
+    """Run (or resume) a recipe and return its results (also written to ``run_dir/results.json``).
+
+    Args:
+        path_or_dict: String or Path of a YAML recipe, or the recipe as a dict.
+        run_dir: String, Path or None, the run directory (default ``runs/<recipe name>``).
+        force: Sequence of stage names (or folder names such as ``02_prune``) to re-run, with every later stage.
+        overwrite: Boolean, replace a run directory that holds a different recipe's run.
+        data: String or None, a dataset name replacing the recipe's (e.g. ``"mnist_5k"`` offline).
+        verbose: Keras verbosity of training ("auto", 0, 1, 2).
+        overrides: Dict or None, deep-merged into the recipe first (e.g. ``{"training": {"epochs": 1}}``).
+
+    Returns:
+        Dict, the results: per-stage metrics and the measured variants with their ratios to the baseline.
+
+    Raises:
+        ConfigError: the recipe is invalid (every problem listed), the run directory is unwritable or holds
+            another recipe's run, or the model cannot be fed by the data.
+
+    >>> results = run_recipe("recipes/mnist_cnn.yaml", run_dir="runs/mnist")  # doctest: +SKIP
+    >>> [(v["variant"], round(v["accuracy"], 3)) for v in results["variants"]]  # doctest: +SKIP
+    """
+    recipe = load_recipe(path_or_dict, overrides=overrides, data=data)
+    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
+    manifest = _open_run_dir(run_dir, recipe, overwrite)
+    _apply_force(manifest, recipe, force, run_dir)
+    if recipe.source != "<dict>" and not data and not overrides:
+        with contextlib.suppress(OSError):
+            atomic_write_text(run_dir / "recipe.yaml", Path(recipe.source).read_text(encoding="utf-8"))
+
+    ctx = Context(recipe, run_dir, verbose)
+    _, _, info = ctx.load(recipe.data)  # before any stage: the data must load and fit the model
+    manifest["data"] = info.to_dict()
+    if recipe.model.path is not None:
+        ctx.set_model("model", ctx.source_model(), recipe.model.path, recipe.data)
+    elif recipe.model.builder is not None:
+        ctx.check_fits(ctx.build(recipe.model, info), info, f"model {recipe.model.builder!r}")
+
+    stages = Stages(len(recipe.stages))
+    resuming = True
+    for spec, entry in zip(recipe.stages, manifest["stages"]):
+        if resuming and entry["status"] == "done" and _restore(ctx, spec, entry):
+            stages.done += 1
+            print(f"[{stages.done}/{stages.total}] {spec.name}: finished in an earlier run, kept "
+                  f"({entry.get('seconds') or 0:.1f} s then)", file=stages.stream, flush=True)
+            continue
+        resuming = False  # everything after a re-run stage depends on it: re-run it too
+        _run_stage(ctx, spec, entry, manifest, stages)
+
+    results = collect_results(manifest)
+    write_json(run_dir / "results.json", results)
+    from tfopt.pipeline.report import write_report
+
+    write_report(run_dir)
+    return results
