@@ -133,3 +133,70 @@ def test_get_strategy_and_tf_config(monkeypatch):
             distribute.parse_tf_config(raw)
     with pytest.raises(ConfigError, match="mixed_float8"):
         distribute.set_mixed_precision("mixed_float8")
+
+
+# ------------------------------------------------------------------ accelerator settings (tested on CPU)
+@pytest.fixture
+def float32_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def _sgd_model():
+    model = _model()
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+    return model
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_a_copy_with_float32_outputs(policy, float32_policy):
+    train, _ = _data()
+    model = _sgd_model()
+    before = model.get_weights()[0].copy()
+    history = fit(model, train.take(4 if policy == "mixed_float16" else 22), epochs=2, mixed_precision=policy, verbose=0)
+    trained = history.model
+    assert trained is not model
+    hidden = [layer for layer in trained.layers[1:-1]]
+    assert [layer.dtype_policy.name for layer in hidden] == [policy] * len(hidden)
+    assert trained.layers[-1].dtype_policy.name == "float32"  # the output (logits) layer
+    assert trained.output.dtype == tf.float32
+    assert trained.layers[1].compute_dtype == policy.split("_")[1]
+    assert (type(trained.optimizer).__name__.startswith("LossScaleOptimizer")) == (policy == "mixed_float16")
+    assert history.history["loss"][1] < history.history["loss"][0]
+    assert not np.allclose(before, model.get_weights()[0])  # weights came back to the float32 model
+    assert keras.mixed_precision.global_policy().name == "float32"  # fit did not change the global policy
+
+
+def test_builders_keep_logits_in_float32_under_a_mixed_policy(float32_policy):
+    from tfopt import models
+
+    distribute.set_mixed_precision("mixed_bfloat16")
+    model = models.build("cnn", input_shape=(8, 8, 1), num_classes=10, filters=(4,), dense=(8,))
+    assert model.get_layer("logits").dtype_policy.name == "float32"
+    assert [l.dtype_policy.name for l in model.layers if "conv" in l.name] == ["mixed_bfloat16"]
+    assert model(np.zeros((2, 8, 8, 1), "float32")).dtype == tf.float32
+
+
+def test_jit_compile_and_steps_per_execution_are_applied(tmp_path):
+    train, _ = _data()
+    model = _sgd_model()
+    optimizer = model.optimizer
+    history = fit(model, train, epochs=2, jit_compile=True, steps_per_execution=4, verbose=0)
+    assert history.model is model and model.optimizer is optimizer  # re-compiled in place, same optimizer
+    assert model._jit_compile is True
+    assert int(model._steps_per_execution.numpy()) == 4
+    assert model.compiled_metrics._user_metrics == ["accuracy"]
+    assert history.history["loss"][1] < history.history["loss"][0]
+    # Copied into a strategy's scope: the flags go with the copy, and so does the optimizer's config.
+    history = fit(_sgd_model(), train, epochs=1, strategy="mirrored", jit_compile=False, steps_per_execution=3, verbose=0)
+    assert history.model._jit_compile is False and int(history.model._steps_per_execution.numpy()) == 3
+    assert type(history.model.optimizer).__name__ == "SGD"
+    assert history.model.optimizer.learning_rate.numpy() == pytest.approx(0.1)
+
+
+def test_bad_accelerator_options():
+    train, _ = _data()
+    with pytest.raises(ConfigError, match="mixed_precision='float8'"):
+        fit(_model(), train, mixed_precision="float8")
+    with pytest.raises(ConfigError, match="steps_per_execution=0"):
+        fit(_model(), train, steps_per_execution=0)

@@ -70,6 +70,64 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _overrides(args) -> dict | None:
+    if getattr(args, "epochs", None) is None:
+        return None
+    return {"training": {"epochs": args.epochs}}
+
+
+def _cmd_run(args) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from tfopt import distribute
+    from tfopt.demo import variants_table
+    from tfopt.errors import ConfigError
+    from tfopt.pipeline import run_recipe
+
+    overrides = _overrides(args)
+    if (args.workers is None) != (args.worker_index is None):
+        raise ConfigError("--workers and --worker-index go together (the same --workers list on every worker)")
+    if args.workers is not None:
+        os.environ["TF_CONFIG"] = json.dumps(distribute.tf_config_for(args.workers, args.worker_index))
+    if distribute.parse_tf_config() is not None:  # --workers, or TF_CONFIG set by the cluster
+        overrides = {**(overrides or {}), "training": {**(overrides or {}).get("training", {}), "strategy": "multi_worker"}}
+    results = run_recipe(args.recipe, run_dir=args.run_dir, force=args.force or (), overwrite=args.overwrite,
+                         data=args.data, overrides=overrides)
+    run_dir = Path(args.run_dir or Path("runs") / results["recipe"])
+    rows = [r for r in results.get("variants") or [] if "accuracy" in r]
+    if rows:
+        print("\n" + variants_table(rows, baseline=results.get("baseline") or rows[0]["variant"]))
+    print(f"written to {run_dir}/ (results.json, report.md, report.html, manifest.json)")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from pathlib import Path
+
+    from tfopt.errors import ConfigError
+    from tfopt.pipeline import write_report
+
+    if not (Path(args.run_dir) / "manifest.json").is_file():
+        raise ConfigError(f"{args.run_dir!r} is not a tfopt run directory (no manifest.json)")
+    paths = write_report(args.run_dir)
+    print(f"wrote {paths['md']} and {paths['html']}")
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    from tfopt.pipeline.search import run_search
+
+    result = run_search(args.recipe, directory=args.directory, data=args.data, overrides=_overrides(args),
+                        role=args.role, address=args.address, tuner_id=args.tuner_id, overwrite=args.overwrite,
+                        serve_timeout=args.serve_timeout)
+    if args.role != "worker":
+        print(f"best hyperparameters: {result.best_hyperparameters}")
+    print(f"search directory: {result.directory}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tfopt`` command."""
     p = argparse.ArgumentParser(prog="tfopt", description="Train, compress, export and measure Keras models.")
@@ -84,6 +142,34 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sparsity", type=float, default=0.8, help="pruning target (default 0.8)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
+
+    r = sub.add_parser("run", help="run (or resume) a YAML recipe: train, compress, export, measure, report")
+    r.add_argument("recipe", help="path to a recipe .yaml (see recipes/)")
+    r.add_argument("--run-dir", help="run directory (default runs/<recipe name>); the same command resumes")
+    r.add_argument("--force", nargs="+", metavar="STAGE", help="re-run these stages (and every later one)")
+    r.add_argument("--overwrite", action="store_true", help="replace a run directory holding another recipe's run")
+    r.add_argument("--data", help="dataset replacing the recipe's (e.g. mnist_5k when tfds has no network)")
+    r.add_argument("--epochs", type=int, help="training epochs replacing the recipe's")
+    r.add_argument("--workers", metavar="HOST:PORT,...", help="multi-worker training: every worker's address "
+                   "(the same list on each; the first is the chief); or set TF_CONFIG instead")
+    r.add_argument("--worker-index", type=int, help="this worker's position in --workers")
+    r.set_defaults(func=_cmd_run)
+
+    rp = sub.add_parser("report", help="(re)write report.md and report.html of a run directory")
+    rp.add_argument("run_dir", help="a run directory written by `tfopt run` or `tfopt demo`")
+    rp.set_defaults(func=_cmd_report)
+
+    t = sub.add_parser("tune", help="run the search of a recipe's `tune` stage (alone, or as chief/worker)")
+    t.add_argument("recipe", help="path to a recipe .yaml with a `tune` stage")
+    t.add_argument("--directory", help="search directory (default runs/<recipe name>/search); resumes")
+    t.add_argument("--data", help="dataset replacing the recipe's")
+    t.add_argument("--epochs", type=int, help="training epochs replacing the recipe's")
+    t.add_argument("--role", choices=["chief", "worker"], help="distributed search role (keras-tuner's gRPC oracle)")
+    t.add_argument("--address", metavar="HOST:PORT", help="the chief's address, with --role")
+    t.add_argument("--tuner-id", help="this worker's id (default from KERASTUNER_TUNER_ID)")
+    t.add_argument("--serve-timeout", type=float, help="seconds the chief serves at most")
+    t.add_argument("--overwrite", action="store_true", help="start the search afresh")
+    t.set_defaults(func=_cmd_tune)
 
     e = sub.add_parser("export", help="convert a saved .keras model to TFLite")
     e.add_argument("model", help="path to a .keras model")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+import tempfile
 from pathlib import Path
 
 from tfopt import distribute
-from tfopt._keras import check_model, keras
+from tfopt._keras import check_model, keras, tf
 from tfopt.compress._common import compile_like, count_steps, strategy_scope
-from tfopt.errors import ConfigError, TrainingError
+from tfopt.errors import ConfigError, TrainingError, check_range
 
 __all__ = ["fit", "run_callbacks", "StopOnNaN", "in_strategy"]
 
@@ -34,18 +36,26 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def run_callbacks(run_dir, monitor: str = "val_loss") -> list:
+def run_callbacks(run_dir, monitor: str = "val_loss", backup_dir=None) -> list:
     """The callbacks ``fit`` adds for a run directory.
 
     ``checkpoints/best.weights.h5`` (best ``monitor``), ``checkpoints/last.weights.h5``, ``backup/``
     (``BackupAndRestore``: a killed run resumes at the epoch it was in), ``logs/`` (TensorBoard) and
     ``history.csv`` (appended across resumes).
+
+    Args:
+        run_dir: String or path, where checkpoints, logs and history go.
+        monitor: String, the metric of the best checkpoint.
+        backup_dir: String, path or None, the BackupAndRestore directory (default ``run_dir/backup``).
+
+    >>> [type(c).__name__ for c in run_callbacks("runs/x")][:2]  # doctest: +SKIP
+    ['BackupAndRestore', 'ModelCheckpoint']
     """
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     return [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.BackupAndRestore(str(backup_dir or run_dir / "backup")),
         keras.callbacks.ModelCheckpoint(
             str(ckpt / "best.weights.h5"), monitor=monitor, save_best_only=True, save_weights_only=True
         ),
@@ -60,14 +70,94 @@ def in_strategy(model, strategy) -> bool:
     return not model.weights or strategy.extended.variable_created_in_scope(model.weights[0])
 
 
-def _replicate(model, strategy):
-    """A copy of ``model`` made and compiled under ``strategy``'s scope, with the same weights and compile settings."""
-    with strategy_scope(strategy):
-        clone = keras.models.clone_model(model)
-        clone.set_weights(model.get_weights())
-        metrics = [m for m in getattr(model.compiled_metrics, "_user_metrics", None) or ["accuracy"]]
-        compile_like(clone, source=model, metrics=metrics, learning_rate=None)
+def _user_metrics(model) -> list:
+    return list(getattr(getattr(model, "compiled_metrics", None), "_user_metrics", None) or ["accuracy"])
+
+
+def _fresh_optimizer(model, policy: str | None):
+    """A new optimizer like ``model``'s (same class and config), loss-scaled under mixed_float16."""
+    opt = model.optimizer
+    if isinstance(opt, keras.mixed_precision.LossScaleOptimizer):
+        opt = opt.inner_optimizer
+    opt = type(opt).from_config(opt.get_config())
+    if policy == "mixed_float16":
+        opt = keras.mixed_precision.LossScaleOptimizer(opt)
+    return opt
+
+
+def _spe(model):
+    value = getattr(model, "_steps_per_execution", None)
+    return None if value is None else int(value.numpy())
+
+
+def _recompile(model, source, optimizer, jit_compile=None, steps_per_execution=None) -> None:
+    """Compile ``model`` with ``source``'s loss and metrics; None flags keep ``source``'s settings."""
+    model.compile(
+        optimizer=optimizer,
+        loss=source.loss,
+        metrics=_user_metrics(source),
+        jit_compile=source._jit_compile if jit_compile is None else jit_compile,
+        steps_per_execution=(_spe(source) or 1) if steps_per_execution is None else steps_per_execution,
+    )
+
+
+def _with_policy(policy: str | None, outputs: set):
+    """A clone_function giving each layer ``policy``, except output layers (kept float32) and sub-models."""
+
+    def clone(layer):
+        config = layer.get_config()
+        if policy is not None and not isinstance(layer, keras.Model):
+            config["dtype"] = "float32" if layer.name in outputs else policy
+        return layer.__class__.from_config(config)
+
     return clone
+
+
+def _replicate(model, strategy=None, policy=None, jit_compile=None, steps_per_execution=None):
+    """A copy of ``model`` made and compiled under ``strategy``'s scope (and ``policy``), with its weights."""
+    with strategy_scope(strategy):
+        clone = keras.models.clone_model(model, clone_function=_with_policy(policy, set(model.output_names)))
+        clone.set_weights(model.get_weights())
+        _recompile(clone, model, _fresh_optimizer(model, policy), jit_compile, steps_per_execution)
+    return clone
+
+
+def _batch_size(dataset):
+    """Integer or None, the size of the first batch of ``dataset``."""
+    spec = tf.nest.flatten(dataset.element_spec)[0]
+    if spec.shape.rank and spec.shape[0] is not None:
+        return int(spec.shape[0])
+    for batch in dataset.take(1):
+        return int(tf.nest.flatten(batch)[0].shape[0])
+    return None
+
+
+def _check_precision(mixed_precision):
+    if mixed_precision is not None and mixed_precision not in distribute.PRECISIONS:
+        raise ConfigError(
+            f"mixed_precision={mixed_precision!r} is not allowed; allowed: {', '.join(distribute.PRECISIONS)}"
+        )
+
+
+def _check_xla(strategy, jit_compile) -> None:
+    """XLA cannot run a train step mirrored over several logical CPU devices of one process."""
+    if not jit_compile:
+        return
+    local = distribute.describe(strategy)["devices"]
+    if len(local) > 1 and all("CPU" in d.upper() for d in local):
+        raise ConfigError(
+            f"jit_compile=True does not work with a strategy mirrored over {len(local)} CPU devices "
+            "(XLA cannot read a replica's variables on another logical CPU device); use jit_compile=False "
+            "there, or XLA on GPUs"
+        )
+
+
+def _write_dir(run_dir, strategy):
+    """Where this task writes run files: ``run_dir`` on the chief, a throwaway temp dir on other workers."""
+    if strategy is None or distribute.is_chief(strategy):
+        return Path(run_dir), None
+    temp = Path(tempfile.mkdtemp(prefix=f"tfopt-worker{distribute.task_index(strategy)}-"))
+    return temp, temp
 
 
 def fit(
@@ -80,8 +170,17 @@ def fit(
     strategy=None,
     verbose="auto",
     monitor: str | None = None,
+    jit_compile: bool | None = None,
+    steps_per_execution: int | None = None,
+    mixed_precision: str | None = None,
+    backup_dir=None,
 ):
     """Train ``model`` (compiled, or compiled here with Adam and sparse cross-entropy) like ``model.fit``.
+
+    Under a strategy the datasets hold GLOBAL batches (``distribute.scale_batch_size``), split evenly over
+    the replicas. In multi-worker training only the chief writes ``run_dir``; other workers write to a
+    temporary directory removed at the end (Keras convention), except the BackupAndRestore state, which
+    every worker keeps under ``run_dir/backup`` (all workers must see the chief's: a shared filesystem).
 
     Args:
         model: tf_keras model; if not compiled, it is compiled with Adam(1e-3), sparse categorical
@@ -96,18 +195,28 @@ def fit(
             created under it is copied into its scope, trained there, and the weights copied back.
         verbose: Keras verbosity ("auto": a progress bar on a terminal).
         monitor: Metric for the best checkpoint (default ``val_loss`` with validation data, else ``loss``).
+        jit_compile: Boolean or None, compile the train step with XLA (None keeps the model's setting).
+        steps_per_execution: Integer >= 1 or None, train steps per ``tf.function`` call (None keeps it).
+        mixed_precision: None, "float32", "mixed_float16" or "mixed_bfloat16": train a copy whose layers
+            use that policy, output layers kept in float32 (mixed_float16 adds loss scaling).
+        backup_dir: Directory of the BackupAndRestore state (default ``run_dir/backup``); in multi-worker
+            training every worker must name the same one (the chief's).
 
     Returns:
-        The Keras ``History``; ``model`` holds the trained weights.
+        The Keras ``History`` (``history.model`` is the model that trained); ``model`` holds the trained weights.
 
     Raises:
         TrainingError: the loss became NaN or infinite (the message names the epoch and step).
+        ConfigError: a bad option, or a batch size not divisible by the number of replicas.
 
     >>> history = fit(model, train_ds, val_ds, epochs=3, run_dir="runs/x")  # doctest: +SKIP
     """
     check_model(model, "fit")
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs={epochs!r} must be a positive integer")
+    _check_precision(mixed_precision)
+    if steps_per_execution is not None:
+        check_range("steps_per_execution", steps_per_execution, 1)
     count_steps(train_ds, "train_ds")
     if val_ds is not None:
         count_steps(val_ds, "val_ds")
@@ -115,17 +224,24 @@ def fit(
         log.info("fit: model was not compiled; using Adam(1e-3) and sparse categorical cross-entropy")
         compile_like(model, learning_rate=1e-3)
 
-    trained = model
     if strategy is not None:
         strategy = distribute.get_strategy(strategy)
-        if not in_strategy(model, strategy):
-            trained = _replicate(model, strategy)
+        if strategy.num_replicas_in_sync > 1:
+            distribute.check_batch_size(_batch_size(train_ds), strategy)
+        _check_xla(strategy, jit_compile if jit_compile is not None else model._jit_compile)
+    trained = model
+    if mixed_precision is not None or (strategy is not None and not in_strategy(model, strategy)):
+        trained = _replicate(model, strategy, mixed_precision, jit_compile, steps_per_execution)
+    elif jit_compile is not None or steps_per_execution is not None:
+        _recompile(model, model, model.optimizer, jit_compile, steps_per_execution)
 
     nan_guard = StopOnNaN()
     all_callbacks = [nan_guard, *callbacks]
+    throwaway = None
     if run_dir is not None:
         monitor = monitor or ("val_loss" if val_ds is not None else "loss")
-        all_callbacks = run_callbacks(run_dir, monitor) + all_callbacks
+        write_dir, throwaway = _write_dir(run_dir, strategy)
+        all_callbacks = run_callbacks(write_dir, monitor, backup_dir=Path(backup_dir or Path(run_dir) / "backup")) + all_callbacks
     try:
         history = trained.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=all_callbacks, verbose=verbose)
     finally:
@@ -133,6 +249,9 @@ def fit(
         # next fit() on the same model then fails with AttributeError. Put the attribute back.
         if not hasattr(trained, "_training_state"):
             trained._training_state = None
+        if throwaway is not None:
+            shutil.rmtree(throwaway, ignore_errors=True)
+    history.run_dir = throwaway or run_dir
     if trained is not model:
         model.set_weights(trained.get_weights())
     if nan_guard.where is not None:

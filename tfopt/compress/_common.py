@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from tfopt._keras import check_model, keras, tf
-from tfopt.errors import DataError
+from tfopt.errors import ConfigError, DataError
 
 __all__ = ["count_steps", "strategy_scope", "outputs_logits", "compile_like"]
 
@@ -29,8 +29,18 @@ def count_steps(dataset, what: str = "train_ds") -> int:
 
 
 def strategy_scope(strategy=None):
-    """``strategy.scope()`` when a tf.distribute strategy is given, else a no-op context."""
-    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+    """``strategy.scope()`` when a tf.distribute strategy is given, else a no-op context.
+
+    A strategy NAME is refused: a function that enters the scope twice would build two different
+    strategies; resolve it once with ``tfopt.distribute.get_strategy(name)`` and pass the object.
+    """
+    if strategy is None:
+        return contextlib.nullcontext()
+    if not isinstance(strategy, tf.distribute.Strategy):
+        raise ConfigError(
+            f"strategy={strategy!r} is not a tf.distribute.Strategy; pass tfopt.distribute.get_strategy({strategy!r})"
+        )
+    return strategy.scope()
 
 
 def outputs_logits(model) -> bool:

@@ -175,8 +175,14 @@ def dense_stack(x, units: Sequence[int], activation="relu", dropout: float = 0.0
 
 
 def logits(x, num_classes: int, regularizer=None):
-    """The final linear Dense layer, named "logits" (no activation: losses use ``from_logits=True``)."""
-    return keras.layers.Dense(num_classes, activation=None, kernel_regularizer=regularizer, name="logits")(x)
+    """The final linear Dense layer, named "logits" (no activation: losses use ``from_logits=True``).
+
+    It always computes in float32, so under a mixed-precision policy (``mixed_float16`` / ``mixed_bfloat16``)
+    the hidden layers run in half precision while the logits, softmax and loss stay numerically stable.
+    """
+    return keras.layers.Dense(
+        num_classes, activation=None, kernel_regularizer=regularizer, dtype="float32", name="logits"
+    )(x)
 
 
 # ---------------------------------------------------------------------------------------- ResNet blocks

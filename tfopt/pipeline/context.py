@@ -91,11 +91,20 @@ class Context:
         recipe: The validated Recipe.
         run_dir: Path of the run directory.
         verbose: Keras verbosity.
+        shared_dir: Path of the run directory all workers share (default ``run_dir``).
+        strategy: The tf.distribute strategy the train stages use, or None.
     """
 
-    def __init__(self, recipe: Recipe, run_dir: Path, verbose="auto"):
+    def __init__(self, recipe: Recipe, run_dir: Path, verbose="auto", shared_dir: Path | None = None,
+                 strategy=None):
         self.recipe = recipe
+        # made once per process, before any TensorFlow work (a multi-worker strategy must be, and cannot be
+        # made twice)
+        self.strategy = strategy
         self.run_dir = Path(run_dir)
+        # the run directory every worker of a multi-worker run shares (the chief's); run_dir is this
+        # process's own (the same, except for non-chief workers)
+        self.shared_dir = Path(shared_dir or run_dir)
         self.verbose = verbose
         self._data: dict = {}
         self._models: dict = {}

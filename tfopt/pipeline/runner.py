@@ -21,8 +21,10 @@ import shutil
 import time
 from pathlib import Path
 
+from tfopt import distribute
 from tfopt._io import atomic_write_text, read_json, write_json
 from tfopt._keras import set_seed
+from tfopt._lock import RunLock
 from tfopt.errors import ConfigError
 from tfopt.pipeline.context import Context, save_model
 from tfopt.pipeline.recipe import DataSpec, Recipe, load_recipe
@@ -87,7 +89,7 @@ def _open_run_dir(run_dir: Path, recipe: Recipe, overwrite: bool) -> dict:
                 f"{recipe.name!r} has hash {recipe.hash!r}); pass overwrite=True (--overwrite) to replace it, "
                 "or pick another run directory"
             )
-    elif any(p.name != ".tfopt-write-test" for p in run_dir.iterdir()) and not overwrite:
+    elif any(p.name not in (".tfopt-write-test", ".lock") for p in run_dir.iterdir()) and not overwrite:
         raise ConfigError(f"run directory {str(run_dir)!r} is not empty and holds no tfopt run (no {MANIFEST}); "
                           "pass overwrite=True (--overwrite) or pick an empty or new directory")
     _clear(run_dir, old)
@@ -204,14 +206,27 @@ def run_recipe(path_or_dict, run_dir=None, force=(), overwrite: bool = False, da
     >>> [(v["variant"], round(v["accuracy"], 3)) for v in results["variants"]]  # doctest: +SKIP
     """
     recipe = load_recipe(path_or_dict, overrides=overrides, data=data)
-    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
+    run_dir = shared_dir = Path(run_dir) if run_dir is not None else Path("runs") / recipe.name
+    # the strategy first: a multi-worker one must exist before TensorFlow's runtime starts
+    strategy = distribute.get_strategy(recipe.training["strategy"]) if recipe.training["strategy"] else None
+    if distribute.parse_tf_config() is not None and not distribute.is_chief():
+        # A non-chief worker of a multi-worker run: it trains with the chief (sharing the chief's
+        # BackupAndRestore state) and keeps every other file of its own beside the chief's run directory.
+        run_dir = shared_dir.parent / f"{shared_dir.name}.worker-{distribute.task_index()}"
+    _check_writable(run_dir)
+    with RunLock(run_dir):  # a second run on the same directory gets a clear error, not a mixed-up run
+        return _run_locked(recipe, run_dir, force, overwrite, data, overrides, verbose, shared_dir, strategy)
+
+
+def _run_locked(recipe, run_dir: Path, force, overwrite: bool, data, overrides, verbose, shared_dir: Path,
+                strategy) -> dict:
     manifest = _open_run_dir(run_dir, recipe, overwrite)
     _apply_force(manifest, recipe, force, run_dir)
     if recipe.source != "<dict>" and not data and not overrides:
         with contextlib.suppress(OSError):
             atomic_write_text(run_dir / "recipe.yaml", Path(recipe.source).read_text(encoding="utf-8"))
 
-    ctx = Context(recipe, run_dir, verbose)
+    ctx = Context(recipe, run_dir, verbose, shared_dir=shared_dir, strategy=strategy)
     _, _, info = ctx.load(recipe.data)  # before any stage: the data must load and fit the model
     manifest["data"] = info.to_dict()
     if recipe.model.path is not None:

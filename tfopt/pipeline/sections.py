@@ -58,6 +58,9 @@ TRAINING = {
     "l2": Field((FLOAT,), 0.0, check=at_least(0)),
     "augment": Field((STR, NONE), None, choices=AUGMENT),
     "strategy": Field((STR, NONE), None, choices=STRATEGIES),
+    "mixed_precision": Field((STR, NONE), None, choices=("float32", "mixed_float16", "mixed_bfloat16")),
+    "jit_compile": Field((BOOL, NONE), None),
+    "steps_per_execution": Field((INT, NONE), None, check=at_least(1)),
 }
 
 _NAME = Field((STR, NONE), None, check=safe_name)
@@ -94,7 +97,7 @@ STAGE_OPTIONS = {
         "frequency": Field((INT, NONE), None, check=at_least(1)),
         "m_by_n": Field((LIST, NONE), None, check=int_list(2, 1, 2)),
         "policy": Field((STR, NONE), None, choices=("xnnpack",)),
-        "learning_rate": Field((FLOAT,), 1e-4, check=positive),
+        "learning_rate": Field((FLOAT,), 1e-3, check=positive),
     },
     "cluster": {
         "name": _NAME,

@@ -16,7 +16,7 @@ from tfopt._keras import keras
 from tfopt.pipeline.context import Context, weight_count
 from tfopt.pipeline.recipe import DataSpec, StageSpec
 
-__all__ = ["STAGES", "StageOutput", "register_stage"]
+__all__ = ["STAGES", "StageOutput", "register_stage", "tune_search"]
 
 
 @dataclasses.dataclass
@@ -58,23 +58,30 @@ def _held_out(model, val_ds) -> dict:
             "params": params, "nonzero_params": nonzero}
 
 
-@register_stage("tune")
-def run_tune(ctx: Context, spec: StageSpec, stage_dir: Path) -> StageOutput:
-    """Hyperparameter search with ``tfopt.tune.search``; the best model becomes the current model."""
+def tune_search(ctx: Context, spec: StageSpec, directory: Path, **extra):
+    """Run the search a ``tune`` stage describes on the recipe's data; ``extra`` goes to ``tfopt.tune.search``
+    (e.g. ``role``, ``address``, ``tuner_id``, ``overwrite`` for ``tfopt tune``)."""
     search = importlib.import_module("tfopt.tune").search
     o = spec.options
     train_ds, val_ds, info = ctx.load()
     shape = (info.seq_len,) if info.kind == "tokens" else tuple(info.input_shape)
     result = search(o["space"], train_ds, val_ds, algorithm=o["algorithm"], objective=o["objective"],
                     max_trials=o["max_trials"], max_epochs=o["max_epochs"], constraints=o["constraints"],
-                    objectives=o["objectives"], directory=str(stage_dir / "search"), project_name=ctx.recipe.name,
+                    objectives=o["objectives"], directory=str(directory), project_name=ctx.recipe.name,
                     seed=ctx.recipe.seed, input_shape=shape, num_classes=info.num_classes,
-                    verbose=1 if ctx.verbose == "auto" else int(ctx.verbose))
+                    verbose=1 if ctx.verbose == "auto" else int(ctx.verbose), **extra)
+    return result, train_ds, val_ds
+
+
+@register_stage("tune")
+def run_tune(ctx: Context, spec: StageSpec, stage_dir: Path) -> StageOutput:
+    """Hyperparameter search with ``tfopt.tune.search``; the best model becomes the current model."""
+    result, train_ds, val_ds = tune_search(ctx, spec, stage_dir / "search")
     model = result.best_model
     hp = result.best_hyperparameters
     hp = hp if isinstance(hp, dict) else getattr(hp, "values", {})
     if model.optimizer is None:
-        ctx.compile(model, train_ds, o["max_epochs"])
+        ctx.compile(model, train_ds, spec.options["max_epochs"])
     metrics = {"best_hyperparameters": dict(hp or {}), **_held_out(model, val_ds)}
     return StageOutput(model, metrics, f"best {metrics['best_hyperparameters']}, accuracy {metrics['val_accuracy']:.4f}")
 
@@ -87,8 +94,11 @@ def run_train(ctx: Context, spec: StageSpec, stage_dir: Path) -> StageOutput:
     model = ctx.regularize(model)
     epochs = spec.options.get("epochs") or ctx.recipe.training["epochs"]
     ctx.compile(model, train_ds, epochs)
-    train.fit(model, train_ds, val_ds, epochs=epochs, run_dir=stage_dir, strategy=ctx.recipe.training["strategy"],
-              verbose=ctx.verbose)
+    t = ctx.recipe.training
+    train.fit(model, train_ds, val_ds, epochs=epochs, run_dir=stage_dir, strategy=ctx.strategy, verbose=ctx.verbose,
+              backup_dir=ctx.shared_dir / spec.dirname / "backup",
+              mixed_precision=t["mixed_precision"], jit_compile=t["jit_compile"],
+              steps_per_execution=t["steps_per_execution"])
     metrics = {"epochs": epochs, **_held_out(model, val_ds)}
     return StageOutput(model, metrics, f"held-out accuracy {metrics['val_accuracy']:.4f}, {metrics['params']:,} parameters")
 
