@@ -1,4 +1,4 @@
-"""The demo end to end through the command line, and the figures it must reach on mnist_5k."""
+"""`tfopt demo` end to end through the command line, and the figures it must reach on mnist_5k."""
 
 import json
 
@@ -14,14 +14,17 @@ def demo(tmp_path_factory):
     return run_dir, json.loads((run_dir / "results.json").read_text())
 
 
-def test_demo_writes_its_files(demo):
+def test_demo_writes_its_run(demo, capsys):
     run_dir, results = demo
-    assert (run_dir / "results.md").read_text().startswith("| variant |")
-    assert (run_dir / "baseline.keras").is_file()
-    assert (run_dir / "baseline" / "history.csv").is_file()
+    for name in ("manifest.json", "report.md", "report.html", "01_train/history.csv"):
+        assert (run_dir / name).is_file(), name
     for row in results["variants"]:
-        assert (run_dir / "tflite").joinpath(row["path"].split("/")[-1]).stat().st_size == row["bytes"]
+        assert (run_dir / row["path"]).stat().st_size == row["bytes"]
     assert results["seed"] == 0 and results["data"]["n_train"] == 4000 and results["data"]["n_val"] == 1000
+    # Running the same command again resumes: every stage is kept, nothing is trained again.
+    assert main(["demo", "--run-dir", str(run_dir)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("finished in an earlier run, kept") == len(results["stages"])
 
 
 def test_demo_reaches_the_issue_figures(demo):
@@ -29,11 +32,12 @@ def test_demo_reaches_the_issue_figures(demo):
     rows = {r["variant"]: r for r in results["variants"]}
     base = rows["float32"]
     assert base["accuracy"] >= 0.95  # measured on the float TFLite file itself
-    assert results["baseline"]["keras_accuracy"] == pytest.approx(base["accuracy"], abs=1e-3)
-    best = rows["pruned+QAT int8"]
+    assert results["stages"][0]["metrics"]["val_accuracy"] == pytest.approx(base["accuracy"], abs=1e-3)
+    best = rows["pruned_qat_int8"]
     assert base["gzip_bytes"] / best["gzip_bytes"] >= 10  # prune 80% + int8: at least 10x smaller gzipped
     assert best["accuracy"] >= base["accuracy"] - 0.01  # within 1 point of the float baseline
-    assert rows["QAT int8"]["accuracy"] >= base["accuracy"] - 0.005  # QAT int8 within 0.5 point
-    assert results["pruning"]["reached"]["overall"] == pytest.approx(0.8, abs=0.01)
+    assert best["accuracy"] >= rows["pruned_float32"]["accuracy"] - 0.005  # QAT int8 within 0.5 point of its float model
+    prune = next(s for s in results["stages"] if s["type"] == "prune")["metrics"]
+    assert prune["sparsity"] == pytest.approx(0.8, abs=0.01)
     for row in rows.values():
         assert row["latency_us_p50"] > 0  # measured, whichever is faster

@@ -159,7 +159,7 @@ def test_demo_recipe_end_to_end_on_digits(tmp_path):
     results = run_recipe(RECIPES / "demo.yaml", run_dir=tmp_path, data="digits", overrides=overrides, verbose=0)
     assert results["data"]["name"] == "digits" and results["data"]["input_shape"] == [8, 8, 1]
     v = _variants(results)
-    assert list(v) == ["float32", "float16", "dynamic", "pruned_float32", "pruned_qat_int8"]
+    assert list(v) == ["float32", "float16", "dynamic", "int8", "pruned_float32", "pruned_qat_int8"]
     assert all(r["n"] == 360 for r in v.values())
     train = results["stages"][0]["metrics"]
     assert v["float32"]["accuracy"] > 0.3 and abs(v["float32"]["accuracy"] - train["val_accuracy"]) <= 1 / 360

@@ -24,9 +24,19 @@ def _version() -> str:
 def _cmd_demo(args) -> int:
     from tfopt.demo import run_demo
 
-    run_demo(run_dir=args.run_dir, epochs=args.epochs, prune_epochs=args.prune_epochs, seed=args.seed,
-             target_sparsity=args.sparsity)
+    results = run_demo(run_dir=args.run_dir, epochs=args.epochs, seed=args.seed, target_sparsity=args.sparsity,
+                       prune_epochs=args.prune_epochs, force=args.force or ())
+    _print_results(results, args.run_dir)
     return 0
+
+
+def _print_results(results: dict, run_dir) -> None:
+    from tfopt.pipeline.report import variants_markdown
+
+    rows = [r for r in results.get("variants") or [] if "accuracy" in r]
+    if rows:
+        print("\n" + variants_markdown(rows) + "\n")
+    print(f"written to {run_dir}/ (results.json, report.md, report.html, manifest.json, one folder per stage)")
 
 
 def _load_keras(path):
@@ -82,7 +92,6 @@ def _cmd_run(args) -> int:
     from pathlib import Path
 
     from tfopt import distribute
-    from tfopt.demo import variants_table
     from tfopt.errors import ConfigError
     from tfopt.pipeline import run_recipe
 
@@ -95,11 +104,7 @@ def _cmd_run(args) -> int:
         overrides = {**(overrides or {}), "training": {**(overrides or {}).get("training", {}), "strategy": "multi_worker"}}
     results = run_recipe(args.recipe, run_dir=args.run_dir, force=args.force or (), overwrite=args.overwrite,
                          data=args.data, overrides=overrides)
-    run_dir = Path(args.run_dir or Path("runs") / results["recipe"])
-    rows = [r for r in results.get("variants") or [] if "accuracy" in r]
-    if rows:
-        print("\n" + variants_table(rows, baseline=results.get("baseline") or rows[0]["variant"]))
-    print(f"written to {run_dir}/ (results.json, report.md, report.html, manifest.json)")
+    _print_results(results, args.run_dir or Path("runs") / results["recipe"])
     return 0
 
 
@@ -136,11 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="the embedded default pipeline on mnist_5k, end to end")
-    d.add_argument("--run-dir", help="output directory (default runs/demo-<timestamp>)")
-    d.add_argument("--epochs", type=int, default=8, help="baseline epochs (default 8)")
-    d.add_argument("--prune-epochs", type=int, default=6, help="pruning fine-tune epochs (default 6)")
-    d.add_argument("--sparsity", type=float, default=0.8, help="pruning target (default 0.8)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--run-dir", default="runs/demo", help="run directory (default runs/demo; the same one resumes)")
+    d.add_argument("--epochs", type=int, help="baseline epochs (default 8)")
+    d.add_argument("--prune-epochs", type=int, help="pruning fine-tune epochs (default 6)")
+    d.add_argument("--sparsity", type=float, help="pruning target (default 0.8)")
+    d.add_argument("--seed", type=int, help="seed (default 0)")
+    d.add_argument("--force", nargs="+", metavar="STAGE", help="re-run these stages (and every later one)")
     d.set_defaults(func=_cmd_demo)
 
     r = sub.add_parser("run", help="run (or resume) a YAML recipe: train, compress, export, measure, report")

@@ -22,7 +22,7 @@ from tfopt.errors import ConfigError
 from tfopt.pipeline import plots
 from tfopt.pipeline.results import collect_results
 
-__all__ = ["write_report", "variants_table", "layer_stats", "TABLE_COLUMNS"]
+__all__ = ["write_report", "variants_table", "variants_markdown", "markdown_table", "layer_stats", "TABLE_COLUMNS"]
 
 # (header, key, format)
 TABLE_COLUMNS = (
@@ -99,7 +99,12 @@ def _histories(run_dir: Path, results: dict) -> dict:
     return out
 
 
-def _md_table(table: list[list[str]]) -> str:
+def variants_markdown(rows: list) -> str:
+    """The variant table (with ratios to the baseline) as Markdown, as the command line prints it."""
+    return markdown_table(variants_table(rows))
+
+
+def markdown_table(table: list[list[str]]) -> str:
     head, *body = table
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(head))) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -181,14 +186,14 @@ def write_report(run_dir) -> dict:
              f"Pareto-optimal (accuracy vs gzip size): {', '.join(sorted(front)) or '–'}. "
              f"Total stage time {results.get('seconds') or 0:.1f} s.")
 
-    md = [f"# tfopt report: {results['recipe']}", "", intro, "", "## Variants", "", _md_table(table) if rows else
-          "_no variant was exported_", "", "## Stages", "", _md_table(_stage_rows(results)), ""]
+    md = [f"# tfopt report: {results['recipe']}", "", intro, "", "## Variants", "", markdown_table(table) if rows else
+          "_no variant was exported_", "", "## Stages", "", markdown_table(_stage_rows(results)), ""]
     for title, path in images.items():
         md += [f"## {title}", "", f"![{title}](report/{path.name})", ""]
     if layers:
-        md += ["## Per-layer sparsity (TFLite weights)", "", _md_table(_layers_table(layers)), ""]
+        md += ["## Per-layer sparsity (TFLite weights)", "", markdown_table(_layers_table(layers)), ""]
     md += ["## Recipe", "", "```yaml", recipe_text.rstrip(), "```", "", "## Versions", "",
-           _md_table([["package", "version"]] + [[k, str(v)] for k, v in versions.items()]), ""]
+           markdown_table([["package", "version"]] + [[k, str(v)] for k, v in versions.items()]), ""]
     md_path = atomic_write_text(run_dir / "report.md", "\n".join(md))
 
     parts = [f"<h1>tfopt report: {html.escape(results['recipe'])}</h1>",
