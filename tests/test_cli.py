@@ -47,3 +47,47 @@ def test_export_and_evaluate_commands(tmp_path, capsys):
     assert '"accuracy": 0.' in capsys.readouterr().out
     assert main(["export", str(tmp_path / "m.keras"), "--quantization", "int8", "--data", "no_such_set"]) == 2
     assert "no_such_set" in capsys.readouterr().err
+
+
+TUNE_RECIPE = """
+name: tt
+seed: 0
+data: {name: digits}
+model: {builder: cnn}
+training: {epochs: 1, batch_size: 64}
+stages:
+  - tune:
+      algorithm: random
+      max_trials: MAX
+      max_epochs: 1
+      space: {model: cnn, filters: {choice: [[4], [8]]}, dense: {choice: [[16], [32]]}}
+"""
+
+
+def test_tune_command_writes_the_search_and_resumes(tmp_path, capsys):
+    import json
+
+    recipe = tmp_path / "tune.yaml"
+    recipe.write_text(TUNE_RECIPE.replace("MAX", "2"))
+    assert main(["tune", str(recipe), "--directory", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr()
+    assert "best hyperparameters: {" in out.out
+    trials = json.loads((tmp_path / "s" / "tt" / "trials.json").read_text())["trials"]
+    assert [t["status"] for t in trials] == ["COMPLETED", "COMPLETED"]
+    assert (tmp_path / "s" / "tt" / "best_hyperparameters.json").is_file()
+    recipe.write_text(TUNE_RECIPE.replace("MAX", "3"))  # same search, one more trial: only that one runs
+    assert main(["tune", str(recipe), "--directory", str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().err.count("] trial #") == 1
+    assert len(json.loads((tmp_path / "s" / "tt" / "trials.json").read_text())["trials"]) == 3
+
+
+def test_tune_command_needs_a_tune_stage(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\ndata: {name: digits}\nmodel: {builder: cnn}\nstages: [train]\n")
+    assert main(["tune", str(recipe)]) == 2
+    assert "needs a `tune` stage" in capsys.readouterr().err
+
+
+def test_report_command_rejects_a_directory_without_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a tfopt run directory" in capsys.readouterr().err

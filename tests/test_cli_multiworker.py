@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,42 @@ def test_two_workers_run_a_recipe_and_only_the_chief_writes_the_run(tmp_path):
     # the other worker kept its own files beside the chief's run directory, not in it
     assert (tmp_path / "run.worker-1" / "manifest.json").is_file()
     assert not list(run_dir.glob("*worker*"))
+
+
+def test_tune_command_as_chief_and_two_workers(tmp_path):
+    from tests.test_cli import TUNE_RECIPE
+
+    recipe = tmp_path / "tune.yaml"
+    recipe.write_text(TUNE_RECIPE.replace("MAX", "4"))
+    (port,) = _free_ports(1)
+    # tfopt's main() after the imports, with a marker saying the process is ready: the workers (which wait
+    # for the chief) start first, so that both are up before the chief hands out the trials.
+    launcher = ("import pathlib, sys, tfopt.cli; pathlib.Path(sys.argv[1]).write_text('ready'); "
+                "sys.exit(tfopt.cli.main(sys.argv[2:]))")
+    args = ["tune", str(recipe), "--directory", str(tmp_path / "s"), "--address", f"127.0.0.1:{port}"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    roles = [["--role", "worker", "--tuner-id", "w0"], ["--role", "worker", "--tuner-id", "w1"],
+             ["--role", "chief", "--serve-timeout", "150"]]
+    procs = []
+    try:
+        for i, extra in enumerate(roles):
+            if extra[1] == "chief":
+                deadline = time.monotonic() + 120
+                while not all((tmp_path / f"ready{k}").exists() for k in range(2)):
+                    assert time.monotonic() < deadline, "workers not ready in 120 s"
+                    assert all(p.poll() is None for p in procs), "a worker exited before the chief started"
+                    time.sleep(0.2)
+            log = open(tmp_path / f"p{i}.log", "w")
+            procs.append(subprocess.Popen([sys.executable, "-c", launcher, str(tmp_path / f"ready{i}"), *args, *extra],
+                                          stdout=log, stderr=subprocess.STDOUT, env=env))
+        for i, p in enumerate(procs):
+            try:
+                assert p.wait(timeout=180) == 0, (tmp_path / f"p{i}.log").read_text()[-3000:]
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"process {i} ({roles[i][1]}) did not finish in 180 s")
+    finally:
+        _kill(procs)
+    trials = json.loads((tmp_path / "s" / "tt" / "trials.json").read_text())["trials"]
+    assert [t["status"] for t in trials] == ["COMPLETED"] * 4
+    assert {t["tuner_id"] for t in trials} == {"w0", "w1"}  # split between the two workers
+    assert "best hyperparameters:" in (tmp_path / "p2.log").read_text()  # the chief reports the best
