@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import math
 import shutil
 import tempfile
 from pathlib import Path
 
-from tfopt import distribute
+import numpy as np
+
+from tfopt import _faults, distribute
+from tfopt._io import atomic_path, atomic_write_text
 from tfopt._keras import check_model, keras, tf
 from tfopt.compress._common import compile_like, count_steps, strategy_scope
 from tfopt.errors import ConfigError, TrainingError, check_range
@@ -36,32 +41,126 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def run_callbacks(run_dir, monitor: str = "val_loss", backup_dir=None) -> list:
+class _AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint writing to a temporary file renamed into place: a kill never leaves a truncated file."""
+
+    def _save_handler(self, filepath):
+        suffix = ".weights.h5" if str(filepath).endswith(".weights.h5") else Path(filepath).suffix
+        with atomic_path(filepath, suffix=suffix) as tmp:
+            super()._save_handler(str(tmp))
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose end-of-epoch backup is taken by :class:`_BackupLast`, after every other callback
+    (history row and checkpoints) has recorded the epoch, so a kill never leaves a backed-up epoch unrecorded."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+
+class _BackupLast(keras.callbacks.Callback):
+    """Takes ``backup``'s end-of-epoch backup; placed last in the callback list."""
+
+    def __init__(self, backup: _Backup):
+        super().__init__()
+        self.backup = backup
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or math.isfinite(float(loss)):  # a diverged epoch is never the one to resume from
+            self.backup._backup(epoch=epoch)
+
+
+class _ResumeState(keras.callbacks.Callback):
+    """On a resume (after ``_Backup`` restored the state), makes the run continue as if never stopped.
+
+    * ``history.csv`` loses the rows of epochs that will be trained again (each epoch is recorded once);
+    * the best checkpoint's reference value is the best of the epochs already trained (not reset);
+    * a reshuffling ``train_ds`` skips the shuffle seeds of the epochs already trained, so epoch ``n``
+      sees the batches it sees in an uninterrupted run (tf.data draws a new shuffle seed per iterator).
+    """
+
+    def __init__(self, run_dir: Path, best: keras.callbacks.ModelCheckpoint, train_ds=None):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.best = best
+        self.train_ds = train_ds
+        self.initial_epoch = 0
+
+    def on_train_begin(self, logs=None):
+        epoch, _ = self.model._maybe_load_initial_counters_from_ckpt(self.params.get("steps"), 0)
+        self.initial_epoch = int(epoch)
+        if self.initial_epoch <= 0:
+            return
+        rows = self._trim_history()
+        values = [float(r[self.best.monitor]) for r in rows if r.get(self.best.monitor) not in (None, "")]
+        values = [v for v in values if math.isfinite(v)]
+        if values:
+            self.best.best = min(values) if self.best.monitor_op is np.less else max(values)
+        if self.train_ds is not None:
+            for _ in range(self.initial_epoch):
+                iter(self.train_ds)  # draws (and discards) one epoch's shuffle/augmentation seeds
+
+    def _trim_history(self) -> list:
+        path = self.run_dir / "history.csv"
+        if not path.is_file():
+            return []
+        text = path.read_text(encoding="utf-8")
+        rows = list(csv.DictReader(io.StringIO(text)))
+        kept = [r for r in rows if r.get("epoch", "").isdigit() and int(r["epoch"]) < self.initial_epoch]
+        if len(kept) != len(rows) and rows:
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(kept)
+            atomic_write_text(path, out.getvalue())
+        return kept
+
+
+class _FaultPoints(keras.callbacks.Callback):
+    """The ``epoch:<n>:batch:<k>`` points of the ``TFOPT_FAULT`` testing hook (see ``tfopt._faults``)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        _faults.reached(f"epoch:{self.epoch}:batch:{batch}")
+
+
+def run_callbacks(run_dir, monitor: str = "val_loss", backup_dir=None, keep_backup: bool = False,
+                  train_ds=None) -> list:
     """The callbacks ``fit`` adds for a run directory.
 
     ``checkpoints/best.weights.h5`` (best ``monitor``), ``checkpoints/last.weights.h5``, ``backup/``
-    (``BackupAndRestore``: a killed run resumes at the epoch it was in), ``logs/`` (TensorBoard) and
-    ``history.csv`` (appended across resumes).
+    (BackupAndRestore: a killed run resumes at the start of the epoch it was in), ``logs/`` (TensorBoard) and
+    ``history.csv`` (one row per epoch, kept across resumes). Checkpoint files are written atomically, and
+    on a resume the best checkpoint keeps competing with the epochs trained before the kill.
 
     Args:
         run_dir: String or path, where checkpoints, logs and history go.
         monitor: String, the metric of the best checkpoint.
         backup_dir: String, path or None, the BackupAndRestore directory (default ``run_dir/backup``).
+        keep_backup: Boolean, keep the backup when training ends (a later ``fit`` on it trains no epoch).
+        train_ds: The training tf.data.Dataset, or None: given, a resumed run skips the shuffle seeds of
+            the epochs already trained (only valid when Keras iterates this very dataset: no strategy).
 
     >>> [type(c).__name__ for c in run_callbacks("runs/x")][:2]  # doctest: +SKIP
-    ['BackupAndRestore', 'ModelCheckpoint']
+    ['_Backup', '_ResumeState']
     """
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
+    backup = _Backup(str(backup_dir or run_dir / "backup"), delete_checkpoint=not keep_backup)
+    best = _AtomicCheckpoint(str(ckpt / "best.weights.h5"), monitor=monitor, save_best_only=True,
+                             save_weights_only=True)
     return [
-        keras.callbacks.BackupAndRestore(str(backup_dir or run_dir / "backup")),
-        keras.callbacks.ModelCheckpoint(
-            str(ckpt / "best.weights.h5"), monitor=monitor, save_best_only=True, save_weights_only=True
-        ),
-        keras.callbacks.ModelCheckpoint(str(ckpt / "last.weights.h5"), save_weights_only=True),
+        backup,
+        _ResumeState(run_dir, best, train_ds),
+        best,
+        _AtomicCheckpoint(str(ckpt / "last.weights.h5"), save_weights_only=True),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), histogram_freq=0, write_graph=False),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        _BackupLast(backup),
     ]
 
 
@@ -174,6 +273,7 @@ def fit(
     steps_per_execution: int | None = None,
     mixed_precision: str | None = None,
     backup_dir=None,
+    keep_backup: bool = False,
 ):
     """Train ``model`` (compiled, or compiled here with Adam and sparse cross-entropy) like ``model.fit``.
 
@@ -201,6 +301,9 @@ def fit(
             use that policy, output layers kept in float32 (mixed_float16 adds loss scaling).
         backup_dir: Directory of the BackupAndRestore state (default ``run_dir/backup``); in multi-worker
             training every worker must name the same one (the chief's).
+        keep_backup: Boolean, keep the backup when training ends: a later ``fit`` with the same
+            ``run_dir`` then trains no epoch and returns with the trained weights (for callers that record
+            the result after ``fit`` and may be killed before; they delete the backup once recorded).
 
     Returns:
         The Keras ``History`` (``history.model`` is the model that trained); ``model`` holds the trained weights.
@@ -236,12 +339,17 @@ def fit(
         _recompile(model, model, model.optimizer, jit_compile, steps_per_execution)
 
     nan_guard = StopOnNaN()
-    all_callbacks = [nan_guard, *callbacks]
+    all_callbacks = [nan_guard, *callbacks] + ([_FaultPoints()] if _faults.armed() else [])
     throwaway = None
     if run_dir is not None:
         monitor = monitor or ("val_loss" if val_ds is not None else "loss")
         write_dir, throwaway = _write_dir(run_dir, strategy)
-        all_callbacks = run_callbacks(write_dir, monitor, backup_dir=Path(backup_dir or Path(run_dir) / "backup")) + all_callbacks
+        # Keras iterates train_ds itself only without a strategy (a strategy distributes a copy of it)
+        same_data = train_ds if strategy is None and isinstance(train_ds, tf.data.Dataset) else None
+        if same_data is not None and int(same_data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+            same_data = None  # infinite: Keras keeps one iterator across epochs
+        all_callbacks = run_callbacks(write_dir, monitor, backup_dir=Path(backup_dir or Path(run_dir) / "backup"),
+                                      keep_backup=keep_backup, train_ds=same_data) + all_callbacks
     try:
         history = trained.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=all_callbacks, verbose=verbose)
     finally:

@@ -17,7 +17,7 @@ from tfopt.errors import ConfigError
 from tfopt.pipeline.checks import FROM_DATA
 from tfopt.pipeline.recipe import DataSpec, ModelSpec, Recipe
 
-__all__ = ["Context", "save_model", "load_saved", "weight_count"]
+__all__ = ["Context", "save_model", "load_saved", "weight_count", "apply_determinism"]
 
 _QUANTIZER_VARS = ("_min", "_max", "optimizer_step", "iterations", "min_var", "max_var")
 
@@ -32,6 +32,22 @@ def weight_count(model) -> tuple[int, int]:
         total += values.size
         nonzero += int(np.count_nonzero(values))
     return total, nonzero
+
+
+def apply_determinism(recipe: Recipe) -> bool:
+    """Turn on TensorFlow op determinism when the recipe's ``training.deterministic`` is true.
+
+    With it (and the per-stage seeds), a run killed and resumed ends with the same weights and metrics as
+    an uninterrupted one. It is process-wide and cannot be turned off again. Returns whether it is on.
+
+    Args:
+        recipe: The validated Recipe.
+    """
+    if not recipe.training.get("deterministic"):
+        return False
+    set_seed(recipe.seed)  # op determinism refuses random ops without a seed
+    tf.config.experimental.enable_op_determinism()
+    return True
 
 
 def _is_qat(model) -> bool:

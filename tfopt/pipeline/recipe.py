@@ -203,9 +203,11 @@ def load_recipe(path_or_dict, overrides: dict | None = None, data: str | None = 
     problems.raise_if_any()
 
     stage_specs = tuple(spec for spec, _ in stages)
+    # `deterministic: false` (the default) is left out of the resolved recipe: older recipes keep their hash
+    hashed_training = {k: v for k, v in training_v.items() if k != "deterministic" or v}
     resolved = {
         "name": top["name"], "seed": top["seed"], "description": top.get("description"),
-        "data": dataclasses.asdict(data_spec), "model": dataclasses.asdict(model_spec), "training": training_v,
+        "data": dataclasses.asdict(data_spec), "model": dataclasses.asdict(model_spec), "training": hashed_training,
         "stages": [{"type": s.type, "name": s.name, "implicit": s.implicit, "options": s.options}
                    for s in stage_specs],
     }

@@ -21,12 +21,12 @@ import shutil
 import time
 from pathlib import Path
 
-from tfopt import distribute
+from tfopt import _faults, distribute
 from tfopt._io import atomic_write_text, read_json, write_json
 from tfopt._keras import set_seed
 from tfopt._lock import RunLock
 from tfopt.errors import ConfigError
-from tfopt.pipeline.context import Context, save_model
+from tfopt.pipeline.context import Context, apply_determinism, save_model
 from tfopt.pipeline.recipe import DataSpec, Recipe, load_recipe
 from tfopt.pipeline.results import collect_results, versions
 from tfopt.pipeline.sections import MODEL_STAGES
@@ -147,6 +147,7 @@ def _data_needed(ctx: Context, spec) -> list:
 
 
 def _run_stage(ctx: Context, spec, entry: dict, manifest: dict, stages: Stages) -> None:
+    _faults.reached(f"stage:{spec.name}:before")
     stage_dir = ctx.run_dir / spec.dirname
     stage_dir.mkdir(parents=True, exist_ok=True)
     entry.update(status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -177,9 +178,14 @@ def _run_stage(ctx: Context, spec, entry: dict, manifest: dict, stages: Stages) 
     if (stage_dir / "history.csv").exists():
         outputs["history"] = str((stage_dir / "history.csv").relative_to(ctx.run_dir))
     write_json(stage_dir / "metrics.json", out.metrics)
+    _faults.reached(f"stage:{spec.name}:after")
     entry.pop("error", None)
     entry.update(status="done", outputs=outputs, metrics=out.metrics, seconds=time.perf_counter() - start)
     write_json(ctx.run_dir / MANIFEST, manifest)
+    if spec.type == "train" and ctx.run_dir == ctx.shared_dir:
+        # fit kept its BackupAndRestore state (keep_backup=True) until the stage was recorded done: a kill
+        # between the end of training and here resumes with the trained weights instead of training again
+        shutil.rmtree(stage_dir / "backup", ignore_errors=True)
 
 
 def run_recipe(path_or_dict, run_dir=None, force=(), overwrite: bool = False, data: str | None = None,
@@ -220,6 +226,7 @@ def run_recipe(path_or_dict, run_dir=None, force=(), overwrite: bool = False, da
 
 def _run_locked(recipe, run_dir: Path, force, overwrite: bool, data, overrides, verbose, shared_dir: Path,
                 strategy) -> dict:
+    apply_determinism(recipe)
     manifest = _open_run_dir(run_dir, recipe, overwrite)
     _apply_force(manifest, recipe, force, run_dir)
     if recipe.source != "<dict>" and not data and not overrides:

@@ -61,6 +61,9 @@ TRAINING = {
     "mixed_precision": Field((STR, NONE), None, choices=("float32", "mixed_float16", "mixed_bfloat16")),
     "jit_compile": Field((BOOL, NONE), None),
     "steps_per_execution": Field((INT, NONE), None, check=at_least(1)),
+    # tf.config.experimental.enable_op_determinism(): a resumed run ends with the same numbers as an
+    # uninterrupted one (see tfopt.pipeline.context.apply_determinism)
+    "deterministic": Field((BOOL,), False),
 }
 
 _NAME = Field((STR, NONE), None, check=safe_name)

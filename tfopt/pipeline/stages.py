@@ -11,9 +11,9 @@ import importlib
 from pathlib import Path
 from typing import Callable
 
-from tfopt import compress, export, train
+from tfopt import _faults, compress, export, train
 from tfopt._keras import keras
-from tfopt.pipeline.context import Context, weight_count
+from tfopt.pipeline.context import Context, apply_determinism, weight_count
 from tfopt.pipeline.recipe import DataSpec, StageSpec
 
 __all__ = ["STAGES", "StageOutput", "register_stage", "tune_search"]
@@ -62,14 +62,21 @@ def tune_search(ctx: Context, spec: StageSpec, directory: Path, **extra):
     """Run the search a ``tune`` stage describes on the recipe's data; ``extra`` goes to ``tfopt.tune.search``
     (e.g. ``role``, ``address``, ``tuner_id``, ``overwrite`` for ``tfopt tune``)."""
     search = importlib.import_module("tfopt.tune").search
+    apply_determinism(ctx.recipe)
     o = spec.options
     train_ds, val_ds, info = ctx.load()
     shape = (info.seq_len,) if info.kind == "tokens" else tuple(info.input_shape)
+
+    def fresh_data():  # each trial gets datasets made afresh (see tfopt.tune.search's data_fn)
+        ctx.fresh_data()
+        return ctx.load()[:2]
+
     result = search(o["space"], train_ds, val_ds, algorithm=o["algorithm"], objective=o["objective"],
                     max_trials=o["max_trials"], max_epochs=o["max_epochs"], constraints=o["constraints"],
                     objectives=o["objectives"], directory=str(directory), project_name=ctx.recipe.name,
                     seed=ctx.recipe.seed, input_shape=shape, num_classes=info.num_classes,
-                    verbose=1 if ctx.verbose == "auto" else int(ctx.verbose), **extra)
+                    verbose=1 if ctx.verbose == "auto" else int(ctx.verbose), data_fn=fresh_data, **extra)
+    train_ds, val_ds, _ = ctx.load()
     return result, train_ds, val_ds
 
 
@@ -96,7 +103,7 @@ def run_train(ctx: Context, spec: StageSpec, stage_dir: Path) -> StageOutput:
     ctx.compile(model, train_ds, epochs)
     t = ctx.recipe.training
     train.fit(model, train_ds, val_ds, epochs=epochs, run_dir=stage_dir, strategy=ctx.strategy, verbose=ctx.verbose,
-              backup_dir=ctx.shared_dir / spec.dirname / "backup",
+              backup_dir=ctx.shared_dir / spec.dirname / "backup", keep_backup=True,
               mixed_precision=t["mixed_precision"], jit_compile=t["jit_compile"],
               steps_per_execution=t["steps_per_execution"])
     metrics = {"epochs": epochs, **_held_out(model, val_ds)}
@@ -196,6 +203,7 @@ def run_export(ctx: Context, spec: StageSpec, stage_dir: Path) -> StageOutput:
         quant = v["tflite_quantization"]
         tfl = export.to_tflite(model, quant, representative_data=train_ds if quant in ("int8", "int16x8") else None,
                                io_dtype=v["io_dtype"], num_samples=spec.options["num_samples"], sparse=v["sparse"])
+        _faults.reached(f"export:{v['name']}")
         path = tfl.save(stage_dir / f"{v['name']}.tflite")
         params, nonzero = weight_count(model)
         rows.append({"variant": v["name"], "model": v["model"], "quantization": v["quantization"],

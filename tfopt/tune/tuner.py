@@ -27,6 +27,7 @@ from keras_tuner.src.engine import base_tuner
 from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import objective as kt_objective
 
+from tfopt import _faults
 from tfopt._io import write_json
 from tfopt._keras import keras, set_seed
 from tfopt.errors import TrainingError
@@ -166,6 +167,10 @@ class TfoptTuner(base_tuner.BaseTuner):
             "initial_epoch": int(hp.values.get("tuner/initial_epoch", 0)),
             "resumed_from": hp.values.get("tuner/trial_id"),
         }
+        if s.get("data_fn") is not None:
+            # fresh datasets (same seeds) per trial: a trial's batches do not depend on how many trials this
+            # process ran before it, so a resumed search scores a trial as an uninterrupted one does
+            train_ds, val_ds = s["data_fn"]()
         start = time.time()
         runs: list[dict] = []
         best = {"value": None}
@@ -209,6 +214,7 @@ class TfoptTuner(base_tuner.BaseTuner):
         self.ran += 1
         if self.settings["verbose"] >= 1:
             self._progress(trial)
+        _faults.reached(f"trial:{self.ran}:end")  # testing hook (off unless TFOPT_FAULT names it)
 
     def _progress(self, trial) -> None:
         objectives = self.settings["objectives"]
@@ -273,7 +279,7 @@ def search(space, train_ds, val_ds, algorithm: str = "hyperband", objective="val
            overwrite: bool = False, seed: int = 0, input_shape=None, num_classes=None, strategy=None,
            verbose: int = 1, executions_per_trial: int = 1, max_consecutive_failed_trials: int = 3,
            factor: int = 3, role: str | None = None, address: str | None = None, tuner_id: str | None = None,
-           serve_timeout: float | None = None):
+           serve_timeout: float | None = None, data_fn=None):
     """Search a space of tf_keras models, training settings and compression settings with keras-tuner.
 
     Args:
@@ -307,6 +313,10 @@ def search(space, train_ds, val_ds, algorithm: str = "hyperband", objective="val
         address: String "host:port" of the chief for ``role``; None keeps KERASTUNER_ORACLE_IP/PORT.
         tuner_id: String, a worker's unique id (recorded in each of its trials as ``tuner_id``).
         serve_timeout: Float or None, seconds the chief waits for the workers before DistributeError.
+        data_fn: Callable or None, returns fresh ``(train_ds, val_ds)`` made with the same seeds; called
+            for each trial, so that (with op determinism) a trial scores the same whether the search ran
+            uninterrupted or was killed and resumed (a shared reshuffling dataset gives each later
+            trial other batches).
 
     Returns:
         :class:`tfopt.tune.results.SearchResult`. The chief (or a single process) also writes
@@ -342,7 +352,7 @@ def search(space, train_ds, val_ds, algorithm: str = "hyperband", objective="val
         needs.add("export")
     settings = dict(input_shape=shape, num_classes=classes, objectives=wanted, constraints=bounds, needs=needs,
                     strategy=strategy, verbose=int(verbose), executions=executions, seed=int(seed),
-                    max_epochs=max_epochs, steps_per_epoch=steps, serve_timeout=serve_timeout)
+                    max_epochs=max_epochs, steps_per_epoch=steps, serve_timeout=serve_timeout, data_fn=data_fn)
     with distributed_env(role, address, tuner_id):
         worker = dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
         oracle = make_oracle(algorithm, kt_objective_of(wanted), declared_space(parsed), max_trials, max_epochs,
