@@ -32,27 +32,8 @@ QUICK = [CANDIDATES[1]]
 
 
 def file_stats(content: bytes) -> dict:
-    """Sparsity and distinct values per output channel of the int8 kernels stored in a TFLite file.
-
-    Args:
-        content: Bytes, the flatbuffer.
-
-    Returns:
-        ``{"sparsity": zero fraction over int8 kernels, "max_values_per_channel": int, "kernels": n}``
-        (empty values when the file has no readable int8 kernel, e.g. sparse-encoded tensors).
-    """
-    try:
-        weights = export.tflite_weights(content)
-    except Exception:  # noqa: BLE001  (sparse-encoded files may not be readable tensor by tensor)
-        weights = {}
-    kernels = [w for w in weights.values() if w.dtype == np.int8 and w.size >= 256]
-    if not kernels:
-        return {"sparsity": None, "max_values_per_channel": None, "kernels": 0}
-    zeros = sum(int((k == 0).sum()) for k in kernels)
-    total = sum(k.size for k in kernels)
-    # TFLite stores kernels output-channel first (FC: [out, in]; conv: [out, h, w, in]).
-    per_channel = max(int(np.unique(k.reshape(k.shape[0], -1)[c]).size) for k in kernels for c in range(k.shape[0]))
-    return {"sparsity": zeros / total, "max_values_per_channel": per_channel, "kernels": len(kernels)}
+    """Sparsity and distinct values per output channel of the int8 kernels in a TFLite file."""
+    return export.weight_stats(content)
 
 
 def _compressed(arch, base, sparsity, clusters, settings, train_ds):

@@ -5,6 +5,6 @@
 """
 
 from tfopt.export.evaluate import compare, evaluate, latency
-from tfopt.export.tflite import QUANTIZATIONS, TFLiteModel, interpreter, tflite_weights, to_tflite
+from tfopt.export.tflite import QUANTIZATIONS, TFLiteModel, interpreter, tflite_weights, to_tflite, weight_stats
 
-__all__ = ["QUANTIZATIONS", "TFLiteModel", "compare", "evaluate", "interpreter", "latency", "tflite_weights", "to_tflite"]
+__all__ = ["QUANTIZATIONS", "TFLiteModel", "compare", "evaluate", "interpreter", "latency", "tflite_weights", "to_tflite", "weight_stats"]

@@ -13,7 +13,7 @@ from tfopt._io import atomic_write_bytes
 from tfopt._keras import check_model, keras, tf
 from tfopt.errors import ConfigError, DataError, ExportError
 
-__all__ = ["QUANTIZATIONS", "TFLiteModel", "to_tflite", "interpreter", "tflite_weights"]
+__all__ = ["QUANTIZATIONS", "TFLiteModel", "to_tflite", "interpreter", "tflite_weights", "weight_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -339,3 +339,32 @@ def tflite_weights(content: bytes) -> dict:
         if value is not None and value.size:
             weights[detail["name"]] = np.array(value)
     return weights
+
+
+def weight_stats(content: bytes, min_size: int = 256) -> dict:
+    """Sparsity and distinct values per output channel of the int8 kernels stored in a TFLite file: what
+    pruning and clustering left in the shipped model, read back from the file itself.
+
+    Args:
+        content: Bytes, the flatbuffer.
+        min_size: Integer, kernels with fewer weights are left out (biases, tiny layers).
+
+    Returns:
+        ``{"sparsity": zero fraction over the int8 kernels, "max_values_per_channel": int, "kernels": n}``;
+        None values when the file has no readable int8 kernel (e.g. float files or sparse-encoded tensors).
+
+    >>> weight_stats(to_tflite(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])).content)["kernels"]
+    0
+    """
+    try:
+        weights = tflite_weights(content)
+    except ExportError:  # sparse-encoded files may not be readable tensor by tensor
+        weights = {}
+    kernels = [w for w in weights.values() if w.dtype == np.int8 and w.size >= min_size]
+    if not kernels:
+        return {"sparsity": None, "max_values_per_channel": None, "kernels": 0}
+    zeros = sum(int((k == 0).sum()) for k in kernels)
+    total = sum(k.size for k in kernels)
+    # TFLite stores kernels output-channel first (FULLY_CONNECTED: [out, in]; CONV_2D: [out, h, w, in]).
+    per_channel = max(int(np.unique(row).size) for k in kernels for row in k.reshape(k.shape[0], -1))
+    return {"sparsity": zeros / total, "max_values_per_channel": per_channel, "kernels": len(kernels)}
