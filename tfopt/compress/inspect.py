@@ -132,9 +132,9 @@ def cluster_counts(model) -> dict:
         ``{"layers": {layer_name: n_distinct}, "per_channel": {conv_layer_name: max n_distinct over
         output channels}}``.
 
-    >>> m = keras.Sequential([keras.layers.Dense(3, input_shape=(2,), kernel_initializer="ones")])
+    >>> m = keras.Sequential([keras.layers.Dense(3, input_shape=(2,), kernel_initializer="ones", name="d")])
     >>> cluster_counts(m)["layers"]
-    {'dense': 1}
+    {'d': 1}
     """
     check_model(model, "cluster_counts")
     counts, per_channel = {}, {}
