@@ -22,3 +22,16 @@ def run_model_saving_test(model, x, tmp_path, atol=1e-6, custom_objects=None):
     loaded = keras.models.load_model(path, custom_objects=custom_objects)
     np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=atol)
     return loaded
+
+
+def shuffled_digits(images: bool = True, seed: int = 0):
+    """scikit-learn's 1,797 digits scaled to [0, 1] in a fixed shuffled order: (x, y).
+
+    ``images``: 8x8x1 arrays, else flat 64-feature rows.
+    """
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images[..., None] if images else data.data) / 16.0
+    order = np.random.default_rng(seed).permutation(len(data.target))
+    return x.astype("float32")[order], data.target.astype("int32")[order]

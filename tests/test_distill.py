@@ -2,21 +2,16 @@
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from tfopt._keras import keras, tf
 from tfopt.compress.distill import Distiller, distill, distillation_loss
 from tfopt.errors import ConfigError
-from tests.helpers import run_model_saving_test, run_serialization_test
+from tests.helpers import run_model_saving_test, run_serialization_test, shuffled_digits
 
 
 @pytest.fixture(scope="module")
 def digits():
-    data = load_digits()
-    x = (data.data / 16.0).astype("float32")
-    y = data.target.astype("int32")
-    order = np.random.default_rng(0).permutation(len(y))
-    x, y = x[order], y[order]
+    x, y = shuffled_digits(images=False)
     return x[:1400], y[:1400], x[1400:], y[1400:]
 
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
+from tests.helpers import shuffled_digits
 from tfopt._keras import keras, serializable, tf, tfmot
 from tfopt.compress.quantize import flatten_model, load_quantized, quantize_aware, save_quantized
 from tfopt.errors import ConfigError, KerasVersionError, UnsupportedLayerError
@@ -13,11 +13,7 @@ QW = tfmot.quantization.keras.QuantizeWrapper
 
 @pytest.fixture(scope="module")
 def digits():
-    data = load_digits()
-    x = (data.images / 16.0).astype("float32")[..., None]
-    y = data.target.astype("int32")
-    order = np.random.default_rng(0).permutation(len(y))
-    x, y = x[order], y[order]
+    x, y = shuffled_digits(images=True)
     return x[:1400], y[:1400], x[1400:], y[1400:]
 
 

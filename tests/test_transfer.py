@@ -2,21 +2,16 @@
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from tfopt._keras import keras, tf
 from tfopt.compress.transfer import build_transfer_model, fine_tune
 from tfopt.errors import ConfigError
-from tests.helpers import run_model_saving_test
+from tests.helpers import run_model_saving_test, shuffled_digits
 
 
 @pytest.fixture(scope="module")
 def tasks():
-    data = load_digits()
-    x = (data.images / 16.0).astype("float32")[..., None]
-    y = data.target.astype("int32")
-    order = np.random.default_rng(0).permutation(len(y))
-    x, y = x[order], y[order]
+    x, y = shuffled_digits()
     a, b = y < 5, y >= 5
     xb, yb = x[b], y[b] - 5
     return {"a": (x[a], y[a]), "b_train": (xb[:600], yb[:600]), "b_val": (xb[600:], yb[600:])}
