@@ -133,3 +133,101 @@ def test_bad_input_raises_named_error(call, error, words):
 
 def test_the_matrix_has_at_least_40_cases():
     assert len(CASES) >= 40
+
+
+# ---------------------------------------------------------------- recipes and tuning
+def _recipe(tmp_path, text, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+GOOD = "name: r\ndata: {name: digits}\nmodel: {builder: cnn}\n"
+
+RECIPE_CASES = [
+    ("malformed YAML", "name: r\ndata: {name: digits\nmodel: x\n", ["r.yaml:3:", "malformed YAML"]),
+    ("empty file", "", ["empty"]),
+    ("wrong type", GOOD + "training: {epochs: ten}\n", ["r.yaml:4:", "training.epochs", "ten"]),
+    ("unknown key", GOOD + "trainng: {epochs: 2}\n", ["r.yaml:4:", "trainng"]),
+    ("out of range", GOOD + "stages:\n  - prune: {target_sparsity: 1.5}\n", ["r.yaml:5:", "target_sparsity", "1.5"]),
+    ("unknown stage", GOOD + "stages: [compress_hard]\n", ["compress_hard"]),
+    ("evaluate before export", GOOD + "stages: [train, evaluate]\n", ["evaluate", "export"]),
+    ("escaping name", "name: ../../etc\ndata: {name: digits}\nmodel: {builder: cnn}\n", ["../../etc"]),
+    ("missing model file", "name: r\ndata: {name: digits}\nmodel: {path: /nonexistent/m.keras}\n", ["/nonexistent/m.keras"]),
+    ("class mismatch", "name: r\ndata: {name: digits}\nmodel: {builder: cnn, args: {num_classes: 3}}\n", ["3", "10"]),
+]
+
+
+@pytest.mark.parametrize("text,words", [c[1:] for c in RECIPE_CASES], ids=[c[0] for c in RECIPE_CASES])
+def test_bad_recipe_is_refused_before_anything_runs(tmp_path, text, words):
+    from tfopt.pipeline import load_recipe, run_recipe
+
+    path = _recipe(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        run_recipe(path, run_dir=tmp_path / "run")
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"
+    assert not (tmp_path / "run" / "manifest.json").exists()  # the run did not start
+    with pytest.raises(ConfigError):
+        load_recipe(path)
+
+
+def test_missing_recipe_file(tmp_path):
+    from tfopt.pipeline import load_recipe
+
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+TUNE_CASES = [
+    ("min > max", {"dropout": {"min": 0.5, "max": 0.1}}, {}, ["0.5", "0.1"]),
+    ("empty choice", {"filters": {"choice": []}}, {}, ["filters"]),
+    ("unknown algorithm", "cnn", {"algorithm": "annealing"}, ["annealing", "hyperband"]),
+    ("unknown objective", "cnn", {"objective": "val_f7"}, ["val_f7"]),
+    ("max_trials 0", "cnn", {"max_trials": 0}, ["max_trials", "0"]),
+    ("unmeasured constraint", "cnn", {"constraints": {"flops": 1000}}, ["flops"]),
+    ("unknown builder", "vgg", {}, ["vgg"]),
+]
+
+
+@pytest.mark.parametrize("space,kwargs,words", [c[1:] for c in TUNE_CASES], ids=[c[0] for c in TUNE_CASES])
+def test_bad_search_is_refused(tmp_path, space, kwargs, words):
+    if isinstance(space, dict):
+        space = {"model": "cnn", **space}
+    with pytest.raises(ConfigError) as info:
+        tfopt.tune.search(space, DS, DS, directory=tmp_path / "s", **{"max_trials": 2, **kwargs})
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+# ---------------------------------------------------------------- the command line: one line, exit code 2
+CLI_CASES = [
+    ("run: unknown key", lambda p: ["run", str(_recipe(p, GOOD + "trainng: {}\n"))], "trainng"),
+    ("run: empty recipe", lambda p: ["run", str(_recipe(p, ""))], "empty"),
+    ("run: missing recipe", lambda p: ["run", str(p / "missing.yaml")], "missing.yaml"),
+    ("run: workers without index", lambda p: ["run", str(_recipe(p, GOOD)), "--workers", "127.0.0.1:1"], "--worker-index"),
+    ("run: bad worker list", lambda p: ["run", str(_recipe(p, GOOD)), "--workers", "nohostport", "--worker-index", "0"], "nohostport"),
+    ("export: missing model", lambda p: ["export", str(p / "m.keras")], "m.keras"),
+    ("evaluate: unknown data", lambda p: ["evaluate", str(p / "m.tflite"), "--data", "mnist_9k"], "mnist_9k"),
+    ("report: not a run", lambda p: ["report", str(p)], "not a tfopt run directory"),
+    ("tune: no tune stage", lambda p: ["tune", str(_recipe(p, GOOD))], "tune"),
+]
+
+
+@pytest.mark.parametrize("argv,word", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch, argv, word):
+    from tfopt.cli import main
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(argv(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("tfopt: error: ") and word in err and "Traceback" not in err
+
+
+def test_cli_debug_shows_the_traceback(tmp_path):
+    from tfopt.cli import main
+
+    with pytest.raises(ConfigError):
+        main(["--debug", "export", str(tmp_path / "m.keras")])

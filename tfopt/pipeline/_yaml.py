@@ -90,13 +90,16 @@ class Problems:
         return bool(self.items)
 
     def error(self) -> ConfigError:
-        """One ConfigError listing every problem as ``file:line: key.path: message``."""
+        """One ConfigError listing every problem as ``file:line: key.path: message`` (one line when there is
+        only one problem, so the command line prints one line)."""
         head = f"{len(self.items)} problem(s) in recipe {self.source}:"
         body = []
         for path, message in sorted(self.items, key=lambda item: self.line(item[0]) or 0):
             line = self.line(path)
             where = f"{self.source}:{line}" if line is not None else self.source
             body.append(f"  {where}: {format_path(path)}: {message}")
+        if len(body) == 1:
+            return ConfigError(body[0].strip())
         return ConfigError("\n".join([head, *body]))
 
     def raise_if_any(self) -> None:
