@@ -18,7 +18,8 @@ from benchmarks import common
 __all__ = ["FIGURES", "run_all", "main"]
 
 # figure name -> module under benchmarks/ with a ``run(settings) -> figure dict``
-FIGURES = ("compression", "latency", "training_overhead", "input_pipeline", "distillation", "search")
+FIGURES = ("compression", "latency", "training_overhead", "input_pipeline", "distillation", "search",
+           "constrained_search")
 
 
 def run_all(names, settings: common.Settings, out=None) -> dict:

@@ -18,7 +18,8 @@ from tfopt._io import read_json
 ROOT = Path(__file__).resolve().parent.parent
 # The fast figures (~1 min quick). compression + latency (~2 min quick: tfmot fine-tunes, conversions) and
 # search (keras-tuner trials) are left to `make bench`; their helpers are tested in-process below.
-FAST = ["training_overhead", "input_pipeline", "distillation"]
+# constrained_search's quick run is one tiny trial (~15 s, sharing the quick CNN baseline).
+FAST = ["training_overhead", "input_pipeline", "distillation", "constrained_search"]
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +62,18 @@ def test_sanity_values(quick_run):
     assert pipe["pipeline_examples_per_s"]["median"] > 0 and pipe["train_step_examples_per_s"]["median"] > 0
     overhead = figures["training_overhead"]
     plain = next(r for r in overhead["rows"] if r[0] == "plain tf_keras model.fit")
-    assert plain[1] > 0 and plain[3] == pytest.approx(1.0)
+    assert plain[1] > 0 and plain[2] == pytest.approx(1.0) and plain[6] == pytest.approx(1.0)  # CPU, wall
+    hooks = overhead["details"]["callbacks_ms_per_epoch"]
+    assert hooks["n"] >= 3 and hooks["min"] > 0  # each replayed epoch writes files: never free
+    assert overhead["details"]["attributed_ratio"] == pytest.approx(
+        1 + hooks["median"] / overhead["details"]["plain_epoch_ms"])
+    search = figures["constrained_search"]["details"]
+    assert search["budget"] * 10 < search["baseline_gzip_bytes"]
+    assert search["tuned_gzip_bytes"] <= search["budget"]
+    assert search["gzip_ratio"] == pytest.approx(search["baseline_gzip_bytes"] / search["tuned_gzip_bytes"])
+    assert 0.2 < search["tuned_accuracy"] <= 1 and 0.2 < search["baseline_accuracy"] <= 1  # above chance (0.1)
+    assert figures["constrained_search"]["value"] == pytest.approx(
+        100 * (search["baseline_accuracy"] - search["tuned_accuracy"]))
 
 
 def _tiny_pruned_model():
@@ -122,3 +134,86 @@ def test_spread_and_markdown_helpers():
     md = common.render_markdown(results)
     assert "| a / b | 2x [1, 4] | >= 1x | yes |" in md
     assert "| a | 1.5 |" in md
+
+
+def test_constrained_search_budget_space_and_split():
+    from benchmarks.constrained_search import budget_bytes, inner_split, space
+    from tfopt.tune.spaces import Space
+
+    assert budget_bytes(1000) == 99 and budget_bytes(1001) == 100  # strictly under a tenth
+    assert budget_bytes(1_565_659) * 10 < 1_565_659
+    full = Space.parse(space())
+    assert full.params["quantization"].values == ["int8", "dynamic"] and full.fixed["optimizer"] == "adamw"
+    assert Space.parse(space(quick=True)).fixed["quantization"] == "int8"
+    rng = np.random.default_rng(0)
+    x = rng.random((100, 4, 4, 1)).astype("float32")
+    y = np.repeat(np.arange(5), 20)
+    from tfopt import data
+
+    train_ds, _, _ = data.from_arrays(x, y, batch_size=16, val_fraction=0.2, seed=0)
+    s_train, s_val = inner_split(train_ds, seed=0, batch_size=8)
+    xt = np.concatenate([b[0] for b in s_train.as_numpy_iterator()])
+    xv, yv = (np.concatenate(a) for a in zip(*s_val.as_numpy_iterator()))
+    assert len(xt) == 64 and len(xv) == 16  # 80 training examples split 80/20
+    assert sorted(set(np.bincount(yv, minlength=5).tolist())) in ([3, 4], [4])  # stratified: 16 per class x 0.2
+    seen = {r.tobytes() for r in np.concatenate([b[0] for b in train_ds.as_numpy_iterator()])}
+    assert {r.tobytes() for r in np.concatenate([xt, xv])} == seen  # only training examples, each once
+
+
+def test_best_checkpoint_is_a_frozen_link_to_the_epochs_last_checkpoint(tmp_path):
+    """tfopt.train's run_dir writes the weights once per epoch; the best file keeps the best epoch's weights."""
+    from tfopt import train
+    from tfopt._keras import keras
+
+    model = keras.Sequential([keras.layers.Dense(3, input_shape=(4,))])
+    model.compile("adam", "mse")
+    model.fit(np.ones((8, 4)), np.zeros((8, 3)), verbose=0)
+    hooks = keras.callbacks.CallbackList(train.run_callbacks(tmp_path, "loss"), model=model, add_history=False,
+                                         add_progbar=False, epochs=3, steps=1, verbose=0)
+    ckpt = tmp_path / "checkpoints"
+    hooks.on_train_begin()
+    kept = []
+    for epoch, loss in enumerate([1.0, 0.5, 0.9]):  # epoch 1 is the best
+        model.set_weights([np.full_like(w, epoch + 1) for w in model.get_weights()])
+        kept.append(model.get_weights())
+        hooks.on_epoch_begin(epoch)
+        hooks.on_epoch_end(epoch, {"loss": loss})
+        if epoch == 1:
+            assert (ckpt / "best.weights.h5").stat().st_ino == (ckpt / "last.weights.h5").stat().st_ino
+    hooks.on_train_end()
+    assert (ckpt / "best.weights.h5").stat().st_ino != (ckpt / "last.weights.h5").stat().st_ino
+    for name, want in (("best", kept[1]), ("last", kept[2])):
+        model.load_weights(str(ckpt / f"{name}.weights.h5"))
+        for got, ref in zip(model.get_weights(), want):
+            np.testing.assert_array_equal(got, ref)
+
+
+def test_checkpoint_save_plan_writes_what_save_weights_writes(tmp_path):
+    """tfopt.train writes .weights.h5 checkpoints from a save plan: same groups, datasets and values."""
+    import h5py
+
+    from tfopt import models, train
+    from tfopt._keras import keras
+
+    model = models.build("cnn", input_shape=(8, 8, 1), num_classes=3, filters=(4,), dense=(8,), dropout=0.1)
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    model.fit(rng.random((16, 8, 8, 1)), rng.integers(0, 3, 16), verbose=0)
+    model.save_weights(str(tmp_path / "ref.weights.h5"))
+    train._write_weights(train._save_plan(model), tmp_path / "plan.weights.h5")
+
+    def tree(path):
+        out = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda k, v: out.__setitem__(k, v[()] if isinstance(v, h5py.Dataset) else None))
+        return out
+
+    ref, got = tree(tmp_path / "ref.weights.h5"), tree(tmp_path / "plan.weights.h5")
+    assert list(got) == list(ref) and any(k.startswith("optimizer/") for k in ref)
+    for key, value in ref.items():
+        assert (value is None and got[key] is None) or np.array_equal(value, got[key]), key
+    fresh = models.build("cnn", input_shape=(8, 8, 1), num_classes=3, filters=(4,), dense=(8,), dropout=0.1)
+    fresh.load_weights(str(tmp_path / "plan.weights.h5"))
+    x = rng.random((4, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)

@@ -37,6 +37,11 @@ def _import_quietly():
         try:
             import tensorflow
             import tf_keras
+
+            # Finding the devices loads the CUDA platform, which logs "failed call to cuInit" on machines
+            # without a GPU. It does not start the runtime (logical devices and collectives can still be
+            # configured afterwards).
+            tensorflow.config.list_physical_devices()
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)

@@ -41,13 +41,126 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def _suffix(filepath) -> str:
+    return ".weights.h5" if str(filepath).endswith(".weights.h5") else Path(filepath).suffix
+
+
+def _save_plan(model) -> list:
+    """``[(object, h5 path)]``: what ``model.save_weights("x.weights.h5")`` writes, in its order.
+
+    tf_keras' saving_lib walks every attribute of every layer, optimizer and metric on each save (about half
+    of a save's time); this walk is the same (``_save_state``), done once, so that each later save only
+    writes the variables (:func:`_write_weights`): the same groups, datasets and values.
+    """
+    from tf_keras.src.saving import saving_lib
+    from tf_keras.src.utils.generic_utils import to_snake_case
+
+    plan, seen = [], set()
+
+    def visit(obj, path):
+        if id(obj) in seen:
+            return
+        if hasattr(obj, "save_own_variables"):
+            plan.append((obj, path))
+        seen.add(id(obj))
+        for attr, child in saving_lib._walk_trackable(obj):
+            if saving_lib._is_keras_trackable(child):
+                visit(child, tf.io.gfile.join(path, attr))
+            elif isinstance(child, (list, dict, tuple, set)):
+                container(child, tf.io.gfile.join(path, attr))
+
+    def container(items, path):
+        used: dict = {}
+        for item in list(items.values()) if isinstance(items, dict) else items:
+            if saving_lib._is_keras_trackable(item):
+                if id(item) in seen:
+                    continue
+                name = to_snake_case(item.__class__.__name__)
+                used[name] = used[name] + 1 if name in used else 0
+                visit(item, tf.io.gfile.join(path, f"{name}_{used[name]}" if used[name] else name))
+
+    visit(model, "")
+    return plan
+
+
+def _write_weights(plan: list, filepath) -> None:
+    """Write a ``.weights.h5`` file from a :func:`_save_plan` (loads with ``model.load_weights``)."""
+    from tf_keras.src.saving import saving_lib
+
+    store = saving_lib.H5IOStore(str(filepath), mode="w")
+    try:
+        for obj, path in plan:
+            obj.save_own_variables(store.make(path))
+    finally:
+        store.close()
+
+
 class _AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint writing to a temporary file renamed into place: a kill never leaves a truncated file."""
+    """ModelCheckpoint writing to a temporary file renamed into place: a kill never leaves a truncated file.
+
+    A ``.weights.h5`` file is written from a :func:`_save_plan` made at the first save (every variable,
+    the optimizer's included, exists by the end of an epoch; callbacks are made per ``fit``), falling
+    back to ``save_weights`` if tf_keras' internals ever differ. ``written`` is the file saved at the end
+    of the current epoch (None before it is saved).
+    """
+
+    written = None
+    _plan = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.written = None
+        super().on_epoch_begin(epoch, logs)
 
     def _save_handler(self, filepath):
-        suffix = ".weights.h5" if str(filepath).endswith(".weights.h5") else Path(filepath).suffix
-        with atomic_path(filepath, suffix=suffix) as tmp:
-            super()._save_handler(str(tmp))
+        with atomic_path(filepath, suffix=_suffix(filepath)) as tmp:
+            if not (self.save_weights_only and _suffix(filepath) == ".weights.h5" and self._fast_save(tmp)):
+                super()._save_handler(str(tmp))
+        self.written = str(filepath)
+
+    def _fast_save(self, tmp) -> bool:
+        """Write ``tmp`` from the save plan; False (use ``save_weights``) when there is no usable plan."""
+        if self._plan is None or self._plan[0] is not self.model:
+            try:
+                self._plan = (self.model, _save_plan(self.model))
+            except Exception as err:  # noqa: BLE001  (tf_keras internals changed: plain save_weights)
+                log.debug("checkpoint: no save plan (%s); using save_weights", err)
+                self._plan = (self.model, None)
+        if self._plan[1] is None:
+            return False
+        try:
+            _write_weights(self._plan[1], tmp)
+            return True
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            log.debug("checkpoint: save plan failed (%s); using save_weights", err)
+            self._plan = (self.model, None)
+            return False
+
+
+class _BestCheckpoint(_AtomicCheckpoint):
+    """The best checkpoint: when ``source`` (the last checkpoint, earlier in the callback list) already
+    saved this epoch's weights, the best file becomes a hard link to that file (a copy where hard links
+    are not supported) instead of serialising the same weights twice. The link is made under a temporary
+    name renamed into place, and ``source`` later replaces its file by renaming a new one over it, so the
+    best file's content never changes after it was written."""
+
+    def __init__(self, filepath, source: _AtomicCheckpoint, **kwargs):
+        super().__init__(filepath, **kwargs)
+        self.source = source
+
+    def _save_handler(self, filepath):
+        src = self.source.written
+        # Multi-worker: every worker must serialise (reading sync-on-read variables runs collectives, and a
+        # non-chief's last file is already deleted), or the workers' collectives fall out of step.
+        if (src is None or not Path(src).is_file() or _suffix(src) != _suffix(filepath)
+                or self.model.distribute_strategy.extended._in_multi_worker_mode()):
+            return super()._save_handler(filepath)
+        with atomic_path(filepath, suffix=_suffix(filepath)) as tmp:
+            Path(tmp).unlink()
+            try:
+                Path(tmp).hardlink_to(src)
+            except OSError:
+                shutil.copyfile(src, tmp)
+        self.written = str(filepath)
 
 
 class _Backup(keras.callbacks.BackupAndRestore):
@@ -134,7 +247,9 @@ def run_callbacks(run_dir, monitor: str = "val_loss", backup_dir=None, keep_back
     ``checkpoints/best.weights.h5`` (best ``monitor``), ``checkpoints/last.weights.h5``, ``backup/``
     (BackupAndRestore: a killed run resumes at the start of the epoch it was in), ``logs/`` (TensorBoard) and
     ``history.csv`` (one row per epoch, kept across resumes). Checkpoint files are written atomically, and
-    on a resume the best checkpoint keeps competing with the epochs trained before the kill.
+    on a resume the best checkpoint keeps competing with the epochs trained before the kill. Each epoch
+    serialises the weights once (``last.weights.h5``; an improved ``best.weights.h5`` is a hard link to
+    it), plus the BackupAndRestore checkpoint.
 
     Args:
         run_dir: String or path, where checkpoints, logs and history go.
@@ -144,21 +259,24 @@ def run_callbacks(run_dir, monitor: str = "val_loss", backup_dir=None, keep_back
         train_ds: The training tf.data.Dataset, or None: given, a resumed run skips the shuffle seeds of
             the epochs already trained (only valid when Keras iterates this very dataset: no strategy).
 
-    >>> [type(c).__name__ for c in run_callbacks("runs/x")][:2]  # doctest: +SKIP
-    ['_Backup', '_ResumeState']
+    >>> [type(c).__name__ for c in run_callbacks("runs/x")][:4]  # doctest: +SKIP
+    ['_Backup', '_ResumeState', '_AtomicCheckpoint', '_BestCheckpoint']
     """
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     backup = _Backup(str(backup_dir or run_dir / "backup"), delete_checkpoint=not keep_backup)
-    best = _AtomicCheckpoint(str(ckpt / "best.weights.h5"), monitor=monitor, save_best_only=True,
-                             save_weights_only=True)
+    last = _AtomicCheckpoint(str(ckpt / "last.weights.h5"), save_weights_only=True)
+    best = _BestCheckpoint(str(ckpt / "best.weights.h5"), last, monitor=monitor, save_best_only=True,
+                           save_weights_only=True)
     return [
         backup,
         _ResumeState(run_dir, best, train_ds),
+        last,  # before best: an improved epoch's best file is a hard link to this epoch's last file
         best,
-        _AtomicCheckpoint(str(ckpt / "last.weights.h5"), save_weights_only=True),
-        keras.callbacks.TensorBoard(str(run_dir / "logs"), histogram_freq=0, write_graph=False),
+        # per-epoch scalars only: no graph, no per-batch summaries, no profiler trace
+        keras.callbacks.TensorBoard(str(run_dir / "logs"), histogram_freq=0, write_graph=False,
+                                    update_freq="epoch", profile_batch=0),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         _BackupLast(backup),
     ]
