@@ -64,10 +64,13 @@ def parse_yaml(text: str, source: str) -> tuple[object, dict]:
 class Problems:
     """Collects ``(key path, message)`` problems and raises them as one ConfigError, one line each.
 
-    >>> p = Problems("r.yaml", {("seed",): 3})
+    >>> p = Problems("r.yaml", {("seed",): 3, ("name",): 1})
     >>> p.add(("seed",), "seed='x' must be an integer")
-    >>> str(p.error()).splitlines()[1]
-    "  r.yaml:3: seed: seed='x' must be an integer"
+    >>> str(p.error())
+    "r.yaml:3: seed: seed='x' must be an integer"
+    >>> p.add(("name",), "name is required")
+    >>> str(p.error()).splitlines()
+    ['2 problem(s) in recipe r.yaml:', '  r.yaml:1: name: name is required', "  r.yaml:3: seed: seed='x' must be an integer"]
     """
 
     def __init__(self, source: str, lines: dict | None = None):
