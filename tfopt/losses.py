@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from tfopt._keras import keras, serializable, tf
+from tfopt._registry import from_registry
 from tfopt.errors import ConfigError, DataError, check_range
 
 __all__ = [
@@ -378,14 +379,4 @@ def get(identifier, **kw) -> keras.losses.Loss:
     """
     if isinstance(identifier, keras.losses.Loss):
         return identifier
-    if isinstance(identifier, dict):
-        try:
-            return keras.losses.deserialize(identifier)
-        except (ValueError, TypeError, KeyError) as err:
-            raise ConfigError(f"loss config {identifier!r} could not be deserialized: {err}") from err
-    if not isinstance(identifier, str) or identifier.lower() not in LOSSES:
-        raise ConfigError(f"loss={identifier!r} is unknown; allowed: {', '.join(sorted(LOSSES))}")
-    try:
-        return LOSSES[identifier.lower()](**kw)
-    except TypeError as err:
-        raise ConfigError(f"loss={identifier!r} got bad arguments {sorted(kw)}: {err}") from err
+    return from_registry("loss", identifier, LOSSES, keras.losses.deserialize, **kw)

@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from tfopt._keras import check_model, keras, serializable, tf
+from tfopt._registry import from_registry
 from tfopt.errors import ConfigError, DataError, check_range
 
 __all__ = [
@@ -259,17 +260,7 @@ def get(name, **kw):
         return name
     if isinstance(name, (int, float)) and not isinstance(name, bool):
         return constant(name)
-    if isinstance(name, dict):
-        try:
-            return keras.optimizers.schedules.deserialize(name)
-        except (ValueError, TypeError, KeyError) as err:
-            raise ConfigError(f"schedule config {name!r} could not be deserialized: {err}") from err
-    if not isinstance(name, str) or name.lower() not in SCHEDULES:
-        raise ConfigError(f"schedule={name!r} is unknown; allowed: {', '.join(sorted(SCHEDULES))}")
-    try:
-        return SCHEDULES[name.lower()](**kw)
-    except TypeError as err:
-        raise ConfigError(f"schedule={name!r} got bad arguments {sorted(kw)}: {err}") from err
+    return from_registry("schedule", name, SCHEDULES, keras.optimizers.schedules.deserialize, **kw)
 
 
 @dataclasses.dataclass
