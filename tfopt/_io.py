@@ -70,3 +70,38 @@ def _to_builtin(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def path_inside(root, relative, what: str) -> Path:
+    """``root / relative`` if it stays inside ``root`` once symlinks are resolved, else ConfigError.
+
+    For every path read from a run directory's own files (manifest, results): an edited file must never
+    make tfopt read, write or delete anything outside the run directory (``../x``, ``/abs/x``, or a
+    symlink leading out). ``root`` itself is refused too: an entry names something inside it.
+
+    Args:
+        root: String or Path, the directory the path must stay in.
+        relative: String, the path as the file gives it (relative to ``root``).
+        what: String naming the entry in the message, e.g. ``"manifest.json stages[0].dir"``.
+
+    Returns:
+        Path, ``root / relative`` (not resolved).
+
+    >>> path_inside("/tmp/run", "01_train/model.keras", "model").name
+    'model.keras'
+    >>> path_inside("/tmp/run", "../victim", "manifest.json stages[0].dir")
+    Traceback (most recent call last):
+    tfopt.errors.ConfigError: manifest.json stages[0].dir='../victim' leads outside the run directory '/tmp/run' (to '/tmp/victim'); refused: tfopt reads and deletes only inside a run directory
+    """
+    from tfopt.errors import ConfigError
+
+    if not isinstance(relative, str) or not relative.strip() or "\x00" in relative:
+        raise ConfigError(f"{what}={relative!r} in the run directory {str(root)!r} is not a path inside it")
+    base = Path(root).resolve()
+    target = (base / relative).resolve()
+    if target == base:
+        raise ConfigError(f"{what}={relative!r} names the run directory {str(root)!r} itself, not a path inside it")
+    if not target.is_relative_to(base):
+        raise ConfigError(f"{what}={relative!r} leads outside the run directory {str(root)!r} (to {str(target)!r}); "
+                          "refused: tfopt reads and deletes only inside a run directory")
+    return Path(root) / relative
