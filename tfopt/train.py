@@ -13,6 +13,7 @@ from tfopt.checkpoints import FaultPoints, run_callbacks
 from tfopt._keras import check_model, keras, tf
 from tfopt.compress._common import compile_like, count_steps, strategy_scope
 from tfopt.errors import ConfigError, TrainingError, check_range
+from tfopt.progress import keras_verbose
 
 __all__ = ["fit", "run_callbacks", "StopOnNaN", "in_strategy"]
 
@@ -166,7 +167,8 @@ def fit(
         callbacks: Extra Keras callbacks.
         strategy: None, a strategy name (see ``tfopt.distribute.get_strategy``) or a Strategy. A model not
             created under it is copied into its scope, trained there, and the weights copied back.
-        verbose: Keras verbosity ("auto": a progress bar on a terminal).
+        verbose: "auto", 0, 1 or 2 (Keras verbosity; "auto": a progress bar on a terminal, else one line
+            per epoch, see ``tfopt.progress.keras_verbose``).
         monitor: Metric for the best checkpoint (default ``val_loss`` with validation data, else ``loss``).
         jit_compile: Boolean or None, compile the train step with XLA (None keeps the model's setting).
         steps_per_execution: Integer >= 1 or None, train steps per ``tf.function`` call (None keeps it).
@@ -224,7 +226,8 @@ def fit(
         all_callbacks = run_callbacks(write_dir, monitor, backup_dir=Path(backup_dir or Path(run_dir) / "backup"),
                                       keep_backup=keep_backup, train_ds=same_data) + all_callbacks
     try:
-        history = trained.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=all_callbacks, verbose=verbose)
+        history = trained.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=all_callbacks,
+                              verbose=keras_verbose(verbose))
     finally:
         # tf_keras trap: BackupAndRestore deletes model._training_state at the end of training, and the
         # next fit() on the same model then fails with AttributeError. Put the attribute back.

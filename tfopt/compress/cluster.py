@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 from tfopt._keras import check_model, tf, tfmot
+from tfopt._private import private
 from tfopt.compress._common import compile_like, strategy_scope
 from tfopt.compress.inspect import cluster_counts, clusterable_weights, match_layers, sparsity, walk_layers
 from tfopt.compress.prune import private_copy, wrap_layers
 from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_choice
+from tfopt.progress import keras_verbose
 
 __all__ = ["cluster", "INITS"]
 
@@ -36,9 +38,7 @@ def _validate(n_clusters, init, epochs, preserve_sparsity):
 
 
 def _wrapper_type():
-    from tensorflow_model_optimization.python.core.clustering.keras import cluster_wrapper
-
-    return cluster_wrapper.ClusterWeights
+    return private("tfmot_cluster_wrapper")
 
 
 def _targets(work, layers) -> list[str]:
@@ -123,7 +123,7 @@ def cluster(
         loss: Loss or None (None: the model's compiled loss, else sparse categorical cross-entropy).
         learning_rate: Float, the rate of the default Adam.
         strategy: tf.distribute strategy or None; the wrapped model is built in its scope.
-        verbose: ``fit`` verbosity.
+        verbose: "auto", 0, 1 or 2, as in ``tfopt.train.fit``.
 
     Returns:
         The stripped, compiled tf_keras model; ``cluster_counts(model)`` shows the distinct values per kernel.
@@ -165,7 +165,8 @@ def cluster(
                 f"{' per channel' if per_channel else ''}; use fewer clusters"
             )
         compile_like(wrapped, model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
-    wrapped.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=list(callbacks), verbose=verbose)
+    wrapped.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=list(callbacks),
+                verbose=keras_verbose(verbose))
     stripped = tfmot.clustering.keras.strip_clustering(wrapped)
     with strategy_scope(strategy):
         compile_like(stripped, model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)

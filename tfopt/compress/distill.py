@@ -12,6 +12,7 @@ from __future__ import annotations
 from tfopt._keras import check_model, keras, serializable, tf
 from tfopt.compress._common import compile_like, count_steps, outputs_logits, strategy_scope
 from tfopt.errors import ConfigError, check_range
+from tfopt.progress import keras_verbose
 
 __all__ = ["distill", "distillation_loss", "Distiller"]
 
@@ -195,6 +196,7 @@ def distill(
     with strategy_scope(strategy):
         distiller = Distiller(student, teacher, temperature=temperature, alpha=alpha)
         distiller.compile(optimizer=optimizer or keras.optimizers.Adam(learning_rate))
-    distiller.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=list(callbacks), verbose=verbose)
+    distiller.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=list(callbacks),
+                  verbose=keras_verbose(verbose))
     compile_like(student, learning_rate=learning_rate)
     return student

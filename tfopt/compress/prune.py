@@ -14,6 +14,7 @@ from tfopt._keras import check_model, keras, tfmot
 from tfopt.compress._common import compile_like, count_steps, strategy_scope
 from tfopt.compress.inspect import m_by_n_ok, match_layers, prunable_weights, sparsity, walk_layers
 from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_choice, check_range
+from tfopt.progress import keras_verbose
 
 __all__ = ["prune", "pruning_schedule", "wrap_layers", "private_copy"]
 
@@ -230,7 +231,7 @@ def prune(
         learning_rate: Float, the fine-tuning rate (1e-3, as tfmot's guide; measured on the demo CNN at 80%:
             1e-3 over 6 epochs kept the baseline's accuracy, 1e-4 lost a point).
         strategy: tf.distribute strategy or None; the wrapped model is built in its scope.
-        verbose: ``fit`` verbosity.
+        verbose: "auto", 0, 1 or 2, as in ``tfopt.train.fit``.
         check: Boolean, raise CompressionError when a pruned layer ends more than a point below target
             (or breaks the m-by-n pattern).
         return_report: Boolean, return ``(model, report)`` with the schedule and the sparsity reached.
@@ -266,7 +267,7 @@ def prune(
         epochs=epochs,
         validation_data=val_ds,
         callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks],
-        verbose=verbose,
+        verbose=keras_verbose(verbose),
     )
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     with strategy_scope(strategy):

@@ -19,6 +19,7 @@ import re
 from tfopt._keras import check_model, keras, tf, tfmot
 from tfopt.compress._common import compile_like, count_steps, outputs_logits, strategy_scope
 from tfopt.errors import CompressionError, ConfigError, ExportError, UnsupportedLayerError, check_range
+from tfopt.progress import keras_verbose
 
 __all__ = ["quantize_aware", "flatten_model", "save_quantized", "load_quantized", "quantize_scheme", "QAT_SCHEMES"]
 
@@ -360,7 +361,8 @@ def quantize_aware(
         compile_like(qat, source=model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
     masks = _sparsity_masks(qat) if preserve_sparsity else []
     if epochs:
-        qat.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=list(callbacks), verbose=verbose)
+        qat.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=list(callbacks),
+                verbose=keras_verbose(verbose))
     _keep_zeros(masks)
     return (qat, report) if return_report else qat
 

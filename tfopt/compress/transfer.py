@@ -13,6 +13,7 @@ from tfopt._keras import check_model, keras
 from tfopt.compress._common import compile_like, count_steps, strategy_scope
 from tfopt.compress.quantize import flatten_model
 from tfopt.errors import ConfigError, UnsupportedLayerError, check_range
+from tfopt.progress import keras_verbose
 
 __all__ = ["fine_tune", "build_transfer_model"]
 
@@ -162,7 +163,7 @@ def fine_tune(
         _set_trainable(base_layers, first)
         with strategy_scope(strategy):
             compile_like(model, learning_rate=rate)
-        model.fit(train_ds, epochs=n_epochs, validation_data=val_ds, verbose=verbose)
+        model.fit(train_ds, epochs=n_epochs, validation_data=val_ds, verbose=keras_verbose(verbose))
     if not any(phases[i][1] for i in range(2)):
         with strategy_scope(strategy):
             compile_like(model, learning_rate=learning_rate)
