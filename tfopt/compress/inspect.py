@@ -10,7 +10,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from tfopt._keras import check_model, keras
+from tfopt._keras import check_model, keras, tfmot
+from tfopt._private import private
 from tfopt.errors import ConfigError
 
 __all__ = [
@@ -29,9 +30,7 @@ _KERNEL_ATTRS = ("kernel", "pointwise_kernel", "embeddings")
 
 
 def _pruning_wrapper():
-    from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
-
-    return pruning_wrapper.PruneLowMagnitude
+    return private("tfmot_pruning_wrapper")
 
 
 def _kernel_attrs(layer) -> list:
@@ -47,11 +46,9 @@ def prunable_weights(layer) -> list:
     >>> prunable_weights(keras.layers.Flatten())
     []
     """
-    from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer, prune_registry
-
-    if isinstance(layer, prunable_layer.PrunableLayer):
+    if isinstance(layer, tfmot.sparsity.keras.PrunableLayer):
         return list(layer.get_prunable_weights())
-    if not prune_registry.PruneRegistry.supports(layer) or not layer.built:
+    if not private("tfmot_prune_registry").supports(layer) or not layer.built:
         return []
     return _kernel_attrs(layer)
 
@@ -62,11 +59,9 @@ def clusterable_weights(layer) -> list:
     Args:
         layer: tf_keras layer (not wrapped).
     """
-    from tensorflow_model_optimization.python.core.clustering.keras import clusterable_layer, clustering_registry
-
-    if isinstance(layer, clusterable_layer.ClusterableLayer):
+    if isinstance(layer, tfmot.clustering.keras.ClusterableLayer):
         return [w for _, w in layer.get_clusterable_weights()]
-    if not clustering_registry.ClusteringRegistry.supports(layer) or not layer.built:
+    if not private("tfmot_clustering_registry").supports(layer) or not layer.built:
         return []
     return _kernel_attrs(layer)
 

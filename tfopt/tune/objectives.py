@@ -66,7 +66,7 @@ def _custom_direction(name: str) -> str | None:
     """keras-tuner's inference for other Keras metric names ("val_auc" -> "max"), or None."""
     if not isinstance(name, str) or not name.replace("_", "").isalnum():
         return None
-    from keras_tuner.src.engine import metrics_tracking
+    from keras_tuner.engine import metrics_tracking
 
     try:
         return metrics_tracking.infer_metric_direction(name)

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import math
 
-from keras_tuner.src.engine import trial as trial_module
-from keras_tuner.src.tuners.bayesian import BayesianOptimizationOracle
-from keras_tuner.src.tuners.gridsearch import GridSearchOracle
-from keras_tuner.src.tuners.hyperband import HyperbandOracle
-from keras_tuner.src.tuners.randomsearch import RandomSearchOracle
+from keras_tuner.engine import trial as trial_module
+from keras_tuner.oracles import BayesianOptimizationOracle, GridSearchOracle, HyperbandOracle, RandomSearchOracle
 
 from tfopt.tune.objectives import FEASIBLE
 

@@ -22,13 +22,13 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from keras_tuner.src.distribute import utils as dist_utils
-from keras_tuner.src.engine import base_tuner
-from keras_tuner.src.engine import hyperparameters as hp_module
-from keras_tuner.src.engine import objective as kt_objective
+import keras_tuner
+from keras_tuner.engine import base_tuner
+from keras_tuner.engine import hyperparameters as hp_module
 
 from tfopt import _faults
 from tfopt._io import write_json
+from tfopt._private import private
 from tfopt._keras import keras, set_seed
 from tfopt.errors import TrainingError
 from tfopt.tune import objectives as objs
@@ -43,8 +43,8 @@ TRAINED_WEIGHTS = "trained_weights.h5"
 
 def kt_objective_of(objectives: dict):
     """keras-tuner's objective: the metric itself, or its MultiObjective (a sum) for several."""
-    items = [kt_objective.Objective(name, way) for name, way in objectives.items()]
-    return items[0] if len(items) == 1 else kt_objective.MultiObjective(items)
+    items = [keras_tuner.Objective(name, way) for name, way in objectives.items()]
+    return items[0] if len(items) == 1 else private("kt_multi_objective")(items)
 
 
 def _short(values: dict, width: int = 120) -> str:
@@ -203,7 +203,7 @@ class TfoptTuner(base_tuner.BaseTuner):
         report = {k: v for k, v in metrics.items() if math.isfinite(v)}
         report[objs.FEASIBLE] = 0.0 if broken else 1.0
         objective = self.oracle.objective
-        if isinstance(objective, kt_objective.MultiObjective):
+        if isinstance(objective, private("kt_multi_objective")):
             report[objective.name] = objective.get_value(report)
         return report
 
@@ -245,7 +245,7 @@ class TfoptTuner(base_tuner.BaseTuner):
 
     def search(self, *fit_args, **fit_kwargs):
         """keras-tuner's search loop; the chief serves the oracle with :func:`tfopt.tune.distributed.serve`."""
-        if dist_utils.is_chief_oracle():
+        if private("kt_dist_utils").is_chief_oracle():
             from tfopt.tune.distributed import serve
 
             self.save()
@@ -354,6 +354,7 @@ def search(space, train_ds, val_ds, algorithm: str = "hyperband", objective="val
                     strategy=strategy, verbose=int(verbose), executions=executions, seed=int(seed),
                     max_epochs=max_epochs, steps_per_epoch=steps, serve_timeout=serve_timeout, data_fn=data_fn)
     with distributed_env(role, address, tuner_id):
+        dist_utils = private("kt_dist_utils")
         worker = dist_utils.has_chief_oracle() and not dist_utils.is_chief_oracle()
         oracle = make_oracle(algorithm, kt_objective_of(wanted), declared_space(parsed), max_trials, max_epochs,
                              factor, int(seed), max_failed)
