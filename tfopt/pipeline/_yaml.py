@@ -1,4 +1,11 @@
-"""Reading recipe YAML safely with the line number of every key, and collecting problems to report at once."""
+"""Reading recipe YAML safely with the line number of every key, and collecting problems to report at once.
+
+A recipe is parsed once, by PyYAML's safe loader, within limits that keep a hostile or careless file from
+exhausting memory or time: at most :data:`MAX_BYTES` of text, :data:`MAX_DEPTH` levels of nesting and
+:data:`MAX_NODES` keys and values, counted with every alias expanded (so an alias bomb, "billion laughs",
+is refused while it is still a small graph of nodes). A key given twice in one mapping is refused too
+(YAML would silently keep the last one).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,13 @@ import yaml
 
 from tfopt.errors import ConfigError
 
-__all__ = ["parse_yaml", "Problems", "format_path"]
+__all__ = ["parse_yaml", "Problems", "format_path", "MAX_BYTES", "MAX_DEPTH", "MAX_NODES"]
+
+MAX_BYTES = 1 << 20  # 1 MiB of recipe text
+MAX_DEPTH = 50  # nested mappings / lists
+MAX_NODES = 50_000  # keys and values, every alias expanded
+
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 def format_path(path: tuple) -> str:
@@ -21,6 +34,122 @@ def format_path(path: tuple) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(recipe)"
+
+
+class _Refused(Exception):
+    """A recipe past one of the limits (or with a duplicate key), at ``mark``."""
+
+    def __init__(self, message: str, mark=None):
+        super().__init__(message)
+        self.message, self.mark = message, mark
+
+
+def _too_deep(mark) -> _Refused:
+    return _Refused(f"the recipe nests mappings and lists more than {MAX_DEPTH} levels deep (aliases expanded); "
+                    f"allowed: at most {MAX_DEPTH} levels", mark)
+
+
+def _too_many(count, mark) -> _Refused:
+    count = f"{count:,}" if isinstance(count, int) else count
+    return _Refused(f"the recipe has {count} keys and values (aliases expanded); allowed: at most {MAX_NODES:,}",
+                    mark)
+
+
+try:  # libyaml's parser (events only: nodes are composed in Python, below, within the limits)
+    from yaml._yaml import CParser as _Parser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    from yaml.parser import Parser as _Parser
+    from yaml.reader import Reader
+    from yaml.scanner import Scanner
+
+    class _Parser(Reader, Scanner, _Parser):  # noqa: F811
+        def __init__(self, stream):
+            Reader.__init__(self, stream)
+            Scanner.__init__(self)
+            _Parser.__init__(self)
+
+
+class _RecipeLoader(yaml.composer.Composer, _Parser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+    """PyYAML's safe loader (libyaml's parser when present), composing at most MAX_DEPTH levels and MAX_NODES
+    nodes (alias references counted)."""
+
+    def __init__(self, text: str):
+        _Parser.__init__(self, text)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        self._open = 0  # collections being composed (the nesting level of the next node)
+        self._composed = 0
+
+    def compose_node(self, parent, index):
+        self._composed += 1
+        if self._composed > MAX_NODES:
+            raise _too_many(f"more than {MAX_NODES:,}", self.peek_event().start_mark)
+        collection = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
+        if collection and self._open >= MAX_DEPTH:
+            raise _too_deep(self.peek_event().start_mark)
+        self._open += collection
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open -= collection
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_duplicate_keys(node, loader) -> None:
+    """Refuse a key given twice among a mapping's own keys (merged ``<<`` keys may be overridden)."""
+    seen = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE:
+            continue
+        value = loader.construct_object(key)
+        try:
+            first = seen.setdefault(value, key)
+        except TypeError:  # unhashable: the constructor reports it
+            continue
+        if first is not key:
+            raise _Refused(f"duplicate key {value!r} (first at line {first.start_mark.line + 1}); "
+                           "a key may appear once in a mapping", key.start_mark)
+
+
+def _check_expansion(root, loader) -> None:
+    """Walk the composed node graph once per node, counting the nodes and levels it has with every alias
+    expanded (a node reached twice counts twice); refuse cycles, duplicate keys and what passes the limits.
+
+    The walk is iterative and stops as soon as a limit is passed, so it costs at most the size of the graph.
+    """
+    sizes: dict[int, int] = {}  # id(node) -> nodes under it (itself included), aliases expanded
+    on_path: set[int] = set()
+    frames = [(root, iter(_children(root)))]
+    on_path.add(id(root))
+    while frames:
+        node, children = frames[-1]
+        child = next(children, None)
+        if child is not None:
+            if id(child) in on_path:
+                raise _Refused("an alias refers to a mapping or list that contains it (a recursive alias); "
+                               "allowed: aliases of finished values only", child.start_mark)
+            if id(child) not in sizes and isinstance(child, yaml.CollectionNode):
+                if len(frames) >= MAX_DEPTH:
+                    raise _too_deep(child.start_mark)
+                on_path.add(id(child))
+                frames.append((child, iter(_children(child))))
+            continue
+        frames.pop()
+        on_path.discard(id(node))
+        if isinstance(node, yaml.MappingNode):
+            _check_duplicate_keys(node, loader)
+        size = 1 + sum(sizes.get(id(c), 1) for c in _children(node))
+        if size > MAX_NODES:
+            raise _too_many(size, node.start_mark)
+        sizes[id(node)] = size
 
 
 def _line_map(node, path: tuple, lines: dict) -> None:
@@ -37,23 +166,48 @@ def _line_map(node, path: tuple, lines: dict) -> None:
             _line_map(item, sub, lines)
 
 
-def parse_yaml(text: str, source: str) -> tuple[object, dict]:
-    """Parse recipe ``text`` with ``yaml.safe_load``; returns ``(value, {key path: line})``.
+def _too_long(size: int, source: str) -> ConfigError:
+    return ConfigError(f"{source}: the recipe is {size:,} bytes; allowed: at most {MAX_BYTES:,} bytes (1 MiB)")
 
-    Malformed YAML and an empty document raise a ConfigError naming ``source`` and the line.
+
+def parse_yaml(text: str, source: str) -> tuple[object, dict]:
+    """Parse recipe ``text`` with PyYAML's safe loader; returns ``(value, {key path: line})``.
+
+    Malformed YAML, an empty document, a duplicate key and a recipe past the limits (:data:`MAX_BYTES`,
+    :data:`MAX_DEPTH`, :data:`MAX_NODES`) raise a ConfigError naming ``source`` and the line.
+
+    Args:
+        text: String, the recipe's YAML text.
+        source: String, the file it came from (for messages).
 
     >>> value, lines = parse_yaml("a:\\n  b: 1\\n", "x.yaml")
     >>> value, lines[("a", "b")]
     ({'a': {'b': 1}}, 2)
+    >>> parse_yaml("a: 1\\nb: 2\\na: 3\\n", "x.yaml")
+    Traceback (most recent call last):
+    ...
+    tfopt.errors.ConfigError: x.yaml:3: duplicate key 'a' (first at line 1); a key may appear once in a mapping
     """
+    if len(text) > MAX_BYTES or len(text.encode("utf-8")) > MAX_BYTES:
+        raise _too_long(len(text.encode("utf-8")), source)
+    loader = _RecipeLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        value = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is not None:
+            _check_expansion(node, loader)
+            value = loader.construct_document(node)
+    except _Refused as err:
+        where = f"{source}:{err.mark.line + 1}" if err.mark is not None else source
+        raise ConfigError(f"{where}: {err.message}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        if "maximum nesting depth" in problem:  # libyaml's own limit (1000 levels) came first
+            raise ConfigError(f"{where}: {_too_deep(mark).message}") from None
         raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    finally:
+        loader.dispose()
     if node is None or value is None:
         raise ConfigError(f"{source}:1: the recipe is empty; it needs at least 'name', 'data' and 'model'")
     lines = {(): node.start_mark.line + 1}
@@ -112,11 +266,23 @@ class Problems:
 
 
 def read_text(path) -> str:
-    """The text of recipe file ``path``; ConfigError naming it when it cannot be read."""
+    """The text of recipe file ``path`` (at most :data:`MAX_BYTES` are read); ConfigError naming it when it
+    cannot be read or is too long."""
     path = Path(path)
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"recipe file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except OSError as err:
+        raise ConfigError(f"recipe file {str(path)!r} cannot be read: {err}") from None
+    if len(data) > MAX_BYTES:
+        try:
+            size = max(path.stat().st_size, len(data))
+        except OSError:
+            size = len(data)
+        raise _too_long(size, str(path))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
         raise ConfigError(f"recipe file {str(path)!r} cannot be read: {err}") from None
