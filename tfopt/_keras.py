@@ -55,9 +55,9 @@ def _import_quietly():
 
 tf, keras = _import_quietly()
 
-from tfopt.errors import KerasVersionError  # noqa: E402
+from tfopt.errors import SEED_LIMIT, KerasVersionError, check_seed  # noqa: E402
 
-__all__ = ["tf", "keras", "tfmot", "check_model", "serializable", "set_seed"]
+__all__ = ["tf", "keras", "tfmot", "check_model", "serializable", "set_seed", "derive_seed"]
 
 
 def __getattr__(name):
@@ -107,6 +107,23 @@ def serializable(cls=None, *, package: str = "tfopt"):
 
 
 def set_seed(seed: int) -> int:
-    """Seed Python, NumPy and TensorFlow (``keras.utils.set_random_seed``); returns the seed."""
-    keras.utils.set_random_seed(int(seed))
-    return int(seed)
+    """Seed Python, NumPy and TensorFlow (``keras.utils.set_random_seed``); returns the seed.
+
+    Args:
+        seed: Integer in [0, 2**32); anything else raises ConfigError.
+
+    >>> set_seed(7)
+    7
+    """
+    seed = check_seed(seed)
+    keras.utils.set_random_seed(seed)
+    return seed
+
+
+def derive_seed(seed: int, offset: int) -> int:
+    """The seed of a part of a run (a stage, a trial): ``seed + offset``, wrapped into [0, 2**32).
+
+    >>> derive_seed(3, 2), derive_seed(2**32 - 1, 2)
+    (5, 1)
+    """
+    return (check_seed(seed) + int(offset)) % SEED_LIMIT

@@ -32,11 +32,12 @@ def run_demo(run_dir="runs/demo", epochs: int | None = None, seed: int | None = 
 
     >>> results = run_demo("runs/demo")  # doctest: +SKIP
     """
+    from tfopt.errors import check_seed
     from tfopt.pipeline import run_recipe
 
     overrides: dict = {}
     if seed is not None:
-        overrides["seed"] = seed
+        overrides["seed"] = check_seed(seed)
     if epochs is not None:
         overrides["training"] = {"epochs": epochs}
     prune = {k: v for k, v in (("target_sparsity", target_sparsity), ("epochs", prune_epochs)) if v is not None}

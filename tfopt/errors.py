@@ -67,5 +67,31 @@ def check_range(name: str, value, low=None, high=None, *, low_open=False, high_o
         raise ConfigError(f"{name}={value!r} is out of range; allowed: {lo}{name}{hi}")
 
 
+SEED_LIMIT = 2**32  # seeds are in [0, 2**32): what NumPy, TensorFlow and scikit-learn all accept
+
+
+def check_seed(value, name: str = "seed") -> int:
+    """``value`` as an int when it is an integer in [0, 2**32) (every seed tfopt hands on), else ConfigError.
+
+    Args:
+        value: The seed given (an int or a NumPy integer).
+        name: String, the argument's name, for the message.
+
+    >>> check_seed(42)
+    42
+    >>> check_seed(-1)
+    Traceback (most recent call last):
+    ...
+    tfopt.errors.ConfigError: seed=-1 is out of range; allowed: an integer with 0 <= seed < 2**32 (4294967296)
+    """
+    import numbers
+
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 0 <= value < SEED_LIMIT:
+        what = "is out of range" if isinstance(value, numbers.Integral) and not isinstance(value, bool) else \
+            f"has the wrong type ({type(value).__name__})"
+        raise ConfigError(f"{name}={value!r} {what}; allowed: an integer with 0 <= {name} < 2**32 ({SEED_LIMIT})")
+    return int(value)
+
+
 class TrainingError(TfoptError):
     """Training could not go on (e.g. the loss became NaN or infinite)."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from tfopt._keras import keras, tf
 from tfopt.data.augment import get_augmentation
-from tfopt.errors import ConfigError, DataError, check_range
+from tfopt.errors import ConfigError, DataError, check_range, check_seed
 
 __all__ = ["DatasetInfo", "load", "from_arrays", "EMBEDDED", "KINDS"]
 
@@ -148,7 +148,7 @@ def _check_int(name: str, value, low: int | None = None) -> None:
 
 def _check_common(batch_size, val_fraction, seed) -> None:
     _check_int("batch_size", batch_size, 1)
-    _check_int("seed", seed)
+    check_seed(seed)
     check_range("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
 
 

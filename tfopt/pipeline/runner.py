@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tfopt import _faults, distribute
 from tfopt._io import atomic_write_text, read_json, write_json
-from tfopt._keras import set_seed
+from tfopt._keras import derive_seed, set_seed
 from tfopt._lock import RunLock
 from tfopt.errors import ConfigError
 from tfopt.pipeline.context import Context, apply_determinism, save_model
@@ -53,7 +53,7 @@ def _new_manifest(recipe: Recipe) -> dict:
     return {
         "recipe_hash": recipe.hash, "recipe": recipe.raw, "source": recipe.source, "seed": recipe.seed,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions(),
-        "stages": [{"name": s.name, "type": s.type, "dir": s.dirname, "status": "pending", "seed": recipe.seed + s.index,
+        "stages": [{"name": s.name, "type": s.type, "dir": s.dirname, "status": "pending", "seed": derive_seed(recipe.seed, s.index),
                     "outputs": {}, "metrics": {}, "seconds": None} for s in recipe.stages],
     }
 

@@ -11,6 +11,8 @@ import dataclasses
 import re
 from typing import Callable
 
+from tfopt.errors import SEED_LIMIT
+
 __all__ = ["Field", "read_section", "safe_name", "INT", "FLOAT", "STR", "BOOL", "LIST", "MAP", "ANY", "NONE"]
 
 INT, FLOAT, STR, BOOL, LIST, MAP, NONE = "integer", "number", "string", "boolean", "list", "mapping", "null"
@@ -132,6 +134,15 @@ def in_unit(low_open: bool = False, high_open: bool = True):
         return None if ok else f"0 {lo} value {hi} 1"
 
     return check
+
+
+def seed_range(v) -> str | None:
+    """A check: a seed in [0, 2**32) (as :func:`tfopt.errors.check_seed` asks of every seed).
+
+    >>> seed_range(0), seed_range(2**32)
+    (None, '0 <= seed < 2**32 (4294967296)')
+    """
+    return None if 0 <= v < SEED_LIMIT else f"0 <= seed < 2**32 ({SEED_LIMIT})"
 
 
 def positive(v) -> str | None:

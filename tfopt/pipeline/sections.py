@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tfopt.pipeline.schema import (
-    ANY, BOOL, FLOAT, INT, LIST, MAP, NONE, STR, Field, at_least, in_unit, int_list, positive, safe_name,
+    ANY, BOOL, FLOAT, INT, LIST, MAP, NONE, STR, Field, at_least, in_unit, int_list, positive, safe_name, seed_range,
 )
 
 __all__ = ["TOP", "DATA", "MODEL", "TRAINING", "STAGE_OPTIONS", "VARIANT", "STUDENT", "STAGE_TYPES",
@@ -18,7 +18,7 @@ QUANTIZATION_NAMES = {"float32": None, "dynamic": "dynamic", "float16": "float16
 TOP = {
     "name": Field((STR,), required=True, check=safe_name),
     "description": Field((STR, NONE)),
-    "seed": Field((INT,), 0, check=at_least(0)),
+    "seed": Field((INT,), 0, check=seed_range),
     "data": Field((MAP,), required=True),
     "model": Field((MAP,), required=True),
     "training": Field((MAP, NONE), None),

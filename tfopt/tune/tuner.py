@@ -29,7 +29,7 @@ from keras_tuner.engine import hyperparameters as hp_module
 from tfopt import _faults
 from tfopt._io import write_json
 from tfopt._private import private
-from tfopt._keras import keras, set_seed
+from tfopt._keras import derive_seed, keras, set_seed
 from tfopt.errors import TrainingError
 from tfopt.tune import objectives as objs
 from tfopt.tune import training
@@ -122,7 +122,7 @@ class TfoptTuner(base_tuner.BaseTuner):
 
     def _seed(self, trial_id: str, execution: int) -> None:
         offset = int(trial_id) if trial_id.isdigit() else zlib.crc32(trial_id.encode()) % 100_000
-        set_seed(self.settings["seed"] + 1000 * offset + execution)
+        set_seed(derive_seed(self.settings["seed"], 1000 * offset + execution))
 
     def _execute(self, trial, train_ds, val_ds, execution: int, folder: Path, keep) -> dict:
         """One training run of a trial; saves its weights when ``keep(metrics)`` says it is the best run."""
@@ -328,13 +328,14 @@ def search(space, train_ds, val_ds, algorithm: str = "hyperband", objective="val
     >>> result.best_model.evaluate(val_ds, return_dict=True)["accuracy"]  # doctest: +SKIP
     """
     from tfopt.compress._common import count_steps
-    from tfopt.errors import check_choice
+    from tfopt.errors import check_choice, check_seed
     from tfopt.tune.distributed import distributed_env
     from tfopt.tune.oracles import ORACLES, make_oracle
     from tfopt.tune.results import collect, write_outputs
     from tfopt.tune.spaces import Space
 
     check_choice("algorithm", algorithm, tuple(ORACLES))
+    seed = check_seed(seed)
     max_trials = _check_int("max_trials", max_trials, 1)
     max_epochs = _check_int("max_epochs", max_epochs, 1)
     executions = _check_int("executions_per_trial", executions_per_trial, 1)
