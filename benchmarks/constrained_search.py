@@ -95,7 +95,7 @@ def retrain(hyperparameters: dict, train_ds, info, epochs: int, seed: int):
         epochs: Integer, the epochs to train.
         seed: Integer, seeds the initial weights.
     """
-    from tfopt.compress._common import count_steps
+    from tfopt._model import count_steps
     from tfopt.tune import training
     from tfopt.tune.spaces import split
 

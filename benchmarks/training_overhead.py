@@ -24,7 +24,7 @@ from pathlib import Path
 from benchmarks import common
 from tfopt import models, train
 from tfopt._keras import keras, set_seed, tfmot
-from tfopt.compress._common import count_steps
+from tfopt._model import count_steps
 
 NAME = "training_overhead"
 GOAL = 1.03

@@ -323,7 +323,7 @@ def find_lr(model, train_ds, min_lr: float = 1e-7, max_lr: float = 1.0, steps: i
     >>> model.compile(optimizer=keras.optimizers.Adam(result.suggested_lr), loss=...)  # doctest: +SKIP
     """
     from tfopt import optimizers
-    from tfopt.compress._common import outputs_logits
+    from tfopt._model import outputs_logits
 
     check_model(model, "find_lr")
     if not isinstance(train_ds, tf.data.Dataset):

@@ -11,7 +11,7 @@ from pathlib import Path
 from tfopt import _faults, distribute
 from tfopt.checkpoints import FaultPoints, run_callbacks
 from tfopt._keras import check_model, keras, tf
-from tfopt.compress._common import compile_like, count_steps, strategy_scope
+from tfopt._model import compile_like, count_steps, strategy_scope
 from tfopt.errors import ConfigError, TrainingError, check_range
 from tfopt.progress import keras_verbose
 
@@ -125,6 +125,17 @@ def _check_xla(strategy, jit_compile) -> None:
         )
 
 
+def _check_dir(name: str, path) -> None:
+    """ConfigError when ``path``, or the nearest of its parents that exists, is not a directory."""
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise ConfigError(f"{name}={str(path)!r} cannot be a directory: {str(existing)!r} is a file; "
+                                  "pass a directory (new or a run directory)")
+            return
+
+
 def _write_dir(run_dir, strategy):
     """Where this task writes run files: ``run_dir`` on the chief, a throwaway temp dir on other workers."""
     if strategy is None or distribute.is_chief(strategy):
@@ -190,6 +201,9 @@ def fit(
     >>> history = fit(model, train_ds, val_ds, epochs=3, run_dir="runs/x")  # doctest: +SKIP
     """
     check_model(model, "fit")
+    for name, path in (("run_dir", run_dir), ("backup_dir", backup_dir)):
+        if path is not None:
+            _check_dir(name, path)
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs={epochs!r} must be a positive integer")
     _check_precision(mixed_precision)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from tfopt._keras import check_model, tf, tfmot
 from tfopt._private import private
-from tfopt.compress._common import compile_like, strategy_scope
+from tfopt._model import compile_like, private_copy, strategy_scope, wrap_layers
 from tfopt.compress.inspect import cluster_counts, clusterable_weights, match_layers, sparsity, walk_layers
-from tfopt.compress.prune import private_copy, wrap_layers
 from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_choice
 from tfopt.progress import keras_verbose
 

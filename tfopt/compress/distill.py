@@ -10,7 +10,7 @@ whose last layer ends in softmax is read as probabilities and turned into logits
 from __future__ import annotations
 
 from tfopt._keras import check_model, keras, serializable, tf
-from tfopt.compress._common import compile_like, count_steps, outputs_logits, strategy_scope
+from tfopt._model import compile_like, count_steps, outputs_logits, strategy_scope
 from tfopt.errors import ConfigError, check_range
 from tfopt.progress import keras_verbose
 

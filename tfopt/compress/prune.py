@@ -8,15 +8,13 @@ final update (at the full target) happens and the last quarter of the run fine-t
 
 from __future__ import annotations
 
-from typing import Sequence
-
-from tfopt._keras import check_model, keras, tfmot
-from tfopt.compress._common import compile_like, count_steps, strategy_scope
+from tfopt._keras import check_model, tfmot
+from tfopt._model import compile_like, count_steps, private_copy, strategy_scope, wrap_layers
 from tfopt.compress.inspect import m_by_n_ok, match_layers, prunable_weights, sparsity, walk_layers
 from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_choice, check_range
 from tfopt.progress import keras_verbose
 
-__all__ = ["prune", "pruning_schedule", "wrap_layers", "private_copy"]
+__all__ = ["prune", "pruning_schedule"]
 
 END_FRACTION = 0.75  # end_step ~ this fraction of the run; the rest fine-tunes at the target sparsity
 UPDATES = 10  # default number of mask updates before end_step
@@ -61,41 +59,6 @@ def _constant(target, total, initial, frequency):
 
 
 _SCHEDULES = {"polynomial": _polynomial, "constant": _constant}
-
-
-def private_copy(model, where: str):
-    """A clone of functional/Sequential ``model`` with copied weights (tfmot wrappers share the layers they wrap).
-
-    Args:
-        model: tf_keras functional or Sequential model.
-        where: String, the calling function's name, for messages.
-    """
-    if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
-        raise UnsupportedLayerError(
-            f"{where} got a subclassed model ({type(model).__name__}); tfmot can only wrap the layers of "
-            "functional or Sequential models: rebuild it with keras.Model(inputs, outputs) or keras.Sequential"
-        )
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def wrap_layers(model, wrap, names: Sequence[str]):
-    """Clone ``model`` (sharing its layers) with ``wrap(layer)`` in place of the layers named in ``names``.
-
-    Args:
-        model: tf_keras functional or Sequential model (nested models are walked).
-        wrap: Callable taking a layer and returning the layer to use instead.
-        names: Sequence of layer names to wrap.
-    """
-    names = set(names)
-
-    def clone_function(layer):
-        if isinstance(layer, keras.Model):
-            return keras.models.clone_model(layer, clone_function=clone_function)
-        return wrap(layer) if layer.name in names else layer
-
-    return keras.models.clone_model(model, clone_function=clone_function)
 
 
 def _check_m_by_n(m_by_n):

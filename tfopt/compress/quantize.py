@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 
 from tfopt._keras import check_model, keras, tf, tfmot
-from tfopt.compress._common import compile_like, count_steps, outputs_logits, strategy_scope
-from tfopt.errors import CompressionError, ConfigError, ExportError, UnsupportedLayerError, check_range
+from tfopt._model import compile_like, count_steps, outputs_logits, strategy_scope
+from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_range
 from tfopt.progress import keras_verbose
 
 __all__ = ["quantize_aware", "flatten_model", "save_quantized", "load_quantized", "quantize_scheme", "QAT_SCHEMES"]
@@ -399,20 +399,20 @@ def load_quantized(path, custom_objects=None, safe_mode: bool = True):
 
     Prune/cluster-preserving quantizers are not serialised by tfmot: a reloaded PQAT/CQAT model
     fine-tunes with the plain 8-bit quantizers (its saved weights, zeros included, are kept).
+    The file is checked as by :func:`tfopt.saving.load_model`: its format comes from its content and,
+    in safe mode, nothing in it may run code.
 
     Args:
         path: String or path-like, the saved model file.
         custom_objects: Dict or None, extra custom objects (tfopt's own are registered already).
-        safe_mode: Bool, refuse files holding a Lambda layer (HDF5 stores its Python bytecode).
+        safe_mode: Bool, refuse files that would run code on loading (a Lambda layer's bytecode in any
+            format, a SavedModel directory); False only for files you trust.
+
+    Raises:
+        ConfigError: the path is missing, not a loadable model file, or (safe mode) would run code.
 
     >>> loaded = load_quantized("qat.h5")  # doctest: +SKIP
     """
-    if safe_mode:
-        from tfopt.saving import refuse_unsafe_h5
+    from tfopt.saving import load_model
 
-        refuse_unsafe_h5(path)
-    with tfmot.quantization.keras.quantize_scope(custom_objects or {}):
-        try:
-            return keras.models.load_model(path)
-        except (OSError, ValueError) as err:
-            raise ExportError(f"load_quantized could not load {str(path)!r}: {err}") from err
+    return load_model(path, safe_mode=safe_mode, custom_objects=custom_objects)

@@ -7,7 +7,7 @@ import inspect
 import numpy as np
 
 from tfopt._keras import check_model, keras, tf
-from tfopt.compress._common import outputs_logits, strategy_scope
+from tfopt._model import outputs_logits, strategy_scope
 from tfopt.errors import ConfigError
 
 __all__ = ["SCHEDULES", "build_model", "compile_model", "fit", "compress", "measure", "infer_data"]

@@ -327,7 +327,7 @@ def search(space, train_ds, val_ds, algorithm: str = "hyperband", objective="val
     ...                 train_ds, val_ds, algorithm="random", max_trials=2, max_epochs=1)  # doctest: +SKIP
     >>> result.best_model.evaluate(val_ds, return_dict=True)["accuracy"]  # doctest: +SKIP
     """
-    from tfopt.compress._common import count_steps
+    from tfopt._model import count_steps
     from tfopt.errors import check_choice, check_seed
     from tfopt.tune.distributed import distributed_env
     from tfopt.tune.oracles import ORACLES, make_oracle

@@ -1,13 +1,15 @@
-"""Helpers every compression step shares: counting steps, strategy scopes, re-compiling like a model."""
+"""Model plumbing every layer above uses: counting steps, strategy scopes, logits or not, re-compiling like a
+model, private copies and layer wrapping (for tfmot), weight counts and "is this quantization-aware"."""
 
 from __future__ import annotations
 
 import contextlib
+from typing import Sequence
 
 from tfopt._keras import check_model, keras, tf
-from tfopt.errors import ConfigError, DataError
+from tfopt.errors import ConfigError, DataError, UnsupportedLayerError
 
-__all__ = ["count_steps", "strategy_scope", "outputs_logits", "compile_like"]
+__all__ = ["count_steps", "strategy_scope", "outputs_logits", "compile_like", "private_copy", "wrap_layers"]
 
 
 def count_steps(dataset, what: str = "train_ds") -> int:
@@ -87,3 +89,38 @@ def compile_like(model, source=None, optimizer=None, loss=None, metrics=("accura
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=outputs_logits(model))
     model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
     return model
+
+
+def private_copy(model, where: str):
+    """A clone of functional/Sequential ``model`` with copied weights (tfmot wrappers share the layers they wrap).
+
+    Args:
+        model: tf_keras functional or Sequential model.
+        where: String, the calling function's name, for messages.
+    """
+    if not (isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)):
+        raise UnsupportedLayerError(
+            f"{where} got a subclassed model ({type(model).__name__}); tfmot can only wrap the layers of "
+            "functional or Sequential models: rebuild it with keras.Model(inputs, outputs) or keras.Sequential"
+        )
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def wrap_layers(model, wrap, names: Sequence[str]):
+    """Clone ``model`` (sharing its layers) with ``wrap(layer)`` in place of the layers named in ``names``.
+
+    Args:
+        model: tf_keras functional or Sequential model (nested models are walked).
+        wrap: Callable taking a layer and returning the layer to use instead.
+        names: Sequence of layer names to wrap.
+    """
+    names = set(names)
+
+    def clone_function(layer):
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(layer, clone_function=clone_function)
+        return wrap(layer) if layer.name in names else layer
+
+    return keras.models.clone_model(model, clone_function=clone_function)
