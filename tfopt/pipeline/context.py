@@ -12,7 +12,7 @@ from tfopt import data as tfdata
 from tfopt import losses, models, optimizers, regularizers, schedules
 from tfopt._io import atomic_path
 from tfopt._keras import keras, set_seed, tf
-from tfopt.compress._common import count_steps, outputs_logits
+from tfopt._model import count_steps, outputs_logits
 from tfopt.errors import ConfigError
 from tfopt.pipeline.checks import FROM_DATA
 from tfopt.pipeline.recipe import DataSpec, ModelSpec, Recipe
