@@ -9,6 +9,7 @@ the TFLite files, the recipe and seeds, and the versions. Figures are PNGs in ``
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import json
 import re
@@ -17,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tfopt._io import atomic_write_text, read_json, write_json
-from tfopt.errors import ConfigError
+from tfopt._io import atomic_write_text, path_inside, write_json
+from tfopt.errors import ConfigError, ExportError
 from tfopt.pipeline import plots
 from tfopt.pipeline.results import collect_results
+from tfopt.pipeline.rundir import MANIFEST, RESULTS, DamagedFile, read_manifest, read_results, refuse_links_out
 
 __all__ = ["write_report", "variants_table", "variants_markdown", "markdown_table", "layer_stats", "TABLE_COLUMNS"]
 
@@ -73,12 +75,17 @@ def layer_stats(run_dir: Path, rows: list) -> dict:
     from tfopt.export import tflite_weights
 
     out = {}
-    for r in rows:
-        path = Path(run_dir) / r["path"]
+    for i, r in enumerate(rows):
+        path = path_inside(run_dir, r["path"], f"variants[{i}].path")
         if not path.exists():
             continue
+        try:
+            weights = tflite_weights(path.read_bytes())
+        except ExportError as err:
+            raise DamagedFile(f"{r['path']} of the run directory {str(run_dir)!r} (variant {r['variant']!r}) is "
+                              f"damaged: {err}; export it again (--force the recipe's export stage)") from None
         per_layer = {}
-        for name, values in tflite_weights(path.read_bytes()).items():
+        for name, values in weights.items():
             values = np.asarray(values)
             if values.size < 16 or values.dtype.kind not in "fiu":
                 continue
@@ -94,8 +101,11 @@ def _histories(run_dir: Path, results: dict) -> dict:
     out = {}
     for stage in results["stages"]:
         rel = (stage.get("outputs") or {}).get("history")
-        if rel and (run_dir / rel).exists():
-            out[stage["name"]] = plots.read_history(run_dir / rel)
+        if rel and path_inside(run_dir, rel, f"stage {stage['name']!r} outputs.history").exists():
+            try:
+                out[stage["name"]] = plots.read_history(run_dir / rel)
+            except (UnicodeDecodeError, csv.Error) as err:
+                raise DamagedFile(f"{rel} of the run directory {str(run_dir)!r} is damaged: {err}") from None
     return out
 
 
@@ -157,13 +167,16 @@ def write_report(run_dir) -> dict:
     ['html', 'images', 'md']
     """
     run_dir = Path(run_dir)
-    if (run_dir / "results.json").exists():
-        results = read_json(run_dir / "results.json")
-    elif (run_dir / "manifest.json").exists():
-        results = collect_results(read_json(run_dir / "manifest.json"))
-    else:
-        raise ConfigError(f"{str(run_dir)!r} is not a tfopt run directory (no results.json or manifest.json)")
-    manifest = read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").exists() else {}
+    has_manifest, has_results = ((run_dir / name).is_file() for name in (MANIFEST, RESULTS))
+    if not (has_manifest or has_results):
+        raise ConfigError(f"{str(run_dir)!r} is not a tfopt run directory (no {RESULTS} or {MANIFEST})")
+    # both files are checked (shape, and every path inside run_dir) before anything is read or written
+    manifest = read_manifest(run_dir) if has_manifest else {}
+    try:
+        results = read_results(run_dir) if has_results else collect_results(manifest)
+    except DamagedFile as err:
+        raise DamagedFile(f"{err}; delete it to report from {MANIFEST}, or run the recipe again") from None
+    refuse_links_out(run_dir)
     out_dir = run_dir / "report"
     rows = results.get("variants") or []
     layers = layer_stats(run_dir, rows)

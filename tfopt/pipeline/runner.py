@@ -22,21 +22,21 @@ import time
 from pathlib import Path
 
 from tfopt import _faults, distribute
-from tfopt._io import atomic_write_text, read_json, write_json
+from tfopt._io import atomic_write_text, write_json
 from tfopt._keras import derive_seed, set_seed
 from tfopt._lock import RunLock
 from tfopt.errors import ConfigError
 from tfopt.pipeline.context import Context, apply_determinism, save_model
 from tfopt.pipeline.recipe import DataSpec, Recipe, load_recipe
 from tfopt.pipeline.results import collect_results, versions
+from tfopt.pipeline.rundir import MANIFEST, RESULTS, DamagedFile, model_damage, read_manifest, refuse_links_out
 from tfopt.pipeline.sections import MODEL_STAGES
 from tfopt.pipeline.stages import STAGES
 from tfopt.progress import Stages
 
 __all__ = ["run_recipe", "MANIFEST"]
 
-MANIFEST = "manifest.json"
-_OUR_FILES = (MANIFEST, "results.json", "report.md", "report.html", "report", "recipe.yaml")
+_OUR_FILES = (MANIFEST, RESULTS, "report.md", "report.html", "report", "recipe.yaml")
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -58,80 +58,128 @@ def _new_manifest(recipe: Recipe) -> dict:
     }
 
 
+def _remove(path: Path) -> None:
+    """Delete ``path`` without following a symlink (a symlink is removed, never what it points to)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)  # removes symlinks inside, never their targets
+
+
 def _clear(run_dir: Path, old: dict | None) -> None:
-    """Remove a previous run's files (only the ones tfopt writes)."""
-    names = list(_OUR_FILES) + [e["dir"] for e in (old or {}).get("stages", [])]
-    names += [p.name for p in run_dir.iterdir() if p.is_dir() and p.name[:2].isdigit() and p.name[2:3] == "_"]
-    for name in names:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    """Remove a previous run's files: only tfopt's own names, and only entries directly inside ``run_dir``."""
+    names = set(_OUR_FILES) | {e["dir"] for e in (old or {}).get("stages", [])}
+    names |= {p.name for p in run_dir.iterdir()
+              if (p.is_symlink() or p.is_dir()) and p.name[:2].isdigit() and p.name[2:3] == "_"}
+    for name in sorted(names):
+        if name in ("", ".", "..") or Path(name).name != name:  # a manifest entry never names anything else
+            continue
+        _remove(run_dir / name)
 
 
-def _open_run_dir(run_dir: Path, recipe: Recipe, overwrite: bool) -> dict:
-    """The manifest to continue: the existing one for the same recipe, else a new one (refusals first)."""
-    _check_writable(run_dir)
+def _same_stages(manifest: dict, recipe: Recipe) -> None:
+    """DamagedFile unless the manifest lists the recipe's stages (a manifest of the same recipe always does)."""
+    have = [(e["name"], e["type"], e["dir"]) for e in manifest["stages"]]
+    want = [(s.name, s.type, s.dirname) for s in recipe.stages]
+    if have != want:
+        first = next((i for i, (h, w) in enumerate(zip(have, want)) if h != w), min(len(have), len(want)))
+        raise DamagedFile(f"{MANIFEST} lists the stages {[h[0] for h in have]} but its recipe has "
+                          f"{[w[0] for w in want]} (first difference at stage {first + 1})")
+
+
+def _previous_run(run_dir: Path, recipe: Recipe, overwrite: bool) -> dict | None:
+    """The manifest to continue (the existing one, for the same recipe), or None; refusals, nothing written."""
     path = run_dir / MANIFEST
-    old = None
-    if path.exists():
-        try:
-            old = read_json(path)
-        except ValueError:
-            old = {}
-        if old.get("recipe_hash") == recipe.hash:
+    if not (path.exists() or path.is_symlink()):
+        if any(p.name not in (".tfopt-write-test", ".lock") for p in run_dir.iterdir()) and not overwrite:
+            raise ConfigError(f"run directory {str(run_dir)!r} is not empty and holds no tfopt run (no {MANIFEST}); "
+                              "pass overwrite=True (--overwrite) or pick an empty or new directory")
+        return None
+    try:
+        old = read_manifest(run_dir)
+        if old["recipe_hash"] == recipe.hash:
+            _same_stages(old, recipe)
+            refuse_links_out(run_dir)  # the run writes on into these folders
             return old
-        if not overwrite:
-            raise ConfigError(
-                f"run directory {str(run_dir)!r} holds a run of a different recipe "
-                f"({old.get('recipe', {}).get('name')!r}, hash {old.get('recipe_hash')!r}; this recipe "
-                f"{recipe.name!r} has hash {recipe.hash!r}); pass overwrite=True (--overwrite) to replace it, "
-                "or pick another run directory"
-            )
-    elif any(p.name not in (".tfopt-write-test", ".lock") for p in run_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"run directory {str(run_dir)!r} is not empty and holds no tfopt run (no {MANIFEST}); "
-                          "pass overwrite=True (--overwrite) or pick an empty or new directory")
+    except DamagedFile as err:
+        if overwrite:
+            return None  # replaced; its entries are not trusted: only tfopt's own names are removed
+        raise DamagedFile(f"{err}; pass overwrite=True (--overwrite) to start the run directory afresh, "
+                          "or pick another run directory") from None
+    if not overwrite:
+        raise ConfigError(
+            f"run directory {str(run_dir)!r} holds a run of a different recipe "
+            f"({old['recipe']['name']!r}, hash {old['recipe_hash']!r}; this recipe "
+            f"{recipe.name!r} has hash {recipe.hash!r}); pass overwrite=True (--overwrite) to replace it, "
+            "or pick another run directory"
+        )
+    return None
+
+
+def _start(run_dir: Path, recipe: Recipe) -> dict:
+    """Clear the run directory of an earlier run's files and write a new manifest."""
+    old = None
+    with contextlib.suppress(ConfigError):  # a damaged or hostile manifest names nothing to remove
+        old = read_manifest(run_dir) if (run_dir / MANIFEST).is_file() else None
     _clear(run_dir, old)
     manifest = _new_manifest(recipe)
-    write_json(path, manifest)
+    write_json(run_dir / MANIFEST, manifest)
     return manifest
 
 
-def _apply_force(manifest: dict, recipe: Recipe, force, run_dir: Path) -> None:
-    """Mark the forced stages and every later one pending, and delete their folders."""
+def _forced(recipe: Recipe, force) -> int | None:
+    """Index of the first stage ``force`` names (None: none); ConfigError for a name of no stage."""
     force = [force] if isinstance(force, str) else list(force or ())
     if not force:
-        return
+        return None
     names = [s.name for s in recipe.stages]
     aliases = {**{s.dirname: s.name for s in recipe.stages}, **{n: n for n in names}}
     unknown = [f for f in force if f not in aliases]
     if unknown:
         raise ConfigError(f"force={unknown!r} names no stage of recipe {recipe.name!r}; allowed: {', '.join(names)}")
-    first = min(names.index(aliases[f]) for f in force)
-    for entry in manifest["stages"][first:]:
-        stage_dir = run_dir / entry["dir"]
-        if stage_dir.exists():
-            shutil.rmtree(stage_dir)
+    return min(names.index(aliases[f]) for f in force)
+
+
+def _apply_force(manifest: dict, recipe: Recipe, first: int | None, run_dir: Path) -> None:
+    """Mark stage ``first`` and every later one pending, and delete their folders."""
+    if first is None:
+        return
+    for spec, entry in zip(recipe.stages[first:], manifest["stages"][first:]):
+        _remove(run_dir / spec.dirname)
         entry.update(status="pending", outputs={}, metrics={}, seconds=None)
     write_json(run_dir / MANIFEST, manifest)
 
 
-def _restore(ctx: Context, spec, entry: dict) -> bool:
-    """Re-attach a finished stage's outputs to the context; False when they are missing on disk."""
+def _stage_data(recipe: Recipe) -> dict:
+    """``{stage name: DataSpec}``: the data each stage's model is for, from the recipe (never the manifest)."""
+    current, out = recipe.data, {}
+    for spec in recipe.stages:
+        if spec.type == "fine_tune":
+            d = spec.options["data"]
+            current = DataSpec(**{**d, "classes": tuple(d["classes"]) if d.get("classes") else None})
+        out[spec.name] = current
+    return out
+
+
+def _restore(ctx: Context, spec, entry: dict, stages: Stages) -> bool:
+    """Re-attach a finished stage's outputs to the context; False when they are missing or damaged on disk."""
     outputs = entry.get("outputs") or {}
     if spec.type in MODEL_STAGES:
         path = outputs.get("model")
         if not path or not (ctx.run_dir / path).exists():
             return False
-        data = outputs.get("data") or dataclasses.asdict(ctx.current_data)
-        data = DataSpec(**{**data, "classes": tuple(data["classes"]) if data.get("classes") else None})
-        ctx.set_model(spec.name, None, ctx.run_dir / path, data)
+        damage = model_damage(ctx.run_dir / path)
+        if damage:
+            print(f"[{stages.done + 1}/{stages.total}] {spec.name}: its model file {path} is damaged ({damage}); "
+                  "running the stage again", file=stages.stream, flush=True)
+            return False
+        ctx.set_model(spec.name, None, ctx.run_dir / path, _stage_data(ctx.recipe)[spec.name])
     if spec.type == "export":
         rows = entry["metrics"].get("variants", [])
-        if not all((ctx.run_dir / r["path"]).exists() for r in rows):
+        if not all((ctx.run_dir / r["path"]).exists() and r.get("model") in ctx.model_data for r in rows):
             return False
-        ctx.exported += rows
+        # each variant's data is the data of the model it came from (as at export), not what the file says
+        ctx.exported += [{**r, "data": dataclasses.asdict(ctx.model_data[r["model"]])} for r in rows]
         ctx.baseline = ctx.baseline or entry["metrics"].get("baseline")
     return True
 
@@ -227,24 +275,31 @@ def run_recipe(path_or_dict, run_dir=None, force=(), overwrite: bool = False, da
 def _run_locked(recipe, run_dir: Path, force, overwrite: bool, data, overrides, verbose, shared_dir: Path,
                 strategy) -> dict:
     apply_determinism(recipe)
-    manifest = _open_run_dir(run_dir, recipe, overwrite)
-    _apply_force(manifest, recipe, force, run_dir)
+    # everything is checked before anything is written: a refused recipe leaves the run directory as it was
+    manifest = _previous_run(run_dir, recipe, overwrite)
+    first_forced = _forced(recipe, force)
+    ctx = Context(recipe, run_dir, verbose, shared_dir=shared_dir, strategy=strategy)
+    _, _, info = ctx.load(recipe.data)  # the data must load and fit the model
+    source = None
+    if recipe.model.path is not None:
+        source = ctx.source_model()
+    elif recipe.model.builder is not None:
+        ctx.check_fits(ctx.build(recipe.model, info), info, f"model {recipe.model.builder!r}")
+
+    if manifest is None:
+        manifest = _start(run_dir, recipe)
+    _apply_force(manifest, recipe, first_forced, run_dir)
     if recipe.source != "<dict>" and not data and not overrides:
         with contextlib.suppress(OSError):
             atomic_write_text(run_dir / "recipe.yaml", Path(recipe.source).read_text(encoding="utf-8"))
-
-    ctx = Context(recipe, run_dir, verbose, shared_dir=shared_dir, strategy=strategy)
-    _, _, info = ctx.load(recipe.data)  # before any stage: the data must load and fit the model
     manifest["data"] = info.to_dict()
-    if recipe.model.path is not None:
-        ctx.set_model("model", ctx.source_model(), recipe.model.path, recipe.data)
-    elif recipe.model.builder is not None:
-        ctx.check_fits(ctx.build(recipe.model, info), info, f"model {recipe.model.builder!r}")
+    if source is not None:
+        ctx.set_model("model", source, recipe.model.path, recipe.data)
 
     stages = Stages(len(recipe.stages))
     resuming = True
     for spec, entry in zip(recipe.stages, manifest["stages"]):
-        if resuming and entry["status"] == "done" and _restore(ctx, spec, entry):
+        if resuming and entry["status"] == "done" and _restore(ctx, spec, entry, stages):
             stages.done += 1
             print(f"[{stages.done}/{stages.total}] {spec.name}: finished in an earlier run, kept "
                   f"({entry.get('seconds') or 0:.1f} s then)", file=stages.stream, flush=True)
@@ -253,7 +308,7 @@ def _run_locked(recipe, run_dir: Path, force, overwrite: bool, data, overrides, 
         _run_stage(ctx, spec, entry, manifest, stages)
 
     results = collect_results(manifest)
-    write_json(run_dir / "results.json", results)
+    write_json(run_dir / RESULTS, results)
     from tfopt.pipeline.report import write_report
 
     write_report(run_dir)
