@@ -17,7 +17,7 @@ from tfopt import _faults
 from tfopt._io import atomic_path, atomic_write_text
 from tfopt._keras import keras, tf
 
-__all__ = ["run_callbacks", "FaultPoints"]
+__all__ = ["run_callbacks", "FaultPoints", "backup_damage"]
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,55 @@ class _BestCheckpoint(_AtomicCheckpoint):
         self.written = str(filepath)
 
 
+def backup_damage(backup_dir) -> str | None:
+    """Why the BackupAndRestore state in ``backup_dir`` cannot be restored (None: intact, or no backup).
+
+    Every tensor of the latest checkpoint is read (a truncated or garbled file fails here, not in ``fit``),
+    and the checkpoint must lie inside ``backup_dir`` (its index file could name any path).
+
+    Args:
+        backup_dir: String or Path, the ``backup_dir`` given to BackupAndRestore.
+
+    >>> backup_damage("/nonexistent/backup") is None
+    True
+    """
+    folder = Path(backup_dir) / "chief"
+    if not folder.is_dir():
+        return None
+    try:
+        state = tf.train.get_checkpoint_state(str(folder))
+        if state is None or not state.model_checkpoint_path:
+            return None if not (folder / "checkpoint").exists() else "its 'checkpoint' file names no checkpoint"
+        latest = Path(state.model_checkpoint_path)
+        latest = latest if latest.is_absolute() else folder / latest
+        if not latest.resolve().is_relative_to(folder.resolve()):
+            return f"its 'checkpoint' file names {str(latest)!r}, outside the backup"
+        reader = tf.train.load_checkpoint(str(latest))
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as err:  # noqa: BLE001  (TensorFlow raises OpError, IndexError, ValueError, ... here)
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
+    return None
+
+
 class _Backup(keras.callbacks.BackupAndRestore):
     """BackupAndRestore whose end-of-epoch backup is taken by :class:`_BackupLast`, after every other callback
-    (history row and checkpoints) has recorded the epoch, so a kill never leaves a backed-up epoch unrecorded."""
+    (history row and checkpoints) has recorded the epoch, so a kill never leaves a backed-up epoch unrecorded.
+    A damaged backup (truncated or garbled files) is discarded with a warning and training starts afresh."""
+
+    discarded = False
+
+    def on_train_begin(self, logs=None):
+        damage = backup_damage(self.backup_dir)
+        if damage is not None:
+            folder = Path(self.backup_dir) / "chief"
+            log.warning("the training backup %s is damaged (%s); discarded, training starts again from "
+                        "epoch 1", folder, damage)
+            for path in folder.iterdir():  # only the checkpoint files; a symlink is removed, not followed
+                if path.name == "checkpoint" or path.name.startswith("ckpt-"):
+                    path.unlink(missing_ok=True)
+            self.discarded = True
+        super().on_train_begin(logs)
 
     def on_epoch_end(self, epoch, logs=None):
         pass
@@ -174,17 +220,21 @@ class _ResumeState(keras.callbacks.Callback):
       sees the batches it sees in an uninterrupted run (tf.data draws a new shuffle seed per iterator).
     """
 
-    def __init__(self, run_dir: Path, best: keras.callbacks.ModelCheckpoint, train_ds=None):
+    def __init__(self, run_dir: Path, best: keras.callbacks.ModelCheckpoint, train_ds=None,
+                 backup: _Backup | None = None):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.best = best
         self.train_ds = train_ds
+        self.backup = backup
         self.initial_epoch = 0
 
     def on_train_begin(self, logs=None):
         epoch, _ = self.model._maybe_load_initial_counters_from_ckpt(self.params.get("steps"), 0)
         self.initial_epoch = int(epoch)
         if self.initial_epoch <= 0:
+            if self.backup is not None and self.backup.discarded:
+                self._trim_history()  # starting afresh: the rows of the discarded backup's epochs go
             return
         rows = self._trim_history()
         values = [float(r[self.best.monitor]) for r in rows if r.get(self.best.monitor) not in (None, "")]
@@ -252,7 +302,7 @@ def run_callbacks(run_dir, monitor: str = "val_loss", backup_dir=None, keep_back
                            save_weights_only=True)
     return [
         backup,
-        _ResumeState(run_dir, best, train_ds),
+        _ResumeState(run_dir, best, train_ds, backup),
         last,  # before best: an improved epoch's best file is a hard link to this epoch's last file
         best,
         # per-epoch scalars only: no graph, no per-batch summaries, no profiler trace
