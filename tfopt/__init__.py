@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
+from tfopt import _launch
+
+_launch.install()  # the tfopt command: Ctrl-C while TensorFlow loads is one line too (not an import)
+
 from tfopt import _keras  # noqa: F401,I001  (must come first: sets TF_USE_LEGACY_KERAS)
 from tfopt import (
     compress,

@@ -42,10 +42,11 @@ def _import_quietly():
             # without a GPU. It does not start the runtime (logical devices and collectives can still be
             # configured afterwards).
             tensorflow.config.list_physical_devices()
-        except BaseException:
+        except BaseException as err:
             os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
+            if not isinstance(err, KeyboardInterrupt):  # after Ctrl-C the chatter explains nothing
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode(errors="replace"))
             raise
         finally:
             os.dup2(saved, 2)
