@@ -22,7 +22,7 @@ from tfopt._io import atomic_write_text, path_inside, write_json
 from tfopt.errors import ConfigError, ExportError
 from tfopt.pipeline import plots
 from tfopt.pipeline.results import collect_results
-from tfopt.pipeline.rundir import MANIFEST, RESULTS, DamagedFile, read_manifest, read_results, refuse_links_out
+from tfopt.pipeline.rundir import MANIFEST, RESULTS, check_paths, read_manifest, read_results, refuse_links_out
 
 __all__ = ["write_report", "variants_table", "variants_markdown", "markdown_table", "layer_stats", "TABLE_COLUMNS"]
 
@@ -82,7 +82,7 @@ def layer_stats(run_dir: Path, rows: list) -> dict:
         try:
             weights = tflite_weights(path.read_bytes())
         except ExportError as err:
-            raise DamagedFile(f"{r['path']} of the run directory {str(run_dir)!r} (variant {r['variant']!r}) is "
+            raise ConfigError(f"{r['path']} of the run directory {str(run_dir)!r} (variant {r['variant']!r}) is "
                               f"damaged: {err}; export it again (--force the recipe's export stage)") from None
         per_layer = {}
         for name, values in weights.items():
@@ -105,7 +105,7 @@ def _histories(run_dir: Path, results: dict) -> dict:
             try:
                 out[stage["name"]] = plots.read_history(run_dir / rel)
             except (UnicodeDecodeError, csv.Error) as err:
-                raise DamagedFile(f"{rel} of the run directory {str(run_dir)!r} is damaged: {err}") from None
+                raise ConfigError(f"{rel} of the run directory {str(run_dir)!r} is damaged: {err}") from None
     return out
 
 
@@ -172,10 +172,14 @@ def write_report(run_dir) -> dict:
         raise ConfigError(f"{str(run_dir)!r} is not a tfopt run directory (no {RESULTS} or {MANIFEST})")
     # both files are checked (shape, and every path inside run_dir) before anything is read or written
     manifest = read_manifest(run_dir) if has_manifest else {}
-    try:
-        results = read_results(run_dir) if has_results else collect_results(manifest)
-    except DamagedFile as err:
-        raise DamagedFile(f"{err}; delete it to report from {MANIFEST}, or run the recipe again") from None
+    if has_results:
+        try:
+            results = read_results(run_dir, paths=False)
+        except ConfigError as err:
+            raise ConfigError(f"{err}; delete it to report from {MANIFEST}, or run the recipe again") from None
+        check_paths(results, run_dir, RESULTS)
+    else:
+        results = collect_results(manifest)
     refuse_links_out(run_dir)
     out_dir = run_dir / "report"
     rows = results.get("variants") or []

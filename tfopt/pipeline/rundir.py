@@ -1,7 +1,7 @@
 """A run directory's own files read back as untrusted input.
 
 ``manifest.json`` and ``results.json`` may have been edited or damaged: each is checked for the shape tfopt
-writes (a :class:`DamagedFile` error naming the file and the entry otherwise), every path in them must stay
+writes (a one-line ConfigError naming the file and the entry otherwise), every path in them must stay
 inside the run directory (:func:`tfopt._io.path_inside`), no symlink in the run directory may lead out of
 it, and a finished stage's model file is checked for damage before the stage is trusted.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from tfopt._io import path_inside
 from tfopt.errors import ConfigError
 
-__all__ = ["MANIFEST", "RESULTS", "DamagedFile", "read_manifest", "read_results", "refuse_links_out", "model_damage"]
+__all__ = ["MANIFEST", "RESULTS", "read_manifest", "read_results", "check_paths", "refuse_links_out", "model_damage"]
 
 MANIFEST = "manifest.json"
 RESULTS = "results.json"
@@ -24,10 +24,6 @@ RESULTS = "results.json"
 # the variant-table columns the report formats as numbers
 _NUMBER_COLUMNS = ("accuracy", "params", "bytes", "gzip_bytes", "latency_us_p50", "latency_us_p90", "gzip_x_smaller",
                    "speedup_p50", "accuracy_delta")
-
-
-class DamagedFile(ConfigError):
-    """A run directory's file is unreadable, or not shaped as tfopt writes it."""
 
 
 class _Shape(Exception):
@@ -65,37 +61,24 @@ def _load(run_dir: Path, name: str):
         why = "nested too deeply"
     except OSError as err:
         why = f"unreadable ({err.strerror or err})"
-    raise DamagedFile(f"{name} of the run directory {str(run_dir)!r} is damaged: {why}")
+    raise ConfigError(f"{name} of the run directory {str(run_dir)!r} is damaged: {why}")
 
 
-def _stage(entry, where: str, run_dir: Path, file: str) -> None:
-    """Check one stage entry (manifest or results), its paths included."""
+def _stage_shape(entry, where: str) -> None:
     if not isinstance(entry, dict):
         raise _Shape(f"{where[:-1]} is {_kind(entry)}, not an object")
     for key in ("name", "type"):
         _get(entry, key, "string", where)
-    _get(entry, "status", "string", where, optional=True)
+    for key in ("dir", "status"):
+        _get(entry, key, "string", where, optional=True)
     _get(entry, "seconds", "number", where, optional=True)
     outputs = _get(entry, "outputs", "object", where, optional=True) or {}
     metrics = _get(entry, "metrics", "object", where, optional=True) or {}
-    dirname = _get(entry, "dir", "string", where, optional=True)
     for key in ("model", "history"):
         _get(outputs, key, "string", f"{where}outputs.", optional=True)
     _get(outputs, "data", "object", f"{where}outputs.", optional=True)
-    variants = _get(metrics, "variants", "list", f"{where}metrics.", optional=True) or []
-    _rows(variants, f"{where}metrics.variants")
-    # paths last: a damaged file is reported as such, an escaping path as an escape
-    if dirname is not None:
-        path_inside(run_dir, dirname, f"{file} {where}dir")
-        if os.sep in dirname or (os.altsep and os.altsep in dirname) or dirname in (".", ".."):
-            raise ConfigError(f"{file} {where}dir={dirname!r} is not a folder directly inside the run directory "
-                              f"{str(run_dir)!r}; refused")
-    for key in ("model", "history"):
-        if outputs.get(key) is not None:
-            path_inside(run_dir, outputs[key], f"{file} {where}outputs.{key}")
-    for i, row in enumerate(variants):
-        if row.get("path") is not None:
-            path_inside(run_dir, row["path"], f"{file} {where}metrics.variants[{i}].path")
+    _get(metrics, "baseline", "string", f"{where}metrics.", optional=True)
+    _rows(_get(metrics, "variants", "list", f"{where}metrics.", optional=True) or [], f"{where}metrics.variants")
 
 
 def _rows(rows: list, where: str) -> None:
@@ -103,87 +86,129 @@ def _rows(rows: list, where: str) -> None:
         if not isinstance(row, dict):
             raise _Shape(f"{where}[{i}] is {_kind(row)}, not an object")
         _get(row, "variant", "string", f"{where}[{i}].")
-        _get(row, "path", "string", f"{where}[{i}].", optional=True)
+        for key in ("path", "model"):
+            _get(row, key, "string", f"{where}[{i}].", optional=True)
         _get(row, "data", "object", f"{where}[{i}].", optional=True)
         for key in _NUMBER_COLUMNS:
             _get(row, key, "number", f"{where}[{i}].", optional=True)
 
 
-def read_manifest(run_dir) -> dict:
-    """``run_dir/manifest.json``, checked: its shape, and every path in it inside ``run_dir``.
+def _shape(content, run_dir: Path, name: str, check) -> None:
+    try:
+        if not isinstance(content, dict):
+            raise _Shape(f"it holds {_kind(content)}, not an object")
+        check(content)
+    except _Shape as err:
+        raise ConfigError(f"{name} of the run directory {str(run_dir)!r} is damaged: {err}") from None
+
+
+def _manifest_shape(manifest: dict) -> None:
+    _get(manifest, "recipe_hash", "string", "")
+    _get(_get(manifest, "recipe", "object", ""), "name", "string", "recipe.")
+    _get(manifest, "seed", "integer", "")
+    for key in ("data", "versions"):
+        _get(manifest, key, "object", "", optional=True)
+    for i, entry in enumerate(_get(manifest, "stages", "list", "")):
+        _stage_shape(entry, f"stages[{i}].")
+        for key in ("dir", "status"):
+            _get(entry, key, "string", f"stages[{i}].")
+        _get(entry, "seed", "integer", f"stages[{i}].")
+        for key in ("outputs", "metrics"):
+            _get(entry, key, "object", f"stages[{i}].")
+
+
+def _results_shape(results: dict) -> None:
+    for key in ("recipe", "recipe_hash"):
+        _get(results, key, "string", "")
+    _get(results, "seed", "integer", "")
+    _get(results, "baseline", "string", "", optional=True)
+    _get(results, "seconds", "number", "", optional=True)
+    for key in ("data", "versions"):
+        _get(results, key, "object", "", optional=True)
+    for i, entry in enumerate(_get(results, "stages", "list", "")):
+        _stage_shape(entry, f"stages[{i}].")
+    _rows(_get(results, "variants", "list", ""), "variants")
+
+
+def check_paths(content: dict, run_dir, name: str) -> None:
+    """ConfigError unless every path in a (shape-checked) manifest or results dict stays inside ``run_dir``.
+
+    The paths: each stage's ``dir`` (a folder directly inside ``run_dir``), ``outputs.model``,
+    ``outputs.history`` and ``metrics.variants[].path``, and the results' ``variants[].path``.
+
+    Args:
+        content: Dict, a manifest or results as :func:`read_manifest` / :func:`read_results` return them.
+        run_dir: String or Path of the run directory.
+        name: String, the file's name for the message (``"manifest.json"``).
+
+    >>> check_paths({"stages": [{"dir": "../../victim"}]}, "/tmp/run", "manifest.json")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    tfopt.errors.ConfigError: manifest.json stages[0].dir='../../victim' leads outside the run directory ...
+    """
+    for i, entry in enumerate(content.get("stages") or []):
+        where = f"{name} stages[{i}]."
+        dirname = entry.get("dir")
+        if dirname is not None:
+            path_inside(run_dir, dirname, f"{where}dir")
+            if Path(dirname).name != dirname or dirname in (".", ".."):
+                raise ConfigError(f"{where}dir={dirname!r} is not a folder directly inside the run directory "
+                                  f"{str(run_dir)!r}; refused")
+        outputs = entry.get("outputs") or {}
+        for key in ("model", "history"):
+            if outputs.get(key) is not None:
+                path_inside(run_dir, outputs[key], f"{where}outputs.{key}")
+        for j, row in enumerate((entry.get("metrics") or {}).get("variants") or []):
+            if row.get("path") is not None:
+                path_inside(run_dir, row["path"], f"{where}metrics.variants[{j}].path")
+    for j, row in enumerate(content.get("variants") or []):
+        if row.get("path") is not None:
+            path_inside(run_dir, row["path"], f"{name} variants[{j}].path")
+
+
+def read_manifest(run_dir, paths: bool = True) -> dict:
+    """``run_dir/manifest.json``, checked: its shape, and (``paths``) every path in it inside ``run_dir``.
 
     Args:
         run_dir: String or Path of a run directory.
+        paths: Boolean, also check the paths (:func:`check_paths`).
 
     Returns:
         Dict, the manifest.
 
     Raises:
-        DamagedFile: the file is not JSON, or not shaped as tfopt writes it (the entry is named).
-        ConfigError: a path in it (a stage ``dir``, a model or history file, a variant's ``path``) leads
-            outside ``run_dir``.
+        ConfigError: the file is not JSON, or not shaped as tfopt writes it (the entry is named), or a path
+            in it leads outside ``run_dir``.
 
     >>> manifest = read_manifest("runs/mnist_cnn")  # doctest: +SKIP
     """
     run_dir = Path(run_dir)
     manifest = _load(run_dir, MANIFEST)
-    try:
-        if not isinstance(manifest, dict):
-            raise _Shape(f"it holds {_kind(manifest)}, not an object")
-        _get(manifest, "recipe_hash", "string", "")
-        _get(_get(manifest, "recipe", "object", ""), "name", "string", "recipe.")
-        _get(manifest, "seed", "integer", "")
-        _get(manifest, "data", "object", "", optional=True)
-        _get(manifest, "versions", "object", "", optional=True)
-        stages = _get(manifest, "stages", "list", "")
-        for i, entry in enumerate(stages):
-            _stage(entry, f"stages[{i}].", run_dir, MANIFEST)
-            for key in ("dir", "status"):
-                _get(entry, key, "string", f"stages[{i}].")
-            _get(entry, "seed", "integer", f"stages[{i}].")
-            _get(entry, "outputs", "object", f"stages[{i}].")
-            _get(entry, "metrics", "object", f"stages[{i}].")
-    except _Shape as err:
-        raise DamagedFile(f"{MANIFEST} of the run directory {str(run_dir)!r} is damaged: {err}") from None
+    _shape(manifest, run_dir, MANIFEST, _manifest_shape)
+    if paths:
+        check_paths(manifest, run_dir, MANIFEST)
     return manifest
 
 
-def read_results(run_dir) -> dict:
+def read_results(run_dir, paths: bool = True) -> dict:
     """``run_dir/results.json``, checked like :func:`read_manifest` (shape, numbers, paths inside ``run_dir``).
 
     Args:
         run_dir: String or Path of a run directory.
+        paths: Boolean, also check the paths (:func:`check_paths`).
 
     Returns:
         Dict, the results.
 
     Raises:
-        DamagedFile: the file is not JSON, or not shaped as tfopt writes it.
-        ConfigError: a path in it leads outside ``run_dir``.
+        ConfigError: the file is not JSON, or not shaped as tfopt writes it, or a path in it leads outside.
 
     >>> results = read_results("runs/mnist_cnn")  # doctest: +SKIP
     """
     run_dir = Path(run_dir)
     results = _load(run_dir, RESULTS)
-    try:
-        if not isinstance(results, dict):
-            raise _Shape(f"it holds {_kind(results)}, not an object")
-        _get(results, "recipe", "string", "")
-        _get(results, "recipe_hash", "string", "")
-        _get(results, "seed", "integer", "")
-        _get(results, "baseline", "string", "", optional=True)
-        _get(results, "seconds", "number", "", optional=True)
-        _get(results, "data", "object", "", optional=True)
-        _get(results, "versions", "object", "", optional=True)
-        for i, entry in enumerate(_get(results, "stages", "list", "")):
-            _stage(entry, f"stages[{i}].", run_dir, RESULTS)
-        variants = _get(results, "variants", "list", "")
-        _rows(variants, "variants")
-        for i, row in enumerate(variants):
-            if row.get("path") is not None:
-                path_inside(run_dir, row["path"], f"{RESULTS} variants[{i}].path")
-    except _Shape as err:
-        raise DamagedFile(f"{RESULTS} of the run directory {str(run_dir)!r} is damaged: {err}") from None
+    _shape(results, run_dir, RESULTS, _results_shape)
+    if paths:
+        check_paths(results, run_dir, RESULTS)
     return results
 
 

@@ -29,7 +29,7 @@ from tfopt.errors import ConfigError
 from tfopt.pipeline.context import Context, apply_determinism, save_model
 from tfopt.pipeline.recipe import DataSpec, Recipe, load_recipe
 from tfopt.pipeline.results import collect_results, versions
-from tfopt.pipeline.rundir import MANIFEST, RESULTS, DamagedFile, model_damage, read_manifest, refuse_links_out
+from tfopt.pipeline.rundir import MANIFEST, RESULTS, check_paths, model_damage, read_manifest, refuse_links_out
 from tfopt.pipeline.sections import MODEL_STAGES
 from tfopt.pipeline.stages import STAGES
 from tfopt.progress import Stages
@@ -77,14 +77,22 @@ def _clear(run_dir: Path, old: dict | None) -> None:
         _remove(run_dir / name)
 
 
-def _same_stages(manifest: dict, recipe: Recipe) -> None:
-    """DamagedFile unless the manifest lists the recipe's stages (a manifest of the same recipe always does)."""
+def _damaged(err: ConfigError, overwrite: bool) -> None:
+    """A damaged manifest is replaced with ``overwrite`` (None: start afresh), else refused with a hint."""
+    if overwrite:
+        return None  # its entries are not trusted: only tfopt's own names are removed
+    raise ConfigError(f"{err}; pass overwrite=True (--overwrite) to start the run directory afresh, "
+                      "or pick another run directory") from None
+
+
+def _same_stages(manifest: dict, recipe: Recipe, run_dir: Path) -> None:
+    """ConfigError unless the manifest lists the recipe's stages (a manifest of the same recipe always does)."""
     have = [(e["name"], e["type"], e["dir"]) for e in manifest["stages"]]
     want = [(s.name, s.type, s.dirname) for s in recipe.stages]
     if have != want:
-        first = next((i for i, (h, w) in enumerate(zip(have, want)) if h != w), min(len(have), len(want)))
-        raise DamagedFile(f"{MANIFEST} lists the stages {[h[0] for h in have]} but its recipe has "
-                          f"{[w[0] for w in want]} (first difference at stage {first + 1})")
+        raise ConfigError(f"{MANIFEST} of the run directory {str(run_dir)!r} is damaged: it lists the stages "
+                          f"{[h[0] for h in have]} (folders {[h[2] for h in have]}) but its recipe has "
+                          f"{[w[0] for w in want]} (folders {[w[2] for w in want]})")
 
 
 def _previous_run(run_dir: Path, recipe: Recipe, overwrite: bool) -> dict | None:
@@ -96,16 +104,18 @@ def _previous_run(run_dir: Path, recipe: Recipe, overwrite: bool) -> dict | None
                               "pass overwrite=True (--overwrite) or pick an empty or new directory")
         return None
     try:
-        old = read_manifest(run_dir)
-        if old["recipe_hash"] == recipe.hash:
-            _same_stages(old, recipe)
-            refuse_links_out(run_dir)  # the run writes on into these folders
-            return old
-    except DamagedFile as err:
-        if overwrite:
-            return None  # replaced; its entries are not trusted: only tfopt's own names are removed
-        raise DamagedFile(f"{err}; pass overwrite=True (--overwrite) to start the run directory afresh, "
-                          "or pick another run directory") from None
+        old = read_manifest(run_dir, paths=False)
+    except ConfigError as err:
+        return _damaged(err, overwrite)
+    # an entry leading outside is refused even with overwrite: tfopt would delete or read what it names
+    check_paths(old, run_dir, MANIFEST)
+    if old["recipe_hash"] == recipe.hash:
+        try:
+            _same_stages(old, recipe, run_dir)
+        except ConfigError as err:
+            return _damaged(err, overwrite)
+        refuse_links_out(run_dir)  # the run writes on into these folders
+        return old
     if not overwrite:
         raise ConfigError(
             f"run directory {str(run_dir)!r} holds a run of a different recipe "
