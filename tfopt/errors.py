@@ -95,3 +95,12 @@ def check_seed(value, name: str = "seed") -> int:
 
 class TrainingError(TfoptError):
     """Training could not go on (e.g. the loss became NaN or infinite)."""
+
+
+class WriteError(TfoptError, OSError):
+    """A file could not be written: no space left on the device, a disk quota reached, a read-only file system
+    or no permission. An OSError too, with the original ``errno``, ``strerror`` and ``filename``; the message
+    names the file. Nothing half-written is left behind: run again once space or permission is back."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
