@@ -10,7 +10,7 @@ import numpy as np
 
 from tfopt import data as tfdata
 from tfopt import losses, models, optimizers, regularizers, schedules
-from tfopt._io import atomic_path
+from tfopt._io import atomic_path, atomic_write_bytes, h5_bytes
 from tfopt._keras import keras, set_seed, tf
 from tfopt._model import count_steps, outputs_logits
 from tfopt.errors import ConfigError
@@ -55,13 +55,15 @@ def _is_qat(model) -> bool:
 
 
 def save_model(model, directory: Path) -> Path:
-    """Save ``model`` atomically as ``model.keras`` (``model.h5`` for a quantization-aware model)."""
-    from tfopt.compress.quantize import save_quantized
-
+    """Save ``model`` atomically as ``model.keras`` (``model.h5`` for a quantization-aware model, as
+    ``tfopt.compress.save_quantized`` writes it). A full disk or a read-only folder raises WriteError and
+    leaves no temporary file.
+    """
     if _is_qat(model):
         path = Path(directory) / "model.h5"
-        with atomic_path(path, suffix=".h5") as tmp:
-            save_quantized(model, tmp)
+        # HDF5 made in memory, then one plain write: a disk filling up mid-file fails cleanly instead of
+        # inside HDF5 (whose half-written files can crash the process when closed)
+        atomic_write_bytes(path, h5_bytes(lambda f: model.save(f, include_optimizer=False)))
     else:
         path = Path(directory) / "model.keras"
         with atomic_path(path, suffix=".keras") as tmp:
