@@ -18,7 +18,7 @@ import numpy as np
 
 from tfopt._keras import check_model, keras, serializable, tf
 from tfopt._registry import from_registry
-from tfopt.errors import ConfigError, DataError, check_range
+from tfopt.errors import ConfigError, DataError, Number, check_range
 
 __all__ = [
     "warmup_cosine",
@@ -30,6 +30,8 @@ __all__ = [
     "constant",
     "get",
     "SCHEDULES",
+    "OPTIONS",
+    "check_option",
     "find_lr",
     "LRFinderResult",
 ]
@@ -37,16 +39,52 @@ __all__ = [
 Schedule = keras.optimizers.schedules.LearningRateSchedule
 
 
-def _check_rate(name: str, value) -> float:
-    check_range(name, value, 0)
-    return float(value)
+_POSITIVE = Number(0, low_open=True)
+# option -> its type and range: the schedules below check their arguments here, and so does recipe validation
+OPTIONS = {
+    "base_lr": _POSITIVE,
+    "max_lr": _POSITIVE,
+    "min_lr": Number(0),
+    "initial_lr": Number(0),
+    "total_steps": Number(1, integer=True),
+    "warmup_steps": Number(0, integer=True),
+    "step_size": Number(1, integer=True),
+    "decay_steps": Number(1, integer=True),
+    "gamma": Number(0, 1, low_open=True),
+    "decay_rate": _POSITIVE,
+    "pct_start": Number(0, 1, low_open=True, high_open=True),
+    "div_factor": _POSITIVE,
+    "final_div_factor": _POSITIVE,
+    # recipes only: the warm-up as a fraction of the run's steps (the pipeline turns it into warmup_steps)
+    "warmup_fraction": Number(0, 1, high_open=True),
+}
+# schedule -> its options whose range differs from OPTIONS
+_RANGES = {
+    "warmup": {"warmup_steps": Number(1, integer=True)},
+    "one_cycle": {"total_steps": Number(2, integer=True)},
+    "onecycle": {"total_steps": Number(2, integer=True)},
+}
 
 
-def _check_steps(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
-    check_range(name, int(value), low)
-    return int(value)
+def check_option(schedule: str, option: str, value):
+    """``value`` checked against the declaration of ``option`` (see :data:`OPTIONS`) for ``schedule``.
+
+    Options without a declaration are returned unchanged.
+
+    Args:
+        schedule: String, a key of SCHEDULES (some ranges differ per schedule).
+        option: String, the keyword argument, e.g. "warmup_steps".
+        value: Its value.
+
+    >>> check_option("warmup_cosine", "warmup_steps", 10)
+    10
+    >>> check_option("warmup_cosine", "warmup_fraction", "x")
+    Traceback (most recent call last):
+    ...
+    tfopt.errors.ConfigError: warmup_fraction='x' has the wrong type (str); allowed: a number with 0 <= warmup_fraction < 1
+    """
+    declared = _RANGES.get(str(schedule).lower(), {}).get(option) or OPTIONS.get(option)
+    return value if declared is None else declared(option, value)
 
 
 def warmup_cosine(base_lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0) -> Schedule:
@@ -63,13 +101,14 @@ def warmup_cosine(base_lr: float, total_steps: int, warmup_steps: int = 0, min_l
     >>> round(float(warmup_cosine(1.0, 10)(5)), 4)
     0.5
     """
-    check_range("base_lr", base_lr, 0, low_open=True)
-    total_steps = _check_steps("total_steps", total_steps)
-    warmup_steps = _check_steps("warmup_steps", warmup_steps, 0)
+    base_lr = check_option("warmup_cosine", "base_lr", base_lr)
+    total_steps = check_option("warmup_cosine", "total_steps", total_steps)
+    warmup_steps = check_option("warmup_cosine", "warmup_steps", warmup_steps)
     if total_steps <= warmup_steps:
         raise ConfigError(
             f"total_steps={total_steps} must be greater than warmup_steps={warmup_steps}"
         )
+    check_option("warmup_cosine", "min_lr", min_lr)
     check_range("min_lr", min_lr, 0, base_lr)
     alpha = float(min_lr) / float(base_lr)
     if warmup_steps == 0:
@@ -101,10 +140,11 @@ class Warmup(Schedule):
         if isinstance(schedule, dict):
             schedule = keras.optimizers.schedules.deserialize(schedule)
         if not isinstance(schedule, Schedule):
-            schedule = _check_rate("schedule", schedule)
+            check_range("schedule", schedule, 0)
+            schedule = float(schedule)
         self.schedule = schedule
-        self.warmup_steps = _check_steps("warmup_steps", warmup_steps)
-        self.initial_lr = _check_rate("initial_lr", initial_lr)
+        self.warmup_steps = check_option("warmup", "warmup_steps", warmup_steps)
+        self.initial_lr = check_option("warmup", "initial_lr", initial_lr)
 
     def _after(self, step):
         if isinstance(self.schedule, Schedule):
@@ -148,13 +188,11 @@ class OneCycle(Schedule):
     def __init__(self, max_lr: float, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
                  final_div_factor: float = 1e4):
         super().__init__()
-        check_range("max_lr", max_lr, 0, low_open=True)
-        check_range("pct_start", pct_start, 0, 1, low_open=True, high_open=True)
-        check_range("div_factor", div_factor, 0, low_open=True)
-        check_range("final_div_factor", final_div_factor, 0, low_open=True)
-        self.total_steps = _check_steps("total_steps", total_steps, 2)
-        self.max_lr, self.pct_start = float(max_lr), float(pct_start)
-        self.div_factor, self.final_div_factor = float(div_factor), float(final_div_factor)
+        self.max_lr = check_option("one_cycle", "max_lr", max_lr)
+        self.pct_start = check_option("one_cycle", "pct_start", pct_start)
+        self.div_factor = check_option("one_cycle", "div_factor", div_factor)
+        self.final_div_factor = check_option("one_cycle", "final_div_factor", final_div_factor)
+        self.total_steps = check_option("one_cycle", "total_steps", total_steps)
         peak = self.pct_start * self.total_steps - 1
         if not 0 < peak < self.total_steps - 1:
             raise ConfigError(
@@ -198,10 +236,10 @@ def step_decay(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
     >>> round(float(step_decay(1.0, 10, 0.5)(25)), 4)
     0.25
     """
-    check_range("base_lr", base_lr, 0, low_open=True)
-    check_range("gamma", gamma, 0, 1, low_open=True)
-    step_size = _check_steps("step_size", step_size)
-    return keras.optimizers.schedules.ExponentialDecay(float(base_lr), step_size, float(gamma), staircase=True)
+    base_lr = check_option("step", "base_lr", base_lr)
+    gamma = check_option("step", "gamma", gamma)
+    step_size = check_option("step", "step_size", step_size)
+    return keras.optimizers.schedules.ExponentialDecay(base_lr, step_size, gamma, staircase=True)
 
 
 def exponential(base_lr: float, decay_steps: int, decay_rate: float) -> Schedule:
@@ -215,10 +253,10 @@ def exponential(base_lr: float, decay_steps: int, decay_rate: float) -> Schedule
     >>> round(float(exponential(1.0, 10, 0.5)(5)), 4)
     0.7071
     """
-    check_range("base_lr", base_lr, 0, low_open=True)
-    check_range("decay_rate", decay_rate, 0, low_open=True)
-    decay_steps = _check_steps("decay_steps", decay_steps)
-    return keras.optimizers.schedules.ExponentialDecay(float(base_lr), decay_steps, float(decay_rate))
+    base_lr = check_option("exponential", "base_lr", base_lr)
+    decay_rate = check_option("exponential", "decay_rate", decay_rate)
+    decay_steps = check_option("exponential", "decay_steps", decay_steps)
+    return keras.optimizers.schedules.ExponentialDecay(base_lr, decay_steps, decay_rate)
 
 
 def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
@@ -229,7 +267,8 @@ def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3, div_facto
 
 def constant(base_lr: float) -> float:
     """A constant rate (a float, which every optimizer accepts)."""
-    return _check_rate("base_lr", base_lr)
+    check_range("base_lr", base_lr, 0)
+    return float(base_lr)
 
 
 SCHEDULES = {
@@ -330,7 +369,7 @@ def find_lr(model, train_ds, min_lr: float = 1e-7, max_lr: float = 1.0, steps: i
         raise DataError(f"train_ds must be a tf.data.Dataset of (x, y) batches, got {type(train_ds).__name__}")
     check_range("min_lr", min_lr, 0, low_open=True)
     check_range("max_lr", max_lr, min_lr, low_open=True)
-    steps = _check_steps("steps", steps, 5)
+    steps = Number(5, integer=True)("steps", steps)
     check_range("smooth", smooth, 0, 1, high_open=True)
     if loss is None:
         loss = getattr(model, "loss", None) or keras.losses.SparseCategoricalCrossentropy(

@@ -125,8 +125,12 @@ def check_model_fits_data(spec, data_v, path: tuple, problems) -> None:
                      f"{data_v['name']!r}, which has {num_classes} classes; remove it to follow the data")
 
 
-def _named_args(value, path: tuple, registry: dict, what: str, problems, skip=()) -> None:
-    """A ``name`` or ``{name: ..., **args}`` value whose name is in ``registry`` and whose args the target takes."""
+def _named_args(value, path: tuple, registry: dict, what: str, problems, skip=(), check=None) -> None:
+    """A ``name`` or ``{name: ..., **args}`` value whose name is in ``registry``, whose args the target takes,
+    and (with ``check(name, key, value)``, which raises ConfigError) whose values have the declared type and range.
+    """
+    from tfopt.errors import ConfigError
+
     name, args = (value, {}) if isinstance(value, str) else (value.get("name"), {k: v for k, v in value.items()
                                                                               if k != "name"})
     if not isinstance(name, str) or name.lower() not in registry:
@@ -138,28 +142,54 @@ def _named_args(value, path: tuple, registry: dict, what: str, problems, skip=()
     try:
         params = inspect.signature(target).parameters
     except (TypeError, ValueError):
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    for key in args:
-        if key not in params and key not in skip:
+        params = None
+    takes_any = params is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key, arg in args.items():
+        if not takes_any and key not in params and key not in skip:
             problems.add(path + (key,), f"{what} {name!r} has no argument {key!r}; allowed: "
                                         f"{', '.join(k for k in params if k != 'self')}")
+            continue
+        if check is not None:
+            try:
+                check(name, key, arg)
+            except ConfigError as err:
+                problems.add(path + (key,), str(err))
+
+
+def _loss_builds(value, path: tuple, problems) -> None:
+    """The loss can be made with its arguments (its own checks: types and ranges)."""
+    from tfopt import losses
+    from tfopt.errors import ConfigError
+
+    name, args = (value, {}) if isinstance(value, str) else (value.get("name"), {k: v for k, v in value.items()
+                                                                              if k != "name"})
+    try:
+        losses.get(name, **args)
+    except (ConfigError, TypeError, ValueError) as err:
+        problems.add(path, f"loss {name!r}: {err}")
 
 
 def check_training(values: dict, problems) -> None:
-    """Optimizer, schedule and loss names (and their argument names) exist."""
+    """Optimizer, schedule and loss names exist, take the arguments given, and those have the right type and range."""
     from tfopt import losses, optimizers, schedules
 
     path = ("training",)
-    if isinstance(values.get("optimizer"), (str, dict)):
-        _named_args(values["optimizer"], path + ("optimizer",), optimizers.OPTIMIZERS, "optimizer", problems,
-                    skip=("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "learning_rate"))
+    optimizer = values.get("optimizer")
+    if isinstance(optimizer, (str, dict)):
+        before = len(problems.items)
+        _named_args(optimizer, path + ("optimizer",), optimizers.OPTIMIZERS, "optimizer", problems,
+                    skip=("weight_decay", "clipnorm", "clipvalue", "global_clipnorm"), check=optimizers.check_option)
+        if isinstance(optimizer, dict) and "learning_rate" in optimizer and len(problems.items) == before:
+            problems.add(path + ("optimizer", "learning_rate"), "the learning rate is set by training.learning_rate "
+                                                                "(or training.schedule); remove it here")
     if isinstance(values.get("schedule"), (str, dict)):
         _named_args(values["schedule"], path + ("schedule",), schedules.SCHEDULES, "schedule", problems,
-                    skip=("warmup_fraction",))
+                    skip=("warmup_fraction",), check=schedules.check_option)
     if isinstance(values.get("loss"), (str, dict)):
+        before = len(problems.items)
         _named_args(values["loss"], path + ("loss",), losses.LOSSES, "loss", problems)
+        if len(problems.items) == before:
+            _loss_builds(values["loss"], path + ("loss",), problems)
 
 
 def check_tune_available(path: tuple, problems) -> None:

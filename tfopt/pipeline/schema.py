@@ -8,6 +8,7 @@ and returns the cleaned values with defaults filled in.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Callable
 
@@ -100,6 +101,9 @@ def read_section(mapping, fields: dict, path: tuple, problems, what: str) -> dic
                                         f"allowed: {' or '.join(field.kinds)}")
             continue
         if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.add(path + (key,), f"{key}={value!r} is out of range; allowed: a finite number")
             continue
         if field.choices is not None and value not in field.choices:
             allowed = ", ".join(map(repr, field.choices))
