@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tfopt import _faults
-from tfopt._io import atomic_path, atomic_write_text
+from tfopt._io import atomic_path, atomic_write_text, h5_bytes
 from tfopt._keras import keras, tf
 
 __all__ = ["run_callbacks", "FaultPoints", "backup_damage"]
@@ -65,15 +65,19 @@ def _save_plan(model) -> list:
 
 
 def _write_weights(plan: list, filepath) -> None:
-    """Write a ``.weights.h5`` file from a :func:`_save_plan` (loads with ``model.load_weights``)."""
-    from tf_keras.src.saving import saving_lib
+    """Write a ``.weights.h5`` file from a :func:`_save_plan` (loads with ``model.load_weights``).
 
-    store = saving_lib.H5IOStore(str(filepath), mode="w")
-    try:
+    The groups are saving_lib's ``H5IOStore.make``'s. The HDF5 file is made in memory and written with one
+    plain write: a disk filling up fails that write cleanly, where HDF5 failing mid-file could crash the
+    process when the half-written file was closed.
+    """
+
+    def write(h5):
         for obj, path in plan:
-            obj.save_own_variables(store.make(path))
-    finally:
-        store.close()
+            obj.save_own_variables((h5.create_group(path) if path else h5).create_group("vars"))
+
+    with open(filepath, "wb") as f:
+        f.write(h5_bytes(write))
 
 
 class _AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
