@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfopt._keras import keras
+from tfopt.saving import check_model_file
 
 
 def run_serialization_test(obj):
@@ -19,6 +20,7 @@ def run_model_saving_test(model, x, tmp_path, atol=1e-6, custom_objects=None):
     """Save ``model`` as .keras, load it back, and check it gives the same outputs on ``x``."""
     path = tmp_path / "model.keras"
     model.save(path)
+    assert check_model_file(path, custom_objects=custom_objects) == "keras"  # safe mode accepts it
     loaded = keras.models.load_model(path, custom_objects=custom_objects)
     np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=atol)
     return loaded
