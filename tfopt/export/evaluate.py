@@ -7,10 +7,25 @@ import time
 import numpy as np
 
 from tfopt._keras import check_model, tf
-from tfopt.errors import ConfigError, DataError
+from tfopt.errors import ConfigError, DataError, Number
 from tfopt.export.tflite import TFLiteModel, _Runner, interpreter
 
-__all__ = ["evaluate", "compare", "latency"]
+__all__ = ["evaluate", "compare", "latency", "OPTIONS", "MAX_THREADS"]
+
+MAX_THREADS = 256  # LiteRT aborts the whole process (in LLVM's thread pool) when asked for far more
+# option -> its type and range (recipe validation checks the evaluate stage's options here too)
+OPTIONS = {
+    "threads": Number(1, MAX_THREADS, integer=True),
+    "warmup": Number(0, 1_000_000, integer=True),
+    "runs": Number(0, 1_000_000, integer=True),
+    "limit": Number(1, integer=True),
+}
+
+
+def _checked(threads, warmup=0, runs=0, limit=None) -> None:
+    for name, value in (("threads", threads), ("warmup", warmup), ("runs", runs), ("limit", limit)):
+        if value is not None:
+            OPTIONS[name](name, value)
 
 
 def _as_tflite(model) -> TFLiteModel:
@@ -55,9 +70,21 @@ def _predictions(out):
 
 
 def latency(model, sample, threads: int = 1, warmup: int = 10, runs: int = 200) -> dict:
-    """Latency of one batch-1 invocation in microseconds: p50, p90, mean (after ``warmup`` runs)."""
-    if runs < 1 or warmup < 0:
-        raise ConfigError(f"runs={runs!r} must be >= 1 and warmup={warmup!r} >= 0")
+    """Latency of one batch-1 invocation in microseconds: p50, p90, mean (after ``warmup`` runs).
+
+    Args:
+        model: TFLiteModel, flatbuffer bytes, or a path to a ``.tflite`` file.
+        sample: One input sample (without the batch axis).
+        threads: Integer in [1, MAX_THREADS], interpreter threads.
+        warmup: Integer >= 0, untimed invocations before timing.
+        runs: Integer >= 1, timed invocations.
+
+    >>> latency(tfl, x_test[0])["latency_us_p50"]  # doctest: +SKIP
+    111.2
+    """
+    _checked(threads, warmup, runs)
+    if runs < 1:
+        raise ConfigError(f"runs={runs!r} is out of range; allowed: 1 <= runs <= 1000000")
     runner = _Runner(interpreter(_as_tflite(model).content, threads=threads))
     x = np.asarray(sample)[None]
     if runner.resizable and runner.inp["shape"][0] != 1:
@@ -84,10 +111,10 @@ def evaluate(model, dataset, threads: int = 1, warmup: int = 10, runs: int = 200
     Args:
         model: TFLiteModel, flatbuffer bytes, or a path to a ``.tflite`` file.
         dataset: tf.data.Dataset of (x, y) batches (integer or one-hot labels), or an (x, y) pair of arrays.
-        threads: Integer, interpreter threads for accuracy and latency.
-        warmup: Integer, untimed invocations before timing.
-        runs: Integer, timed batch-1 invocations (0 skips latency).
-        limit: Integer or None, evaluate at most this many samples.
+        threads: Integer in [1, MAX_THREADS], interpreter threads for accuracy and latency.
+        warmup: Integer >= 0, untimed invocations before timing.
+        runs: Integer >= 0, timed batch-1 invocations (0 skips latency).
+        limit: Integer >= 1 or None, evaluate at most this many samples.
 
     Returns:
         Dict with ``accuracy``, ``n``, ``bytes``, ``gzip_bytes``, ``latency_us_p50``, ``latency_us_p90``,
@@ -96,6 +123,7 @@ def evaluate(model, dataset, threads: int = 1, warmup: int = 10, runs: int = 200
     >>> evaluate(tfl, val_ds)["accuracy"]  # doctest: +SKIP
     0.978
     """
+    _checked(threads, warmup, runs, limit)
     tfl = _as_tflite(model)
     runner = _Runner(interpreter(tfl.content, threads=threads))
     correct = total = 0
@@ -128,6 +156,7 @@ def compare(keras_model, tflite_model, dataset, limit: int | None = None) -> dic
         ``keras_accuracy``, ``tflite_accuracy`` and ``n``.
     """
     check_model(keras_model, "compare")
+    _checked(1, limit=limit)
     runner = _Runner(interpreter(_as_tflite(tflite_model).content))
     agree = k_ok = t_ok = total = 0
     max_diff = 0.0

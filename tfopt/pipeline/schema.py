@@ -12,7 +12,7 @@ import math
 import re
 from typing import Callable
 
-from tfopt.errors import SEED_LIMIT
+from tfopt.errors import SEED_LIMIT, ConfigError
 
 __all__ = ["Field", "read_section", "safe_name", "INT", "FLOAT", "STR", "BOOL", "LIST", "MAP", "ANY", "NONE"]
 
@@ -50,7 +50,8 @@ class Field:
         default: The value when the key is absent (ignored when ``required``).
         required: Boolean, the key must be present.
         check: Callable ``value -> str | None``: None when a well-typed value is fine, else the allowed range
-            (reported as "key=value is out of range; allowed: ..."), or a whole message starting with "!".
+            (reported as "key=value is out of range; allowed: ..."), or a whole message starting with "!";
+            a ConfigError it raises is reported as it is (see :func:`declared`).
         choices: Tuple or None, the allowed values (None is always allowed when NONE is in kinds).
     """
 
@@ -110,7 +111,11 @@ def read_section(mapping, fields: dict, path: tuple, problems, what: str) -> dic
             problems.add(path + (key,), f"{key}={value!r} is not allowed; allowed: {allowed}")
             continue
         if field.check is not None:
-            message = field.check(value)
+            try:
+                message = field.check(value)
+            except ConfigError as err:  # a declared option's own message (see declared)
+                problems.add(path + (key,), str(err))
+                continue
             if message:
                 problems.add(path + (key,), f"{key}={value!r} is out of range; allowed: {message}"
                              if not message.startswith("!") else f"{key}={value!r}: {message[1:]}")
@@ -147,6 +152,20 @@ def seed_range(v) -> str | None:
     (None, '0 <= seed < 2**32 (4294967296)')
     """
     return None if 0 <= v < SEED_LIMIT else f"0 <= seed < 2**32 ({SEED_LIMIT})"
+
+
+def declared(name: str, declaration):
+    """A check from an option's declaration (e.g. a :class:`tfopt.errors.Number` in a module's ``OPTIONS``):
+    the declaration's own message when it refuses the value.
+
+    >>> from tfopt.errors import Number
+    >>> declared("threads", Number(1, 8, integer=True))(4)
+    """
+
+    def check(v):
+        declaration(name, v)
+
+    return check
 
 
 def positive(v) -> str | None:

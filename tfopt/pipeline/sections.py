@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from tfopt.pipeline.schema import (
-    ANY, BOOL, FLOAT, INT, LIST, MAP, NONE, STR, Field, at_least, in_unit, int_list, positive, safe_name, seed_range,
+    ANY, BOOL, FLOAT, INT, LIST, MAP, NONE, STR, Field, at_least, declared, in_unit, int_list, positive, safe_name,
+    seed_range,
 )
+from tfopt.export.evaluate import OPTIONS as EVALUATE
 
 __all__ = ["TOP", "DATA", "MODEL", "TRAINING", "STAGE_OPTIONS", "VARIANT", "STUDENT", "STAGE_TYPES",
            "MODEL_STAGES", "QUANTIZATION_NAMES"]
@@ -145,10 +147,8 @@ STAGE_OPTIONS = {
     },
     "evaluate": {
         "name": _NAME,
-        "threads": Field((INT,), 1, check=at_least(1)),
-        "runs": Field((INT,), 100, check=at_least(0)),
-        "warmup": Field((INT,), 10, check=at_least(0)),
-        "limit": Field((INT, NONE), None, check=at_least(1)),
+        **{key: Field((INT,) if default is not None else (INT, NONE), default, check=declared(key, EVALUATE[key]))
+           for key, default in (("threads", 1), ("runs", 100), ("warmup", 10), ("limit", None))},
     },
 }
 
