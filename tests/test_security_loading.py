@@ -157,7 +157,8 @@ def _interrupted_run(run_dir: Path, monkeypatch) -> dict:
     recipe = {"name": "swap", "seed": 0, "data": {"name": "digits"},
               "model": {"builder": "cnn", "args": {"filters": [4], "dense": [8]}},
               "training": {"epochs": 1, "batch_size": 64},
-              "stages": ["train", {"export": {"variants": [{"name": "float32"}]}}, {"evaluate": {"runs": 2, "warmup": 1}}]}
+              "stages": ["train", {"export": {"variants": [{"name": "float32"}]}},
+                         {"evaluate": {"runs": 2, "warmup": 1}}]}
 
     def interrupted(ctx, spec, stage_dir):
         raise KeyboardInterrupt
@@ -235,6 +236,14 @@ CODE_CONFIGS = [
      "builtin 'eval'"),
     ("a class from an unknown module", _functional({"class_name": "Popen", "module": "subprocess",
                                                      "config": {"args": ["true"]}}), "module 'subprocess'"),
+    ("a TF op layer calling tf.io", _functional({"class_name": "TFOpLambda", "config": {
+        "name": "w", "function": "io.write_file"}}), "tf.io.write_file"),
+    ("a TF op layer calling tf.print", _functional({"class_name": "TFOpLambda", "config": {
+        "name": "p", "function": "print"}}), "tf.print"),
+    ("a TF op layer calling tf.compat.v1.gfile", _functional({"class_name": "TFOpLambda", "config": {
+        "name": "g", "function": "compat.v1.gfile.Remove"}}), "tf.compat.v1.gfile.Remove"),
+    ("a TF class-method layer on tf.io.gfile", _functional({"class_name": "ClassMethod", "config": {
+        "name": "c", "cls_symbol": "io.gfile.GFile", "method_name": "write"}}), "tf.io.gfile.GFile"),
 ]
 
 
@@ -323,8 +332,12 @@ def test_unknown_custom_object_is_refused(tmp_path):
 
 
 def test_clean_files_in_every_format_still_load(tmp_path):
+    from tfopt._keras import tf
+
     inp = keras.Input((8, 8, 1))
     x = keras.layers.TimeDistributed(keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(3)]))(inp)
+    x = tf.math.multiply(tf.nn.relu(x), 2.0)  # TF op layers (TFOpLambda) of plain math load
+    x = tf.transpose(tf.transpose(x))  # recorded as compat.v1.transpose
     model = keras.Model(inp, keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(x)))
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.save(tmp_path / "m.keras")

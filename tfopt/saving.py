@@ -20,6 +20,16 @@ _MAX_CONFIG_BYTES = 64 * 2**20
 # Modules whose objects safe mode lets Keras look up by name; any other module named in a config would be imported.
 _TRUSTED_MODULES = ("keras", "tf_keras", "tensorflow_model_optimization", "tfopt")
 _TRUST_HINT = "pass safe_mode=False only for a file you trust"
+# TensorFlow API names a TFOpLambda/ClassMethod layer may call that reach files, run Python or change global state
+# (the layer calls any ``tf.<name>`` its config names); the math, nn, array and string ops stay allowed.
+# ``compat.v1.<name>`` (how tf_keras records tf.shape, tf.gather, ...) is judged by ``<name>``.
+_TF_API_SIDE_EFFECTS = ("io", "summary", "saved_model", "debugging", "raw_ops", "compat", "data", "lite", "train",
+                        "experimental", "config", "sysconfig", "distribute", "autograph", "keras", "profiler", "tpu",
+                        "queue", "print", "py_function", "numpy_function", "load_op_library", "load_library",
+                        "function", "Module", "init_scope", "get_logger",
+                        # TF1 names under compat.v1
+                        "gfile", "Print", "py_func", "logging", "Session", "InteractiveSession", "write_file",
+                        "read_file", "matching_files", "resource_loader", "app", "flags", "user_ops")
 
 
 def _one_line(err) -> str:
@@ -104,6 +114,10 @@ def _code_in(node: dict, custom_objects) -> str | None:
         # a "<x>_type" of "lambda" means Python bytecode that Keras un-marshals (generic_utils.func_load).
         if isinstance(key, str) and key.endswith("_type") and value == "lambda":
             return f"Python bytecode ({key}='lambda')"
+    for key in ("function", "cls_symbol"):  # TFOpLambda / SlicingOpLambda / ClassMethod: a tf.<name> to call
+        symbol = node.get(key)
+        if isinstance(symbol, str) and re.sub(r"^compat\.v[12]\.", "", symbol).split(".")[0] in _TF_API_SIDE_EFFECTS:
+            return f"a call of the TensorFlow API tf.{symbol} (it can reach files or run Python)"
     class_name = node.get("class_name")
     for text in (class_name, node.get("registered_name")):
         if isinstance(text, str):
@@ -205,7 +219,8 @@ def check_model_file(path, safe_mode: bool = True, custom_objects=None) -> str:
     is_zip = zipfile.is_zipfile(path)
     is_h5 = head == _HDF5_SIGNATURE or _is_hdf5(path)
     if is_zip and is_h5:
-        raise ConfigError(f"{name!r} is both a zip archive and an HDF5 file: refused as ambiguous; save the model again")
+        raise ConfigError(f"{name!r} is both a zip archive and an HDF5 file: refused as ambiguous; "
+                          "save the model again")
     if is_zip:
         if not name.endswith(".keras"):
             raise ConfigError(f"{name!r} is a Keras .keras zip archive but its name does not end in .keras "
