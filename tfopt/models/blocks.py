@@ -1,6 +1,8 @@
 """Building blocks and argument checks the model builders share.
 
-Checks turn impossible arguments into a :class:`ConfigError` that names the value and what is allowed.
+Checks turn impossible arguments into a :class:`ConfigError` that names the value and what is allowed;
+:func:`parameter_budget` refuses, before its memory is taken, any weight that would make a model larger than
+:func:`parameter_limit` (2**31 parameters, or what this machine's memory can train).
 Blocks are plain functions on functional-API tensors (no nested sub-models), so tfmot can wrap every layer:
 
 * ``dense_stack`` / ``logits``: hidden Dense layers with dropout, and the final linear Dense "logits".
@@ -14,14 +16,20 @@ Blocks are plain functions on functional-API tensors (no nested sub-models), so 
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+import os
 from typing import Callable, Sequence
 
 import numpy as np
-from tfopt._keras import keras
+from tfopt._keras import keras, tf
 from tfopt.errors import ConfigError, check_choice, check_range
 
 __all__ = [
+    "MAX_PARAMS",
+    "MAX_LAYERS",
+    "parameter_limit",
+    "parameter_budget",
     "positive_int",
     "positive_ints",
     "input_shape_of",
@@ -38,6 +46,11 @@ __all__ = [
     "connect",
     "transition",
 ]
+
+MAX_PARAMS = 2**31  # parameters of one model
+MAX_LAYERS = 100  # entries of a list of layer sizes (filters, units, dense, blocks)
+# bytes per parameter while training: float32 weights, their gradients and two optimizer slots (Adam)
+_TRAINING_BYTES = 16
 
 COMMON_ACTIVATIONS = ("relu", "relu6", "elu", "selu", "gelu", "swish", "tanh", "sigmoid", "softplus", "linear")
 
@@ -67,8 +80,8 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
-def positive_ints(name: str, values, allow_empty: bool = True) -> tuple:
-    """``values`` (an int or a sequence of ints) as a tuple of ints >= 1, else ConfigError.
+def positive_ints(name: str, values, allow_empty: bool = True, max_len: int = MAX_LAYERS) -> tuple:
+    """``values`` (an int or a sequence of at most ``max_len`` ints) as a tuple of ints >= 1, else ConfigError.
 
     >>> positive_ints("units", [300, 100])
     (300, 100)
@@ -80,6 +93,8 @@ def positive_ints(name: str, values, allow_empty: bool = True) -> tuple:
         raise ConfigError(f"{name}={values!r} is not allowed; allowed: a sequence of integers >= 1")
     if not values and not allow_empty:
         raise ConfigError(f"{name}={values!r} is empty; allowed: a non-empty sequence of integers >= 1")
+    if len(values) > max_len:
+        raise ConfigError(f"{name} has {len(values)} entries; allowed: at most {max_len}")
     for v in values:
         if not _is_int(v) or v < 1:
             raise ConfigError(f"{name}={tuple(values)!r} contains {v!r}; allowed: integers >= 1")
@@ -152,6 +167,68 @@ def regularizer_of(l1: float = 0.0, l2: float = 0.0):
     if not l1 and not l2:
         return None
     return keras.regularizers.L1L2(l1=float(l1), l2=float(l2))
+
+
+# ------------------------------------------------------------------------------------------------ size
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def parameter_limit() -> tuple[int, str]:
+    """The most parameters a model may have here, and why: :data:`MAX_PARAMS`, or fewer when this machine's
+    memory cannot hold 16 bytes per parameter (float32 weights, gradients and two optimizer slots).
+
+    >>> limit, why = parameter_limit()
+    >>> 0 < limit <= MAX_PARAMS
+    True
+    """
+    memory = _memory_bytes()
+    if memory is not None and memory // _TRAINING_BYTES < MAX_PARAMS:
+        return memory // _TRAINING_BYTES, (f"this machine's {memory / 2**30:.1f} GiB of memory at {_TRAINING_BYTES} "
+                                           "bytes per parameter to train: weights, gradients, optimizer slots")
+    return MAX_PARAMS, "2**31"
+
+
+@contextlib.contextmanager
+def parameter_budget(limit: int | None = None):
+    """Within this context, a weight whose creation would take the weights created so far past ``limit``
+    parameters raises ConfigError naming its layer, its shape and the count, before any memory is taken.
+
+    Args:
+        limit: Integer or None, the most parameters (None: :func:`parameter_limit`).
+
+    >>> with parameter_budget(100):
+    ...     keras.layers.Dense(1000, name="wide")(keras.Input((10,)))
+    Traceback (most recent call last):
+    ...
+    tfopt.errors.ConfigError: layer 'wide' needs a weight 'kernel' of shape [10, 1000] (10,000 parameters), which brings the model to 10,000 parameters; allowed: at most 100 parameters (the limit given); use smaller layers or inputs
+    """
+    why = "the limit given"
+    if limit is None:
+        limit, why = parameter_limit()
+    total = 0
+
+    def creator(next_creator, **kwargs):
+        nonlocal total
+        shape = kwargs.get("shape")
+        shape = None if shape is None else tf.TensorShape(shape)
+        if shape is not None and shape.is_fully_defined():
+            count = int(np.prod(shape.as_list(), dtype=object))
+            if total + count > limit:
+                layer = (tf.get_current_name_scope() or "").split("/")[0] or "?"
+                raise ConfigError(
+                    f"layer {layer!r} needs a weight {kwargs.get('name')!r} of shape {shape.as_list()} ({count:,} "
+                    f"parameters), which brings the model to {total + count:,} parameters; allowed: at most {limit:,} "
+                    f"parameters ({why}); use smaller layers or inputs"
+                )
+            total += count
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(creator):
+        yield
 
 
 # ----------------------------------------------------------------------------------------- dense layers

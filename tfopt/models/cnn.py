@@ -80,25 +80,33 @@ def cnn(
                 f"in filters={filters!r}); allowed: height and width >= {need}, fewer filters, or pool=None"
             )
 
-    inputs = keras.Input(input_shape, name="input")
-    x = inputs
-    for i, n in enumerate(filters, start=1):
-        x = keras.layers.Conv2D(
-            n,
-            kernel_size,
-            padding="same",
-            use_bias=not batch_norm,
-            activation=None if batch_norm else activation,
-            kernel_regularizer=regularizer,
-            name=f"conv{i}",
-        )(x)
-        if batch_norm:
-            x = keras.layers.BatchNormalization(name=f"conv{i}_bn")(x)
-            x = keras.layers.Activation(activation, name=f"conv{i}_act")(x)
-        if pool is not None:
-            x = POOLS[pool](2, name=f"pool{i}")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    if not dense and dropout > 0:
-        x = keras.layers.Dropout(dropout, name="dropout")(x)
-    x = blocks.dense_stack(x, dense, activation, dropout, regularizer)
-    return keras.Model(inputs, blocks.logits(x, num_classes, regularizer), name="cnn")
+    with blocks.parameter_budget():
+        inputs = keras.Input(input_shape, name="input")
+        x = inputs
+        for i, n in enumerate(filters, start=1):
+            height, width = x.shape[1], x.shape[2]
+            if kernel_size[0] > height or kernel_size[1] > width:
+                raise ConfigError(
+                    f"kernel_size={kernel_size!r} is larger than the {height}x{width} input of conv{i}"
+                    + (" (each 2x2 pooling halves it)" if i > 1 and pool is not None else "")
+                    + f"; allowed: at most {height}x{width} there"
+                )
+            x = keras.layers.Conv2D(
+                n,
+                kernel_size,
+                padding="same",
+                use_bias=not batch_norm,
+                activation=None if batch_norm else activation,
+                kernel_regularizer=regularizer,
+                name=f"conv{i}",
+            )(x)
+            if batch_norm:
+                x = keras.layers.BatchNormalization(name=f"conv{i}_bn")(x)
+                x = keras.layers.Activation(activation, name=f"conv{i}_act")(x)
+            if pool is not None:
+                x = POOLS[pool](2, name=f"pool{i}")(x)
+        x = keras.layers.Flatten(name="flatten")(x)
+        if not dense and dropout > 0:
+            x = keras.layers.Dropout(dropout, name="dropout")(x)
+        x = blocks.dense_stack(x, dense, activation, dropout, regularizer)
+        return keras.Model(inputs, blocks.logits(x, num_classes, regularizer), name="cnn")

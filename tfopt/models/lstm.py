@@ -72,13 +72,14 @@ def lstm(
     units = blocks.positive_ints("units", units, allow_empty=False)
     dropout = blocks.dropout_of(dropout)
     num_classes = blocks.positive_int("num_classes", num_classes)
-    inputs, x = _inputs(input_shape, vocab_size, seq_len, embed_dim)
-    for i, n in enumerate(units, start=1):
-        layer = keras.layers.LSTM(n, return_sequences=i < len(units), name=f"lstm{i}")
-        if bidirectional:
-            layer = keras.layers.Bidirectional(layer, name=f"bilstm{i}")
-        x = layer(x)
-        if dropout > 0:
-            x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
-    name = "bilstm" if bidirectional else "lstm"
-    return keras.Model(inputs, blocks.logits(x, num_classes), name=name)
+    with blocks.parameter_budget():
+        inputs, x = _inputs(input_shape, vocab_size, seq_len, embed_dim)
+        for i, n in enumerate(units, start=1):
+            layer = keras.layers.LSTM(n, return_sequences=i < len(units), name=f"lstm{i}")
+            if bidirectional:
+                layer = keras.layers.Bidirectional(layer, name=f"bilstm{i}")
+            x = layer(x)
+            if dropout > 0:
+                x = keras.layers.Dropout(dropout, name=f"dropout{i}")(x)
+        name = "bilstm" if bidirectional else "lstm"
+        return keras.Model(inputs, blocks.logits(x, num_classes), name=name)

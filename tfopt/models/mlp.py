@@ -47,7 +47,8 @@ def mlp(
     dropout = blocks.dropout_of(dropout)
     regularizer = blocks.regularizer_of(l1, l2)
 
-    inputs = keras.Input(input_shape, name="input")
-    x = keras.layers.Flatten(name="flatten")(inputs)
-    x = blocks.dense_stack(x, units, activation, dropout, regularizer)
-    return keras.Model(inputs, blocks.logits(x, num_classes, regularizer), name="mlp")
+    with blocks.parameter_budget():
+        inputs = keras.Input(input_shape, name="input")
+        x = keras.layers.Flatten(name="flatten")(inputs)
+        x = blocks.dense_stack(x, units, activation, dropout, regularizer)
+        return keras.Model(inputs, blocks.logits(x, num_classes, regularizer), name="mlp")

@@ -1,8 +1,9 @@
 """The model registry, after timm: ``@register`` a builder, ``build(name, **kwargs)`` it, ``list_models()``.
 
 ``build`` drops keyword arguments whose value is None, so an unset CLI flag or config key never overrides a
-builder's default, and turns unknown names and unknown arguments into a :class:`ConfigError` that lists
-what is allowed.
+builder's default, turns unknown names and unknown arguments into a :class:`ConfigError` that lists
+what is allowed, and refuses a model too large to train here before its weights take memory
+(:func:`tfopt.models.blocks.parameter_budget`).
 """
 
 from __future__ import annotations
@@ -120,4 +121,7 @@ def build(name: str, **kwargs):
     if missing:
         raise ConfigError(f"model {name!r} needs argument(s) {', '.join(map(repr, missing))}; "
                           f"its arguments: {', '.join(named)}")
-    return builder(**kwargs)
+    from tfopt.models.blocks import parameter_budget
+
+    with parameter_budget():  # a user's builder too: no weight past what this machine can train
+        return builder(**kwargs)

@@ -112,17 +112,18 @@ def resnet(
             f"(total stride {total_stride}); allowed: height and width >= {total_stride}"
         )
 
-    expansion = _blocks.BLOCKS[block][1]
-    inputs = keras.Input(input_shape, name="input")
-    x = stem_fn(inputs, _scaled(64, width))
-    for s, (n_blocks, channels, stride) in enumerate(zip(stage_blocks, STAGE_WIDTHS, STAGE_STRIDES), start=1):
-        filters = _scaled(channels, width)
-        for b in range(1, n_blocks + 1):
-            x = _blocks.connect(x, block, filters, stride if b == 1 else 1, connection, name=f"stage{s}_block{b}")
-        if connection == "dense":
-            x = _blocks.transition(x, filters * expansion, name=f"stage{s}")
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    outputs = _blocks.logits(x, num_classes)
-    layers = 2 + sum(stage_blocks) * LAYERS_PER_BLOCK[block]
-    name = f"resnet{layers}" + ("" if connection == "residual" else f"_{connection}")
-    return keras.Model(inputs, outputs, name=name)
+    with _blocks.parameter_budget():
+        expansion = _blocks.BLOCKS[block][1]
+        inputs = keras.Input(input_shape, name="input")
+        x = stem_fn(inputs, _scaled(64, width))
+        for s, (n_blocks, channels, stride) in enumerate(zip(stage_blocks, STAGE_WIDTHS, STAGE_STRIDES), start=1):
+            filters = _scaled(channels, width)
+            for b in range(1, n_blocks + 1):
+                x = _blocks.connect(x, block, filters, stride if b == 1 else 1, connection, name=f"stage{s}_block{b}")
+            if connection == "dense":
+                x = _blocks.transition(x, filters * expansion, name=f"stage{s}")
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        outputs = _blocks.logits(x, num_classes)
+        layers = 2 + sum(stage_blocks) * LAYERS_PER_BLOCK[block]
+        name = f"resnet{layers}" + ("" if connection == "residual" else f"_{connection}")
+        return keras.Model(inputs, outputs, name=name)

@@ -8,7 +8,8 @@ from pathlib import Path
 from tfopt.pipeline.schema import read_section
 from tfopt.pipeline.sections import MODEL_STAGES, QUANTIZATION_NAMES, VARIANT
 
-__all__ = ["check_data", "check_model_section", "check_builder", "check_model_fits_data", "check_training",
+__all__ = ["check_data", "check_model_section", "check_builder", "check_model_fits_data", "check_model_builds",
+           "check_training",
            "check_order", "check_tune_available", "check_same_inputs", "embedded_shape", "FROM_DATA"]
 
 # builder arguments the runner fills in from the loaded data unless the recipe fixes them
@@ -123,6 +124,36 @@ def check_model_fits_data(spec, data_v, path: tuple, problems) -> None:
     if n is not None and n != num_classes:
         problems.add(path + ("args", "num_classes"), f"num_classes={n!r} does not match the data "
                      f"{data_v['name']!r}, which has {num_classes} classes; remove it to follow the data")
+
+
+def check_model_builds(spec, data_v, path: tuple, problems) -> None:
+    """Build the model once when the data is embedded (its shape is known), so that builder arguments that
+    cannot work (a kernel larger than its input, a model too large for this machine, l2: .inf, ...) are
+    refused with the recipe's other problems, before a run starts. A tfds set is checked after loading."""
+    from tfopt import models
+    from tfopt.errors import ConfigError
+
+    if spec is None or not spec.builder or data_v is None or not isinstance(data_v.get("name"), str):
+        return
+    known = embedded_shape(data_v["name"])
+    if known is None or spec.builder not in models.list_models():
+        return
+    shape, num_classes, _ = known
+    if data_v.get("classes"):
+        num_classes = len(data_v["classes"])
+    args = dict(spec.args or {})
+    params = inspect.signature(models.get_builder(spec.builder)).parameters
+    for key, value in (("input_shape", shape), ("num_classes", num_classes)):
+        if key in params and key not in args:
+            args[key] = value
+    try:
+        models.build(spec.builder, **args)
+    except (ConfigError, ValueError, TypeError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        key = message.split("=", 1)[0] if "=" in message else None
+        where = path + ("args", key) if key in (spec.args or {}) else path + ("args",)
+        problems.add(where, message if isinstance(err, ConfigError) else
+                     f"model {spec.builder!r} cannot be built with these arguments: {message}")
 
 
 def _named_args(value, path: tuple, registry: dict, what: str, problems, skip=(), check=None) -> None:

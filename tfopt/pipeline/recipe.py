@@ -193,8 +193,11 @@ def load_recipe(path_or_dict, overrides: dict | None = None, data: str | None = 
         checks.check_data(data_v, ("data",), problems)
     model_spec = None
     if model_v is not None:
+        before = len(problems.items)
         model_spec = checks.check_model_section(model_v, base_dir, problems)
         checks.check_model_fits_data(model_spec, data_v, ("model",), problems)
+        if len(problems.items) == before:
+            checks.check_model_builds(model_spec, data_v, ("model",), problems)
     if training_v is not None:
         checks.check_training(training_v, problems)
     checks.check_order(stages, model_spec, problems)
@@ -269,9 +272,12 @@ def _check_stage_details(spec: StageSpec, path: tuple, data_v, problems) -> None
     if spec.type == "distill" and isinstance(opts.get("student"), dict):
         student = read_section(opts["student"], STUDENT, path + ("student",), problems, "student")
         if student is not None and student.get("builder"):
+            before = len(problems.items)
+            student_spec = ModelSpec(student["builder"], student.get("args") or {})
             checks.check_builder(student["builder"], student.get("args") or {}, path + ("student",), problems)
-            checks.check_model_fits_data(ModelSpec(student["builder"], student.get("args") or {}), data_v,
-                                         path + ("student",), problems)
+            checks.check_model_fits_data(student_spec, data_v, path + ("student",), problems)
+            if len(problems.items) == before:
+                checks.check_model_builds(student_spec, data_v, path + ("student",), problems)
     elif spec.type == "fine_tune" and isinstance(opts.get("data"), dict):
         sub = read_section(opts["data"], DATA, path + ("data",), problems, "fine_tune data")
         if sub is not None:
