@@ -40,6 +40,10 @@ PRIVATE: dict[str, tuple[str, str | None, str]] = {
     "tfk_to_snake_case": (
         "tf_keras.src.utils.generic_utils", "to_snake_case",
         "the group names save_weights gives nested layers, so the fast writer writes the same file"),
+    "tfk_safe_mode_scope": (
+        "tf_keras.src.saving.serialization_lib", "SafeModeScope",
+        "Keras's own safe-mode flag for the legacy HDF5/SavedModel loaders, which never set it themselves (a second "
+        "line of defence behind tfopt.saving.check_model_file)"),
     "tfmot_pruning_wrapper": (
         "tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper", "PruneLowMagnitude",
         "recognising a layer tfmot wrapped for pruning (prune_low_magnitude returns it, but the class is private)"),

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from tfopt._keras import keras, tf
+from tfopt._private import private
 from tfopt.errors import ConfigError
 
 __all__ = ["load_model", "check_model_file"]
@@ -255,7 +256,7 @@ def _keras_safe_mode(safe_mode: bool):
     """Keras's own safe-mode flag, set for the legacy HDF5/SavedModel loaders too (they do not set it themselves):
     a second line of defence, should anything pass :func:`check_model_file`."""
     try:
-        from tf_keras.src.saving.serialization_lib import SafeModeScope
+        SafeModeScope = private("tfk_safe_mode_scope")
     except ImportError:  # a tf_keras without it: check_model_file alone guards
         yield
         return
