@@ -35,8 +35,8 @@ PRIVATE: dict[str, tuple[str, str | None, str]] = {
         "OracleServicer and exit_chief: keras-tuner's chief loop has no timeout and no way to choose the address"),
     "tfk_saving_lib": (
         "tf_keras.src.saving.saving_lib", None,
-        "the per-epoch checkpoint writer reuses one walk of the model's variables (H5IOStore, _walk_trackable); "
-        "checkpoints.py falls back to model.save_weights when this is missing"),
+        "the per-epoch checkpoint writer reuses one walk of the model's variables (_walk_trackable, "
+        "_is_keras_trackable); checkpoints.py falls back to model.save_weights when this is missing"),
     "tfk_to_snake_case": (
         "tf_keras.src.utils.generic_utils", "to_snake_case",
         "the group names save_weights gives nested layers, so the fast writer writes the same file"),

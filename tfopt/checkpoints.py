@@ -16,6 +16,7 @@ import numpy as np
 from tfopt import _faults
 from tfopt._io import atomic_path, atomic_write_text, h5_bytes
 from tfopt._keras import keras, tf
+from tfopt._private import private
 
 __all__ = ["run_callbacks", "FaultPoints", "backup_damage"]
 
@@ -33,8 +34,8 @@ def _save_plan(model) -> list:
     of a save's time); this walk is the same (``_save_state``), done once, so that each later save only
     writes the variables (:func:`_write_weights`): the same groups, datasets and values.
     """
-    from tf_keras.src.saving import saving_lib
-    from tf_keras.src.utils.generic_utils import to_snake_case
+    saving_lib = private("tfk_saving_lib")
+    to_snake_case = private("tfk_to_snake_case")
 
     plan, seen = [], set()
 
