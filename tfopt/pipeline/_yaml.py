@@ -109,13 +109,18 @@ def _check_duplicate_keys(node, loader) -> None:
     for key, _ in node.value:
         if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE:
             continue
-        value = loader.construct_object(key)
+        construct = loader.yaml_constructors.get(key.tag)
+        try:  # the key as the mapping will hold it (``yes`` and ``true`` are one key), without touching the loader
+            value = construct(loader, key) if construct is not None else (key.tag, key.value)
+        except Exception:  # noqa: BLE001 - a bad scalar is reported when the recipe is constructed
+            value = (key.tag, key.value)
         try:
             first = seen.setdefault(value, key)
         except TypeError:  # unhashable: the constructor reports it
             continue
         if first is not key:
-            raise _Refused(f"duplicate key {value!r} (first at line {first.start_mark.line + 1}); "
+            shown = key.value if isinstance(value, tuple) and value == (key.tag, key.value) else value
+            raise _Refused(f"duplicate key {shown!r} (first at line {first.start_mark.line + 1}); "
                            "a key may appear once in a mapping", key.start_mark)
 
 
@@ -126,8 +131,9 @@ def _check_expansion(root, loader) -> None:
     The walk is iterative and stops as soon as a limit is passed, so it costs at most the size of the graph.
     """
     sizes: dict[int, int] = {}  # id(node) -> nodes under it (itself included), aliases expanded
+    heights: dict[int, int] = {}  # id(node) -> levels of mappings and lists from it down (itself included)
     on_path: set[int] = set()
-    frames = [(root, iter(_children(root)))]
+    frames = [(root, iter(_children(root)))]  # the path from the root: one frame per level
     on_path.add(id(root))
     while frames:
         node, children = frames[-1]
@@ -136,11 +142,16 @@ def _check_expansion(root, loader) -> None:
             if id(child) in on_path:
                 raise _Refused("an alias refers to a mapping or list that contains it (a recursive alias); "
                                "allowed: aliases of finished values only", child.start_mark)
-            if id(child) not in sizes and isinstance(child, yaml.CollectionNode):
-                if len(frames) >= MAX_DEPTH:
+            if not isinstance(child, yaml.CollectionNode):
+                continue
+            if id(child) in sizes:  # seen before (an alias): its levels count again below this one
+                if len(frames) + heights[id(child)] > MAX_DEPTH:
                     raise _too_deep(child.start_mark)
-                on_path.add(id(child))
-                frames.append((child, iter(_children(child))))
+                continue
+            if len(frames) >= MAX_DEPTH:
+                raise _too_deep(child.start_mark)
+            on_path.add(id(child))
+            frames.append((child, iter(_children(child))))
             continue
         frames.pop()
         on_path.discard(id(node))
@@ -150,6 +161,7 @@ def _check_expansion(root, loader) -> None:
         if size > MAX_NODES:
             raise _too_many(size, node.start_mark)
         sizes[id(node)] = size
+        heights[id(node)] = 1 + max((heights.get(id(c), 0) for c in _children(node)), default=0)
 
 
 def _line_map(node, path: tuple, lines: dict) -> None:
@@ -199,6 +211,9 @@ def parse_yaml(text: str, source: str) -> tuple[object, dict]:
     except _Refused as err:
         where = f"{source}:{err.mark.line + 1}" if err.mark is not None else source
         raise ConfigError(f"{where}: {err.message}") from None
+    except (ValueError, TypeError, OverflowError) as err:  # a scalar its constructor refuses, e.g. "!!int abc"
+        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{source}: malformed YAML: {problem}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
