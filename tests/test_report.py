@@ -10,7 +10,7 @@ import pytest
 from tfopt._io import read_json
 from tfopt.errors import ConfigError
 from tfopt.pipeline import run_recipe, write_report
-from tfopt.pipeline.plots import pareto_front, read_history
+from tfopt.pipeline.plots import front_variants, read_history
 from tfopt.pipeline.results import with_ratios
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -120,7 +120,7 @@ def test_pareto_front_and_ratios():
             {"variant": "int8", "gzip_bytes": 250, "accuracy": 0.94, "latency_us_p50": 80.0},
             {"variant": "bad", "gzip_bytes": 500, "accuracy": 0.90, "latency_us_p50": 50.0},
             {"variant": "tiny", "gzip_bytes": 100, "accuracy": 0.50, "latency_us_p50": 40.0}]
-    assert pareto_front(rows) == {"f32", "int8", "tiny"}
+    assert front_variants(rows) == {"f32", "int8", "tiny"}
     ratios = {r["variant"]: r for r in with_ratios(rows, "f32")}
     assert ratios["int8"]["gzip_x_smaller"] == 4.0 and ratios["int8"]["speedup_p50"] == 1.25
     assert ratios["bad"]["accuracy_delta"] == pytest.approx(-0.05)

@@ -9,11 +9,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tfopt._io import atomic_path
-from tfopt.tune.pareto import dominates
+from tfopt.tune.pareto import non_dominated
 
-_SIZE_ACCURACY = {"gzip_bytes": "min", "accuracy": "max"}
+SIZE_ACCURACY = {"gzip_bytes": "min", "accuracy": "max"}
 
-__all__ = ["read_history", "plot_curves", "plot_pareto", "plot_layers", "pareto_front"]
+__all__ = ["read_history", "plot_curves", "plot_pareto", "plot_layers", "front_variants", "SIZE_ACCURACY"]
 
 
 def read_history(path) -> dict:
@@ -73,15 +73,15 @@ def plot_curves(histories: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def pareto_front(rows: list) -> set:
+def front_variants(rows: list) -> set:
     """Names of the variants no other variant beats on both gzip size (smaller) and accuracy (higher).
 
-    >>> sorted(pareto_front([{"variant": "a", "gzip_bytes": 10, "accuracy": 0.9},
-    ...                      {"variant": "b", "gzip_bytes": 5, "accuracy": 0.8},
-    ...                      {"variant": "c", "gzip_bytes": 20, "accuracy": 0.85}]))
+    >>> sorted(front_variants([{"variant": "a", "gzip_bytes": 10, "accuracy": 0.9},
+    ...                        {"variant": "b", "gzip_bytes": 5, "accuracy": 0.8},
+    ...                        {"variant": "c", "gzip_bytes": 20, "accuracy": 0.85}]))
     ['a', 'b']
     """
-    return {r["variant"] for r in rows if not any(o is not r and dominates(o, r, _SIZE_ACCURACY) for o in rows)}
+    return {r["variant"] for r in non_dominated(rows, SIZE_ACCURACY)}
 
 
 def plot_pareto(rows: list, path: Path) -> Path | None:
@@ -89,7 +89,7 @@ def plot_pareto(rows: list, path: Path) -> Path | None:
     rows = [r for r in rows if r.get("gzip_bytes") and r.get("accuracy") is not None]
     if not rows:
         return None
-    front = pareto_front(rows)
+    front = front_variants(rows)
     fig, ax = _subplots(figsize=(7, 4.5))
     for r in rows:
         best = r["variant"] in front

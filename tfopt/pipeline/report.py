@@ -192,7 +192,7 @@ def write_report(run_dir) -> dict:
     }
     images = {k: v for k, v in images.items() if v is not None}
     table = variants_table(rows)
-    front = plots.pareto_front([r for r in rows if r.get("gzip_bytes") and r.get("accuracy") is not None]) if rows else set()
+    front = plots.front_variants(rows)
     recipe_text = yaml.safe_dump(manifest.get("recipe") or {"name": results["recipe"]}, sort_keys=False)
     versions = results.get("versions") or {}
     data = results.get("data") or {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-__all__ = ["dominates", "pareto_front", "plot_pareto"]
+__all__ = ["dominates", "non_dominated", "pareto_front", "plot_pareto"]
 
 
 def dominates(a: dict, b: dict, objectives: dict) -> bool:
@@ -39,15 +39,35 @@ def dominates(a: dict, b: dict, objectives: dict) -> bool:
     return strictly
 
 
+def _finite(values: dict, objectives: dict) -> bool:
+    return all(isinstance(values.get(name), (int, float)) and math.isfinite(values[name]) for name in objectives)
+
+
+def non_dominated(items, objectives: dict, values=None) -> list:
+    """The items no other item dominates, in their original order; items without a finite value for every
+    objective are left out. The one Pareto computation of tfopt: searches' trials and a run's variants.
+
+    Args:
+        items: Sequence of items (dicts).
+        objectives: Dict ``{name: "min" | "max"}``.
+        values: Callable ``item -> dict of metric values`` (default: the item itself).
+
+    >>> rows = [{"v": "a", "gzip_bytes": 10, "accuracy": 0.9}, {"v": "b", "gzip_bytes": 5, "accuracy": 0.8},
+    ...         {"v": "c", "gzip_bytes": 20, "accuracy": 0.85}]
+    >>> [r["v"] for r in non_dominated(rows, {"gzip_bytes": "min", "accuracy": "max"})]
+    ['a', 'b']
+    """
+    values = values or (lambda item: item)
+    cands = [item for item in items if _finite(values(item), objectives)]
+    return [r for r in cands if not any(dominates(values(o), values(r), objectives) for o in cands if o is not r)]
+
+
+def _metrics(record: dict) -> dict:
+    return record.get("metrics") or {}
+
+
 def _candidates(records, objectives: dict) -> list:
-    out = []
-    for rec in records:
-        metrics = rec.get("metrics") or {}
-        values = [metrics.get(name) for name in objectives]
-        if rec.get("status") != "COMPLETED" or any(v is None or not math.isfinite(v) for v in values):
-            continue
-        out.append(rec)
-    return out
+    return [r for r in records if r.get("status") == "COMPLETED" and _finite(_metrics(r), objectives)]
 
 
 def pareto_front(records, objectives: dict) -> list:
@@ -57,8 +77,7 @@ def pareto_front(records, objectives: dict) -> list:
         records: Sequence of trial records (dicts with "status" and "metrics").
         objectives: Dict ``{name: "min" | "max"}``.
     """
-    cands = _candidates(records, objectives)
-    return [r for r in cands if not any(dominates(o["metrics"], r["metrics"], objectives) for o in cands if o is not r)]
+    return non_dominated([r for r in records if r.get("status") == "COMPLETED"], objectives, values=_metrics)
 
 
 def plot_pareto(records, objectives: dict, path) -> Path | None:
