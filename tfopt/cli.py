@@ -1,7 +1,8 @@
 """The ``tfopt`` command: a thin shell over the public API.
 
-Errors tfopt raises on purpose print one line to stderr and exit with code 2 (``--debug`` shows the
-traceback).
+Every bad input prints one line to stderr and exits with code 2: errors tfopt raises on purpose, bad
+arguments, and a disk that is full or a folder that is read-only or not writable (``--debug`` shows the
+traceback). Ctrl-C prints one line and exits with 130, also while TensorFlow is still importing.
 """
 
 from __future__ import annotations
@@ -9,7 +10,33 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tfopt._launch import EXIT_INTERRUPTED, INTERRUPTED
+
 __all__ = ["main", "build_parser"]
+
+EXIT_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, like tfopt's own: ``tfopt: error: <message> (see ...)``, exit 2."""
+
+    def error(self, message):
+        self.exit(EXIT_ERROR, f"tfopt: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _seed(text: str) -> int:
+    """argparse type of ``--seed``: an integer in [0, 2**32), checked as the API checks seeds."""
+    from tfopt.errors import ConfigError, check_seed
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed={text!r} is not an integer; allowed: an integer with "
+                                         "0 <= seed < 2**32") from None
+    try:
+        return check_seed(value)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _version() -> str:
@@ -54,13 +81,17 @@ def _cmd_export(args) -> int:
     from pathlib import Path
 
     from tfopt import data, export
+    from tfopt.errors import ConfigError
 
+    out = Path(args.output or Path(args.model).with_suffix(f".{args.quantization or 'float32'}.tflite"))
+    if out.is_dir():
+        raise ConfigError(f"--output {str(out)!r} is a directory; allowed: a file path such as "
+                          f"{str(out / (Path(args.model).stem + '.tflite'))!r}")
     model = _load_keras(args.model)
     rep = None
     if args.quantization in ("int8", "int16x8") or args.data:
         train_ds, val_ds, _ = data.load(args.data or "mnist_5k", seed=args.seed)
         rep = train_ds
-    out = Path(args.output or Path(args.model).with_suffix(f".{args.quantization or 'float32'}.tflite"))
     tfl = export.to_tflite(model, quantization=args.quantization, representative_data=rep, path=out)
     line = f"wrote {out} ({tfl.bytes:,} bytes, {tfl.gzip_bytes:,} gzipped)"
     if args.data:
@@ -122,7 +153,13 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_tune(args) -> int:
+    import os
+
     from tfopt.pipeline.search import run_search
+    from tfopt.tune.distributed import BIND_ENV
+
+    if args.bind is not None:
+        os.environ[BIND_ENV] = args.bind
 
     result = run_search(args.recipe, directory=args.directory, data=args.data, overrides=_overrides(args),
                         role=args.role, address=args.address, tuner_id=args.tuner_id, overwrite=args.overwrite,
@@ -135,7 +172,7 @@ def _cmd_tune(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tfopt`` command."""
-    p = argparse.ArgumentParser(prog="tfopt", description="Train, compress, export and measure Keras models.")
+    p = _Parser(prog="tfopt", description="Train, compress, export and measure Keras models.")
     p.add_argument("--version", action="version", version=f"tfopt {_version()}")
     p.add_argument("--debug", action="store_true", help="show tracebacks of tfopt errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -145,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, help="baseline epochs (default 8)")
     d.add_argument("--prune-epochs", type=int, help="pruning fine-tune epochs (default 6)")
     d.add_argument("--sparsity", type=float, help="pruning target (default 0.8)")
-    d.add_argument("--seed", type=int, help="seed (default 0)")
+    d.add_argument("--seed", type=_seed, help="seed (default 0)")
     d.add_argument("--force", nargs="+", metavar="STAGE", help="re-run these stages (and every later one)")
     d.set_defaults(func=_cmd_demo)
 
@@ -172,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="training epochs replacing the recipe's")
     t.add_argument("--role", choices=["chief", "worker"], help="distributed search role (keras-tuner's gRPC oracle)")
     t.add_argument("--address", metavar="HOST:PORT", help="the chief's address, with --role")
+    t.add_argument("--bind", metavar="HOST", help="the chief listens here (e.g. its LAN address, or 0.0.0.0 for "
+                   "every interface) instead of only on a loopback --address: the oracle server has no "
+                   "authentication, so only on a trusted network")
     t.add_argument("--tuner-id", help="this worker's id (default from KERASTUNER_TUNER_ID)")
     t.add_argument("--serve-timeout", type=float, help="seconds the chief serves at most")
     t.add_argument("--overwrite", action="store_true", help="start the search afresh")
@@ -182,34 +222,56 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quantization", choices=["dynamic", "float16", "int8", "int16x8"], default=None)
     e.add_argument("--data", help="dataset name for calibration and held-out accuracy (default mnist_5k for int8)")
     e.add_argument("--output", help="output .tflite path")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=_seed, default=0)
     e.set_defaults(func=_cmd_export)
 
     v = sub.add_parser("evaluate", help="measure a .tflite file with LiteRT: accuracy, size, latency")
     v.add_argument("tflite", help="path to a .tflite file")
     v.add_argument("--data", default="mnist_5k", help="dataset name (held-out split)")
     v.add_argument("--threads", type=int, default=1)
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--seed", type=_seed, default=0)
     v.set_defaults(func=_cmd_evaluate)
     return p
 
 
 def main(argv=None) -> int:
     """Entry point of the ``tfopt`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from tfopt.errors import TfoptError
-
+    args = build_parser().parse_args(argv)
     try:
+        from tfopt.errors import TfoptError
+
         return args.func(args)
     except TfoptError as e:
         if args.debug:
             raise
+        e = _first_write_error(e)
         print(f"tfopt: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        print("tfopt: interrupted; run the same command again to resume where a run directory allows", file=sys.stderr)
-        return 130
+        print(INTERRUPTED, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a full disk or a read-only folder met outside tfopt's own writers
+        from tfopt._io import as_write_error
+
+        fault = None if args.debug else as_write_error(e, writing=False)
+        if fault is None:
+            raise
+        print(f"tfopt: error: {type(fault).__name__}: {fault}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _first_write_error(err):
+    """The first WriteError of a chain (a failed write, then the manifest that could not record it): the cause."""
+    from tfopt.errors import WriteError
+
+    if not isinstance(err, WriteError):
+        return err
+    first, seen, context = err, set(), err.__context__
+    while context is not None and id(context) not in seen:
+        seen.add(id(context))
+        first = context if isinstance(context, WriteError) else first
+        context = context.__context__
+    return first
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,11 +18,12 @@ from tfopt._keras import keras, tf
 from tfopt.data.augment import get_augmentation
 from tfopt.errors import ConfigError, DataError, check_range, check_seed
 
-__all__ = ["DatasetInfo", "load", "from_arrays", "EMBEDDED", "KINDS"]
+__all__ = ["DatasetInfo", "load", "from_arrays", "EMBEDDED", "KINDS", "MAX_INFERRED_CLASSES"]
 
 AUTOTUNE = tf.data.AUTOTUNE
 KINDS = ("image", "sequence", "tokens", "features")
 _TEXT_KWARGS = {"vocab_size": 10_000, "seq_len": 200}
+MAX_INFERRED_CLASSES = 100_000  # labels beyond it are a mistake (IDs, hashes) unless num_classes says so
 _DIGIT_NAMES = tuple(str(i) for i in range(10))
 
 
@@ -330,7 +331,8 @@ def from_arrays(x, y, batch_size: int = 128, val_fraction: float = 0.2, augment=
         name: String, the name recorded in the info.
         kind: String or None, one of "image", "sequence", "tokens", "features"; None infers it from
             the rank and dtype of ``x`` ([N, H, W] grayscale images need ``kind="image"``).
-        num_classes: Integer or None (inferred as max label + 1, at least 2).
+        num_classes: Integer or None (inferred as max label + 1, at least 2 and at most
+            ``MAX_INFERRED_CLASSES``; pass it for more classes).
         flip: Boolean, whether augmentation may flip images horizontally.
 
     >>> x = np.random.default_rng(0).random((20, 4, 4, 1)).astype("float32")
@@ -345,6 +347,11 @@ def from_arrays(x, y, batch_size: int = 128, val_fraction: float = 0.2, augment=
         num_classes = _check_labels(y, num_classes)
         train, val = _split(_as_kind(x, kind), y, val_fraction, seed, name)
     else:
+        if not isinstance(val_data, (tuple, list)) or len(val_data) != 2:
+            got = f"an array of shape {np.shape(val_data)}" if hasattr(val_data, "shape") else \
+                f"a {type(val_data).__name__}" + (f" of {len(val_data)} items" if isinstance(val_data, (tuple, list)) else "")
+            raise ConfigError(f"val_data must be a tuple (x_val, y_val) of inputs and labels, got {got}; "
+                              "allowed: (x_val, y_val), or None to split val_fraction off x")
         x_val, y_val = _check_xy(*val_data, "x_val", "y_val")
         num_classes = _check_labels(np.concatenate([y, y_val]), num_classes)
         train, val = (_as_kind(x, kind), y), (_as_kind(x_val, kind), y_val)
@@ -386,6 +393,10 @@ def _check_xy(x, y, xname: str, yname: str):
             raise DataError(f"{yname} must hold integer class labels; got {bad!r}")
     elif y.dtype.kind not in "iub":
         raise DataError(f"{yname} must hold integer class labels; got dtype {y.dtype} (e.g. {y.ravel()[0].item()!r})")
+    if y.dtype.kind in "uf" and y.size:  # a label beyond int64 would wrap around when cast
+        extreme = y.flat[np.argmax(np.abs(y.astype(np.float64)))]
+        if abs(float(extreme)) > np.iinfo(np.int64).max:
+            raise DataError(f"{yname} holds the label {extreme.item()!r}; allowed: class labels 0 <= label < num_classes")
     x = x if x.dtype in (np.uint8, np.float32) or x.dtype.kind in "iu" else x.astype(np.float32)
     return x, y.astype(np.int64)
 
@@ -413,6 +424,12 @@ def _check_labels(y: np.ndarray, num_classes):
     if num_classes is None:
         if low < 0:
             raise DataError(f"label {low} is out of range; labels must be >= 0")
+        if high >= MAX_INFERRED_CLASSES:
+            raise DataError(
+                f"label {high} would make num_classes={high + 1} (inferred as the largest label + 1); allowed: "
+                f"labels < {MAX_INFERRED_CLASSES:,} when num_classes is inferred. Map the labels to 0..n-1 "
+                "(e.g. np.unique(y, return_inverse=True)), or pass num_classes when there really are that many"
+            )
         num_classes = high + 1
         if len(np.unique(y)) < 2:
             raise DataError(f"y holds a single class ({low}); classification needs at least 2 classes")
