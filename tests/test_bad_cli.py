@@ -238,3 +238,68 @@ def test_from_arrays_val_data_must_be_a_pair(val_data, message):
     with pytest.raises(ConfigError, match=r"val_data must be a tuple \(x_val, y_val\)") as info:
         from_arrays(X, np.arange(20) % 2, val_data=val_data)
     assert message in str(info.value) and "allowed: (x_val, y_val), or None" in str(info.value)
+
+
+class _FakeGrpcServer:
+    """Records where the chief would listen; binds nothing (add_insecure_port returns 0: "could not bind")."""
+
+    def __init__(self, bound: list):
+        self.bound = bound
+
+    def add_insecure_port(self, where):
+        self.bound.append(where)
+        return 0
+
+    def __getattr__(self, name):  # add_generic_rpc_handlers and friends
+        return lambda *args, **kwargs: None
+
+
+BIND_CASES = [
+    ("loopback", "127.0.0.1", None, "127.0.0.1:8470"),
+    ("localhost", "localhost", None, "localhost:8470"),
+    ("ipv6 loopback", "::1", None, "[::1]:8470"),
+    ("opt-in, every interface", "10.0.0.5", "0.0.0.0", "0.0.0.0:8470"),
+    ("opt-in, one interface", "10.0.0.5", "10.0.0.5", "10.0.0.5:8470"),
+]
+
+
+@pytest.mark.parametrize("ip,bind,where", [c[1:] for c in BIND_CASES], ids=[c[0] for c in BIND_CASES])
+def test_chief_listens_on_loopback_unless_bind_opts_in(monkeypatch, ip, bind, where):
+    import grpc
+
+    from tfopt.errors import DistributeError
+    from tfopt.tune import distributed
+
+    bound = []
+    monkeypatch.setattr(grpc, "server", lambda *args, **kwargs: _FakeGrpcServer(bound))
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", ip)
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8470")
+    if bind is None:
+        monkeypatch.delenv(distributed.BIND_ENV, raising=False)
+    else:
+        monkeypatch.setenv(distributed.BIND_ENV, bind)
+    with pytest.raises(DistributeError, match=rf"could not listen on {where.replace('[', '.').replace(']', '.')}"):
+        distributed.serve(object(), timeout=0)
+    assert bound == [where]
+
+
+@pytest.mark.parametrize("ip", ["10.0.0.5", "0.0.0.0", "chief.example.org"])
+def test_chief_refuses_a_non_loopback_address_without_the_opt_in(monkeypatch, ip):
+    import grpc
+
+    from tfopt.tune import distributed
+
+    bound = []
+    monkeypatch.setattr(grpc, "server", lambda *args, **kwargs: _FakeGrpcServer(bound))
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", ip)
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8470")
+    monkeypatch.delenv(distributed.BIND_ENV, raising=False)
+    with pytest.raises(ConfigError, match=rf"the chief's address {ip}:8470 is not a loopback address.*"
+                                          rf"{distributed.BIND_ENV}={ip}"):
+        distributed.serve(object(), timeout=0)
+    assert bound == []  # nothing listened
+    with pytest.raises(ConfigError, match="not a loopback address"):  # refused before the search starts
+        with distributed.distributed_env("chief", f"{ip}:8470"):
+            pass
+    with distributed.distributed_env("worker", f"{ip}:8470", "worker0"):  # workers only connect: fine
+        pass

@@ -9,10 +9,12 @@ that point. Several points may be given, separated by commas. The points:
 * ``epoch:<n>:batch:<k>`` - a ``tfopt.train.fit`` run with a run directory starts batch ``k`` of epoch
   ``n`` (both 0-based, as in ``history.csv``);
 * ``export:<variant>`` - the export stage converted ``<variant>`` and is about to write its file;
+* ``calibrate:<k>`` - a TFLite conversion is calibrating and hands sample ``k`` (0-based) to the converter;
 * ``trial:<k>:end`` - ``tfopt tune`` finished its ``k``-th trial in this process (state saved).
 
 ``TFOPT_FAULT_SIGNAL=STOP`` sends SIGSTOP instead: the process freezes at the point (holding its run
-directory lock, say) until the test sends SIGCONT or SIGKILL. Never set these outside tests.
+directory lock, say) until the test sends SIGCONT or SIGKILL (or changes the disk under it).
+``TFOPT_FAULT_SIGNAL=INT`` sends SIGINT, what Ctrl-C sends. Never set these outside tests.
 
 >>> reached("stage:train:before")  # TFOPT_FAULT unset: nothing happens
 False
@@ -26,7 +28,7 @@ import signal
 __all__ = ["ENV", "SIGNALS", "reached", "armed"]
 
 ENV = "TFOPT_FAULT"
-SIGNALS = {"KILL": signal.SIGKILL, "STOP": signal.SIGSTOP}
+SIGNALS = {"KILL": signal.SIGKILL, "STOP": signal.SIGSTOP, "INT": signal.SIGINT}
 
 
 def armed() -> bool:
@@ -44,5 +46,5 @@ def reached(point: str) -> bool:
     if point in wanted:
         sig = SIGNALS.get(os.environ.get(ENV + "_SIGNAL", "KILL").upper(), signal.SIGKILL)
         os.kill(os.getpid(), sig)
-        return True  # only after SIGSTOP and SIGCONT
+        return True  # only after SIGSTOP and SIGCONT, or a SIGINT that raised nothing
     return False

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from tfopt import _faults
 from tfopt._io import atomic_write_bytes
 from tfopt._keras import check_model, keras, tf
 from tfopt.errors import ConfigError, DataError, ExportError
@@ -176,10 +180,42 @@ def _representative(data, num_samples: int):
         raise DataError("representative_data yielded no sample")
 
     def gen():
-        for row in samples:
+        for i, row in enumerate(samples):
+            _faults.reached(f"calibrate:{i}")
             yield [row[None]]
 
     return gen
+
+
+@contextlib.contextmanager
+def _interrupts_kept():
+    """While converting: remember Ctrl-C (SIGINT) and yield a check that raises KeyboardInterrupt if one came.
+
+    The converter runs C++ and TensorFlow code that can turn the KeyboardInterrupt into an ordinary error
+    (or swallow it and fall back to another conversion path, finishing with a differently converted file):
+    the check, called after every attempt, stops the conversion whatever became of the exception. Only in
+    the main thread, and only where SIGINT raises KeyboardInterrupt (Python's default handler).
+    """
+    received = []
+
+    def check():
+        if received:
+            raise KeyboardInterrupt("interrupted during TFLite conversion")
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield check
+        return
+
+    def handler(signum, frame):
+        received.append(signum)
+        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt: stop as soon as possible
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _is_qat(model) -> bool:
@@ -283,30 +319,34 @@ def to_tflite(
     attempts.insert(0 if _has_rnn(model) else 1, fixed)
     errors = []
     content = None
-    for select_ops in (False, True):
-        for how, make in attempts:
-            try:
-                converter = make()
-                _configure(converter, quantization, rep, io_dtype, qat)
-                if sparse:
-                    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY, *converter.optimizations]
+    with _interrupts_kept() as stop_if_interrupted:
+        for select_ops in (False, True):
+            for how, make in attempts:
+                try:
+                    converter = make()
+                    _configure(converter, quantization, rep, io_dtype, qat)
+                    if sparse:
+                        converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY, *converter.optimizations]
+                    if select_ops:
+                        converter.target_spec.supported_ops = [
+                            tf.lite.OpsSet.TFLITE_BUILTINS,
+                            tf.lite.OpsSet.SELECT_TF_OPS,
+                        ]
+                    content = converter.convert()
+                except Exception as e:  # the converter raises many types; keep the first lines of each
+                    stop_if_interrupted()  # Ctrl-C turned into an error: stop, do not try another path
+                    errors.append(f"{how}{' + select TF ops' if select_ops else ''}: "
+                                  f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}")
+                    continue
+                stop_if_interrupted()  # Ctrl-C swallowed inside the converter: stop all the same
+                if how != "keras":
+                    notes.append(f"converted with a {how} concrete function")
                 if select_ops:
-                    converter.target_spec.supported_ops = [
-                        tf.lite.OpsSet.TFLITE_BUILTINS,
-                        tf.lite.OpsSet.SELECT_TF_OPS,
-                    ]
-                content = converter.convert()
-            except Exception as e:  # the converter raises many types; keep the first lines of each
-                errors.append(f"{how}{' + select TF ops' if select_ops else ''}: {str(e).strip().splitlines()[0][:300]}")
-                continue
-            if how != "keras":
-                notes.append(f"converted with a {how} concrete function")
-            if select_ops:
-                notes.append("needs TF select ops (SELECT_TF_OPS): run with the Flex delegate")
-                log.warning("to_tflite fell back to SELECT_TF_OPS: %s", errors)
-            break
-        if content is not None:
-            break
+                    notes.append("needs TF select ops (SELECT_TF_OPS): run with the Flex delegate")
+                    log.warning("to_tflite fell back to SELECT_TF_OPS: %s", errors)
+                break
+            if content is not None:
+                break
     if content is None:
         raise ExportError("TFLite conversion failed: " + " | ".join(errors))
     result = TFLiteModel(content=content, quantization=quantization if not (qat and quantization is None) else "int8", notes=notes)

@@ -7,11 +7,14 @@ manifest, and a short note for the progress line. The runner saves the model and
 from __future__ import annotations
 
 import dataclasses
+import errno
+import functools
 import importlib
 from pathlib import Path
 from typing import Callable
 
 from tfopt import _faults, compress, export, train
+from tfopt._io import as_write_error, remove_partial_files
 from tfopt._keras import keras
 from tfopt.pipeline.context import Context, apply_determinism, weight_count
 from tfopt.pipeline.recipe import DataSpec, StageSpec
@@ -33,13 +36,46 @@ STAGES: dict[str, Callable] = {}
 
 
 def register_stage(name: str):
-    """Register a stage function ``(ctx, spec, stage_dir) -> StageOutput`` under ``name``."""
+    """Register a stage function ``(ctx, spec, stage_dir) -> StageOutput`` under ``name``.
+
+    The registered function first clears what a killed or crashed earlier attempt left in the stage folder
+    (temporary files, see ``tfopt._io.remove_partial_files``), and turns a full disk, a read-only folder or a
+    missing permission met anywhere in the stage (Keras callbacks, TensorFlow checkpoints, h5py) into one
+    :class:`tfopt.errors.WriteError` naming the file, leaving no temporary file behind.
+    """
 
     def decorator(fn):
-        STAGES[name] = fn
-        return fn
+        @functools.wraps(fn)
+        def run(ctx: Context, spec: StageSpec, stage_dir: Path) -> StageOutput:
+            _clear_partial_files(ctx, stage_dir)
+            try:
+                return fn(ctx, spec, stage_dir)
+            except BaseException as err:
+                _clear_partial_files(ctx, stage_dir)
+                fault = _write_fault(err, ctx, stage_dir) if isinstance(err, Exception) else None
+                if fault is None:
+                    raise
+                raise fault from err
+
+        STAGES[name] = run
+        return run
 
     return decorator
+
+
+def _clear_partial_files(ctx: Context, stage_dir: Path) -> None:
+    # the runner holds the run directory's lock: no other process writes in these folders
+    remove_partial_files(stage_dir)
+    remove_partial_files(ctx.run_dir, recursive=False)
+
+
+def _write_fault(err: Exception, ctx: Context, stage_dir: Path):
+    """The WriteError for ``err`` (None when it is no full disk, read-only folder or missing permission)."""
+    fault = as_write_error(err, near=stage_dir)
+    if fault is not None and fault.errno in (errno.EACCES, errno.EPERM) and fault.filename:
+        inside = Path(fault.filename).resolve().is_relative_to(Path(ctx.run_dir).resolve())
+        fault = fault if inside else as_write_error(err, near=stage_dir, writing=False)  # reading, e.g. data
+    return fault
 
 
 def _history(stage_dir: Path, fresh: bool = True) -> list:
