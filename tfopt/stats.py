@@ -1,0 +1,132 @@
+"""Uncertainty of measured accuracies: Wilson intervals, and paired comparisons of two models on the same examples.
+
+An accuracy measured on ``n`` test examples is an estimate; these functions say how far it may be off and
+whether the difference between two models evaluated on the same examples is more than noise.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from tfopt.errors import ConfigError, DataError, check_seed
+
+__all__ = ["wilson_interval", "paired_comparison", "BOOTSTRAP_RESAMPLES"]
+
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def _check_confidence(confidence) -> float:
+    if (not isinstance(confidence, numbers.Real) or isinstance(confidence, bool) or not 0 < confidence < 1):
+        raise ConfigError(f"confidence={confidence!r} is out of range; allowed: 0 < confidence < 1")
+    return float(confidence)
+
+
+def _check_count(name: str, value, low: int) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{name}={value!r} is not allowed; allowed: an integer >= {low}")
+    return int(value)
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``k / n`` (e.g. ``k`` correct predictions of ``n``).
+
+    Computed by ``scipy.stats.binomtest(k, n).proportion_ci(confidence, method="wilson")``. Unlike the
+    normal approximation it stays inside [0, 1] and is sensible at 0 and ``n``.
+
+    Args:
+        k: Integer in [0, n], the successes (correct predictions).
+        n: Integer >= 1, the trials (examples).
+        confidence: Float in (0, 1), the coverage of the interval.
+
+    Returns:
+        ``(low, high)``, floats.
+
+    >>> [round(v, 4) for v in wilson_interval(95, 100)]
+    [0.8882, 0.9785]
+    >>> [round(v, 4) for v in wilson_interval(0, 10)]
+    [0.0, 0.2775]
+    """
+    from scipy.stats import binomtest
+
+    n = _check_count("n", n, 1)
+    k = _check_count("k", k, 0)
+    if k > n:
+        raise ConfigError(f"k={k} is larger than n={n}; allowed: 0 <= k <= n")
+    ci = binomtest(k, n).proportion_ci(_check_confidence(confidence), method="wilson")
+    return float(max(0.0, ci.low)), float(min(1.0, ci.high))
+
+
+def _correctness(name: str, values) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise DataError(f"{name} must be a 1-D sequence of per-example correctness (True/False or 1/0), got shape "
+                        f"{list(array.shape)}")
+    if array.dtype != bool:
+        if array.dtype.kind not in "iuf" or not np.isin(array, (0, 1)).all():
+            raise DataError(f"{name} must hold only True/False or 1/0 (one entry per example)")
+        array = array.astype(bool)
+    return array
+
+
+def paired_comparison(correct_a, correct_b, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Compare two models evaluated on the same examples: is model b's accuracy different from model a's?
+
+    The difference is ``accuracy(b) - accuracy(a)``. Its p-value is the exact McNemar test: of the pairs
+    where exactly one model is right (the discordant pairs), the count where b is right is Binomial(d, 1/2)
+    when the models are equally accurate, so ``p = scipy.stats.binomtest(b_only, d, 0.5).pvalue`` (1 when
+    ``d == 0``). Its interval is a paired bootstrap (percentile, ``BOOTSTRAP_RESAMPLES`` resamples of the
+    examples with replacement, drawn with ``numpy.random.default_rng(seed)`` as counts of the four kinds
+    of pair, so it is the same on every machine for the same seed).
+
+    Args:
+        correct_a: 1-D booleans (or 0/1), per example whether model a (e.g. the baseline) was right.
+        correct_b: 1-D booleans (or 0/1), the same examples in the same order, for model b.
+        confidence: Float in (0, 1), the coverage of the interval; a difference is ``significant`` when
+            ``p < 1 - confidence``.
+        seed: Integer in [0, 2**32), the bootstrap's seed.
+
+    Returns:
+        Dict with ``n``, ``accuracy_a``, ``accuracy_b``, ``delta`` (b - a), ``delta_ci`` ([low, high]),
+        ``a_only`` (pairs only a got right), ``b_only`` (only b), ``p_value`` and ``significant``.
+
+    >>> a = [True] * 90 + [False] * 10        # baseline: 90 of 100 right
+    >>> b = [True] * 80 + [False] * 20        # b loses the last 10 of those 90, gains none
+    >>> r = paired_comparison(a, b)
+    >>> r["delta"], r["a_only"], r["b_only"], round(r["p_value"], 5), r["significant"]
+    (-0.1, 10, 0, 0.00195, True)
+    >>> paired_comparison(a, a)["p_value"], paired_comparison(a, a)["delta_ci"]
+    (1.0, [0.0, 0.0])
+    """
+    from scipy.stats import binomtest
+
+    confidence = _check_confidence(confidence)
+    a, b = _correctness("correct_a", correct_a), _correctness("correct_b", correct_b)
+    if len(a) != len(b):
+        raise DataError(f"correct_a has {len(a)} examples but correct_b has {len(b)}; a paired comparison needs "
+                        "the same examples for both")
+    n = len(a)
+    if n == 0:
+        raise DataError("no examples: a paired comparison needs at least one")
+    a_only = int(np.sum(a & ~b))
+    b_only = int(np.sum(b & ~a))
+    discordant = a_only + b_only
+    p_value = float(binomtest(b_only, discordant, 0.5).pvalue) if discordant else 1.0
+    rng = np.random.default_rng(check_seed(seed))
+    counts = rng.multinomial(n, [a_only / n, b_only / n, 1 - discordant / n], size=BOOTSTRAP_RESAMPLES)
+    deltas = (counts[:, 1] - counts[:, 0]) / n
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(deltas, [tail, 100 - tail])
+    delta = (b_only - a_only) / n
+    return {
+        "n": n,
+        "accuracy_a": float(a.mean()),
+        "accuracy_b": float(b.mean()),
+        "delta": delta,
+        "delta_ci": [float(low), float(high)],
+        "a_only": a_only,
+        "b_only": b_only,
+        "p_value": min(1.0, p_value),
+        "significant": bool(p_value < 1 - confidence),
+    }
