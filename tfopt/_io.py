@@ -171,7 +171,8 @@ def as_write_error(err: BaseException, path=None, near=None, writing: bool = Tru
         path: String or Path, the file being written, when known.
         near: String or Path, what to name when neither ``path`` nor the error itself (its ``filename``, or
             a file named in its message) says which file it was, e.g. the stage folder.
-        writing: Boolean, whether ``path`` was being written (else the message says "use").
+        writing: Boolean, whether ``path`` was being written; False when it may have been read (a missing
+            permission then says "cannot use" and "check its permissions").
 
     >>> err = as_write_error(OSError(errno.EROFS, "Read-only file system"), "/runs/x/manifest.json")
     >>> str(err).split(";")[0], err.errno == errno.EROFS
@@ -185,9 +186,11 @@ def as_write_error(err: BaseException, path=None, near=None, writing: bool = Tru
     if code is None:
         return None
     reason, remedy = _WRITE_FAULTS[code]
+    writing = writing or code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # only ever met writing
+    remedy = remedy if writing else "check its permissions"
     named = getattr(err, "filename", None) if isinstance(err, OSError) else None
     shown = _shown_path(str(path or named or _path_in_message(err) or near or ""))
-    what = f"cannot {'write' if writing else 'use'} {shown!r}" if shown else "cannot write a file"
+    what = f"cannot {'write' if writing else 'use'} {repr(shown) if shown else 'a file'}"
     fault = WriteError(f"{what}: {reason} ({errno.errorcode.get(code, code)}); {remedy} and run the same command "
                        "again (a run directory resumes where it stopped)")
     fault.errno, fault.strerror, fault.filename = code, os.strerror(code), shown or None
