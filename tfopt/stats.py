@@ -12,7 +12,7 @@ import numpy as np
 
 from tfopt.errors import ConfigError, DataError, check_seed
 
-__all__ = ["wilson_interval", "paired_comparison", "BOOTSTRAP_RESAMPLES"]
+__all__ = ["wilson_interval", "paired_comparison", "confusion_matrix", "per_class_recall", "BOOTSTRAP_RESAMPLES"]
 
 BOOTSTRAP_RESAMPLES = 10_000
 
@@ -130,3 +130,51 @@ def paired_comparison(correct_a, correct_b, confidence: float = 0.95, seed: int 
         "p_value": min(1.0, p_value),
         "significant": bool(p_value < 1 - confidence),
     }
+
+
+def confusion_matrix(labels, predictions, num_classes: int | None = None) -> list[list[int]]:
+    """Counts of (true class, predicted class): row ``i`` holds the examples of class ``i`` by prediction.
+
+    Args:
+        labels: 1-D integer class ids, the true classes.
+        predictions: 1-D integer class ids, the predicted classes, one per label.
+        num_classes: Integer or None, the matrix size (None: one more than the largest id seen).
+
+    Returns:
+        List of ``num_classes`` lists of ``num_classes`` integers; the total is the number of examples.
+
+    >>> confusion_matrix([0, 0, 1, 2], [0, 1, 1, 2])
+    [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    """
+    labels, predictions = np.asarray(labels).reshape(-1), np.asarray(predictions).reshape(-1)
+    if len(labels) != len(predictions):
+        raise DataError(f"{len(labels)} labels but {len(predictions)} predictions; allowed: one prediction per label")
+    for name, ids in (("labels", labels), ("predictions", predictions)):
+        if ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0):
+            raise DataError(f"{name} must be class ids (integers >= 0), got {ids.dtype.name} values "
+                            f"from {ids.min()} to {ids.max()}")
+    largest = int(max(labels.max(initial=-1), predictions.max(initial=-1))) + 1
+    size = largest if num_classes is None else _check_count("num_classes", num_classes, 1)
+    if largest > size:
+        raise DataError(f"class id {largest - 1} is outside num_classes={size}; allowed: ids 0..{size - 1}")
+    matrix = np.zeros((size, size), np.int64)
+    np.add.at(matrix, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
+    return matrix.tolist()
+
+
+def per_class_recall(confusion) -> list[float | None]:
+    """Recall of each class from a confusion matrix (rows = true class): the diagonal over the row's total.
+
+    A class without examples has recall None.
+
+    Args:
+        confusion: Square matrix of counts, as :func:`confusion_matrix` returns.
+
+    >>> per_class_recall([[1, 1, 0], [0, 1, 0], [0, 0, 0]])
+    [0.5, 1.0, None]
+    """
+    matrix = np.asarray(confusion)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise DataError(f"a confusion matrix is square, got shape {list(matrix.shape)}")
+    totals = matrix.sum(axis=1)
+    return [float(matrix[i, i] / totals[i]) if totals[i] else None for i in range(len(matrix))]

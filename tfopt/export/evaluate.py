@@ -105,8 +105,13 @@ def latency(model, sample, threads: int = 1, warmup: int = 10, runs: int = 200) 
     }
 
 
-def evaluate(model, dataset, threads: int = 1, warmup: int = 10, runs: int = 200, limit: int | None = None) -> dict:
+def evaluate(model, dataset, threads: int = 1, warmup: int = 10, runs: int = 200, limit: int | None = None,
+             return_predictions: bool = False) -> dict:
     """Run a TFLite model with the LiteRT interpreter over ``dataset`` and measure it.
+
+    Pass the test split to report what was shipped (select on validation, report on test). The accuracy
+    comes with its 95% Wilson interval over the ``n`` examples, the recall of each class and the confusion
+    matrix, so a model that ignores a rare class is visible.
 
     Args:
         model: TFLiteModel, flatbuffer bytes, or a path to a ``.tflite`` file.
@@ -115,34 +120,53 @@ def evaluate(model, dataset, threads: int = 1, warmup: int = 10, runs: int = 200
         warmup: Integer >= 0, untimed invocations before timing.
         runs: Integer >= 0, timed batch-1 invocations (0 skips latency).
         limit: Integer >= 1 or None, evaluate at most this many samples.
+        return_predictions: Boolean, also return ``predictions`` and ``labels`` (lists of class ids in the
+            dataset's order), e.g. to compare two models on the same examples with
+            :func:`tfopt.stats.paired_comparison`.
 
     Returns:
-        Dict with ``accuracy``, ``n``, ``bytes``, ``gzip_bytes``, ``latency_us_p50``, ``latency_us_p90``,
-        ``latency_us_mean``, ``threads``, ``input_dtype``.
+        Dict with ``accuracy``, ``n``, ``accuracy_ci95`` ([low, high]), ``per_class_recall`` (a list, None for
+        a class without examples), ``confusion`` (rows = true class, columns = predicted class), ``bytes``,
+        ``gzip_bytes``, ``latency_us_p50``, ``latency_us_p90``, ``latency_us_mean``, ``threads``,
+        ``input_dtype``; ``predictions`` and ``labels`` when asked.
 
-    >>> evaluate(tfl, val_ds)["accuracy"]  # doctest: +SKIP
-    0.978
+    >>> evaluate(tfl, test_ds)["accuracy"], evaluate(tfl, test_ds)["accuracy_ci95"]  # doctest: +SKIP
+    (0.978, [0.9679, 0.9848])
     """
+    from tfopt.stats import confusion_matrix, per_class_recall, wilson_interval
+
     _checked(threads, warmup, runs, limit)
     tfl = _as_tflite(model)
     runner = _Runner(interpreter(tfl.content, threads=threads))
-    correct = total = 0
+    predictions, labels = [], []
     first = None
     for x, y in _batches(dataset, limit):
         if first is None and len(x):
             first = x[0]
-        pred = _predictions(runner.predict(x.astype(np.float32)))
-        correct += int((pred == _labels(y)).sum())
-        total += len(x)
+        predictions.append(_predictions(runner.predict(x.astype(np.float32))).astype(np.int64))
+        labels.append(_labels(y).astype(np.int64))
+    total = sum(len(p) for p in predictions)
     if total == 0:
         raise DataError("dataset is empty: nothing to evaluate the TFLite model on")
+    predictions, labels = np.concatenate(predictions), np.concatenate(labels)
+    if labels.min() < 0:
+        raise DataError(f"labels must be class ids >= 0 (or one-hot), got {int(labels.min())}")
+    correct = int((predictions == labels).sum())
+    outputs = int(runner.out["shape"][-1]) if len(runner.out["shape"]) > 1 else 1
+    num_classes = max(outputs if outputs > 1 else 2, int(labels.max()) + 1, int(predictions.max()) + 1)
+    confusion = confusion_matrix(labels, predictions, num_classes)
     result = {
         "accuracy": correct / total,
         "n": total,
+        "accuracy_ci95": list(wilson_interval(correct, total)),
+        "per_class_recall": per_class_recall(confusion),
+        "confusion": confusion,
         "bytes": tfl.bytes,
         "gzip_bytes": tfl.gzip_bytes,
         "input_dtype": np.dtype(runner.inp["dtype"]).name,
     }
+    if return_predictions:
+        result.update(predictions=predictions.tolist(), labels=labels.tolist())
     if runs:
         result.update(latency(tfl, first, threads=threads, warmup=warmup, runs=runs))
     return result

@@ -1,0 +1,68 @@
+"""tfopt.export.evaluate on a model whose predictions are known: accuracy, Wilson interval, recall, confusion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfopt._keras import keras, tf
+from tfopt.errors import DataError
+from tfopt.export import evaluate, to_tflite
+from tfopt.stats import paired_comparison, wilson_interval
+
+PREDICTED = [0, 0, 1, 2, 2, 1, 0, 2]
+LABELS = [0, 1, 1, 2, 0, 1, 0, 2]  # 6 of 8 right; class 3 never occurs
+
+
+@pytest.fixture(scope="module")
+def argmax_model():
+    """A float32 TFLite model that predicts argmax of its 4 inputs (identity weights, zero bias)."""
+    inp = keras.Input((4,))
+    dense = keras.layers.Dense(4, name="identity")
+    model = keras.Model(inp, dense(inp))
+    dense.set_weights([np.eye(4, dtype="float32"), np.zeros(4, "float32")])
+    return to_tflite(model)
+
+
+def _inputs(predicted) -> np.ndarray:
+    return np.eye(4, dtype="float32")[predicted]
+
+
+def test_values_equal_a_hand_made_dataset(argmax_model):
+    ds = tf.data.Dataset.from_tensor_slices((_inputs(PREDICTED), np.array(LABELS, "int32"))).batch(3)
+    res = evaluate(argmax_model, ds, runs=0, return_predictions=True)
+    assert res["n"] == 8 and res["accuracy"] == 0.75
+    assert res["predictions"] == PREDICTED and res["labels"] == LABELS
+    # rows are the true class: class 0 (3 examples) predicted 0, 2, 0; class 1 predicted 0, 1, 1; class 2 twice 2
+    assert res["confusion"] == [[2, 0, 1, 0], [1, 2, 0, 0], [0, 0, 2, 0], [0, 0, 0, 0]]
+    assert res["per_class_recall"] == pytest.approx([2 / 3, 2 / 3, 1.0, None])
+    assert sum(map(sum, res["confusion"])) == res["n"]
+    low, high = res["accuracy_ci95"]
+    assert [low, high] == pytest.approx(list(wilson_interval(6, 8)))
+    assert low < res["accuracy"] < high
+    assert "latency_us_p50" not in res and res["bytes"] > 0 and res["gzip_bytes"] > 0
+
+
+def test_one_hot_labels_limit_and_no_predictions_by_default(argmax_model):
+    one_hot = np.eye(4, dtype="float32")[LABELS]
+    res = evaluate(argmax_model, (_inputs(PREDICTED), one_hot), runs=0, limit=4)
+    assert res["n"] == 4 and res["accuracy"] == 0.75  # the first four: 0/0, 0/1, 1/1, 2/2
+    assert "predictions" not in res and "labels" not in res
+    assert res["confusion"][0] == [1, 0, 0, 0] and res["confusion"][1] == [1, 1, 0, 0]
+
+
+def test_predictions_pair_two_models_on_the_same_examples(argmax_model):
+    x, y = _inputs(PREDICTED), np.array(LABELS)
+    perfect = evaluate(argmax_model, (_inputs(LABELS), y), runs=0, return_predictions=True)
+    ours = evaluate(argmax_model, (x, y), runs=0, return_predictions=True)
+    right = [np.equal(r["predictions"], r["labels"]) for r in (perfect, ours)]
+    r = paired_comparison(*right)
+    assert (r["delta"], r["a_only"], r["b_only"]) == (-0.25, 2, 0)
+    assert r["p_value"] == 0.5  # 2 discordant pairs, both against b: 2 * (1/2)**2
+
+
+def test_labels_outside_the_outputs_widen_the_matrix_and_bad_labels_are_refused(argmax_model):
+    res = evaluate(argmax_model, (_inputs([0, 1]), np.array([0, 5])), runs=0)
+    assert len(res["confusion"]) == 6 and res["per_class_recall"][5] == 0.0 and res["accuracy"] == 0.5
+    with pytest.raises(DataError, match="labels must be class ids >= 0"):
+        evaluate(argmax_model, (_inputs([0, 1]), np.array([0, -1])), runs=0)
