@@ -60,7 +60,7 @@ def test_preserve_sparsity_keeps_the_zeros_of_a_pruned_model():
         assert np.all(_kernel(clustered, name)[zeros_before[name]] == 0), name  # every pruned weight stays 0
         assert after[name] >= sparsity(pruned)["layers"][name] - 0.005
         assert np.unique(_kernel(clustered, name)).size <= 8
-    assert accuracy(clustered, x_val, y_val) > 0.5
+    assert accuracy(clustered, x_val, y_val) > 0.4  # chance is 0.1; 0.68-0.80 over seeds
 
 
 def test_layers_selection_clusters_only_the_chosen_layer():

@@ -76,7 +76,7 @@ def test_prune_reaches_target_and_keeps_accuracy(schedule, target, tmp_path):
     assert report["reached"] == reached["layers"] and report["steps"] == 22
     if schedule == "polynomial":
         assert report["end_step"] <= 22 and report["end_step"] % report["frequency"] == 0
-    assert accuracy(pruned, x_val, y_val) > 0.5
+    assert accuracy(pruned, x_val, y_val) > 0.4  # chance is 0.1; 0.61-0.86 over seeds (one epoch at 80%: lowest)
     # The caller's model is untouched, the result has plain layers.
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     assert sparsity(model)["overall"] < 0.01

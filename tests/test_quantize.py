@@ -86,7 +86,11 @@ def test_qat_cnn_wraps_layers_keeps_accuracy_and_converts_to_int8(digits, traine
     assert report["scheme"] == "default_8bit" and report["float"] == {}
     assert {"conv", "logits"} <= set(report["quantized"])
     qat_acc = _accuracy(lambda a: qat.predict(a, verbose=0), xv, yv)
-    assert qat_acc > 0.8 and qat_acc > float_acc - 0.05
+    assert qat_acc > 0.8
+    # Fake quantization plus one short epoch changes the float model's answers on few examples (paired, not
+    # two accuracies compared): 0.997-1.0 over seeds here.
+    agree = np.mean(np.argmax(qat.predict(xv, verbose=0), -1) == np.argmax(model.predict(xv, verbose=0), -1))
+    assert agree > 0.95, agree
 
     converter = tf.lite.TFLiteConverter.from_keras_model(qat)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
