@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tfopt._keras import keras, tf
-from tfopt.errors import DataError
-from tfopt.export import evaluate, to_tflite
+from tfopt.errors import ConfigError, DataError
+from tfopt.export import compare_with_baseline, evaluate, evaluate_splits, read_predictions, to_tflite, write_predictions
 from tfopt.stats import paired_comparison, wilson_interval
 
 PREDICTED = [0, 0, 1, 2, 2, 1, 0, 2]
@@ -66,3 +66,48 @@ def test_labels_outside_the_outputs_widen_the_matrix_and_bad_labels_are_refused(
     assert len(res["confusion"]) == 6 and res["per_class_recall"][5] == 0.0 and res["accuracy"] == 0.5
     with pytest.raises(DataError, match="labels must be class ids >= 0"):
         evaluate(argmax_model, (_inputs([0, 1]), np.array([0, -1])), runs=0)
+
+
+def test_evaluate_splits_reports_test_and_keeps_validation_for_choosing(argmax_model):
+    val = (_inputs([0, 1, 2, 3]), np.array([0, 1, 2, 0]))  # 3 of 4
+    test = (_inputs(PREDICTED), np.array(LABELS))  # 6 of 8
+    row = evaluate_splits(argmax_model, val, test, warmup=1, runs=3)
+    assert (row["val_accuracy"], row["val_n"]) == (0.75, 4)
+    assert (row["test_accuracy"], row["test_n"]) == (row["accuracy"], row["n"]) == (0.75, 8)
+    assert row["test_accuracy_ci95"] == row["accuracy_ci95"] == pytest.approx(list(wilson_interval(6, 8)))
+    assert row["val_accuracy_ci95"] == pytest.approx(list(wilson_interval(3, 4)))
+    assert row["test_confusion"][0] == [2, 0, 1, 0] and row["test_per_class_recall"][2] == 1.0
+    assert "confusion" not in row and "per_class_recall" not in row
+    assert row["predictions"] == PREDICTED and row["latency_us_p50"] > 0 and row["runs"] == 3
+
+
+def test_compare_with_baseline_and_predictions_round_trip(tmp_path):
+    outcomes = {"base": {"labels": LABELS, "predictions": LABELS},  # all right
+                "small": {"labels": LABELS, "predictions": PREDICTED},  # 2 lost
+                "other_data": {"labels": [0, 1], "predictions": [0, 1]}}
+    path = write_predictions(tmp_path / "predictions.json", outcomes)
+    assert read_predictions(path) == outcomes
+    got = compare_with_baseline(read_predictions(path), "base")
+    assert set(got) == {"base", "small"}  # other examples: no paired comparison
+    assert got["base"] == {"test_delta": 0.0, "test_delta_ci95": [0.0, 0.0], "mcnemar_p": 1.0,
+                           "significant_drop": False, "test_discordant": [0, 0]}
+    assert got["small"]["test_delta"] == -0.25 and got["small"]["mcnemar_p"] == 0.5
+    assert got["small"]["test_discordant"] == [2, 0] and got["small"]["significant_drop"] is False
+    assert compare_with_baseline(outcomes, "missing") == {} and compare_with_baseline(outcomes, None) == {}
+
+
+@pytest.mark.parametrize("content,why", [
+    ('{"variants": {"a": {"labels": [0, 1], "predictions": [0]}}}', "a has 2 labels and 1 predictions"),
+    ('{"variants": {"a": {"labels": [0, -1], "predictions": [0, 1]}}}', "a.labels is not a list of class ids"),
+    ('{"variants": {"a": {"labels": [0, 1]}}}', "not the shape tfopt writes .no 'predictions'"),
+    ('{"variants": []}', "'variants' is not an object"),
+    ("[1, 2]", "not the shape tfopt writes"),
+    ('{"variants": {"a": {"lab', "not valid JSON"),
+    (b"\xff\xfe", "unreadable"),
+])
+def test_damaged_predictions_are_one_config_error(tmp_path, content, why):
+    path = tmp_path / "predictions.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError, match=f"predictions.json is damaged: .*{why}") as info:
+        read_predictions(path)
+    assert "\n" not in str(info.value)

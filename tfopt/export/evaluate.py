@@ -10,8 +10,10 @@ from tfopt._keras import check_model, tf
 from tfopt.errors import ConfigError, DataError, Number
 from tfopt.export.tflite import TFLiteModel, _Runner, interpreter
 
-__all__ = ["evaluate", "compare", "latency", "OPTIONS", "MAX_THREADS"]
+__all__ = ["evaluate", "evaluate_splits", "compare", "latency", "compare_with_baseline", "write_predictions",
+           "read_predictions", "PREDICTIONS", "OPTIONS", "MAX_THREADS"]
 
+PREDICTIONS = "predictions.json"  # an evaluate stage's per-example test predictions, for paired comparisons
 MAX_THREADS = 256  # LiteRT aborts the whole process (in LLVM's thread pool) when asked for far more
 # option -> its type and range (recipe validation checks the evaluate stage's options here too)
 OPTIONS = {
@@ -170,6 +172,120 @@ def evaluate(model, dataset, threads: int = 1, warmup: int = 10, runs: int = 200
     if runs:
         result.update(latency(tfl, first, threads=threads, warmup=warmup, runs=runs))
     return result
+
+
+def evaluate_splits(model, val_data, test_data, threads: int = 1, warmup: int = 10, runs: int = 200,
+                    limit: int | None = None) -> dict:
+    """Measure a TFLite model on validation (to select on) and on test (to report): select on validation,
+    report on test.
+
+    Args:
+        model: TFLiteModel, flatbuffer bytes, or a path to a ``.tflite`` file.
+        val_data: The validation split, as :func:`evaluate` takes it: its accuracy is for choosing.
+        test_data: The test split: every reported figure (accuracy and interval, recall, confusion, latency).
+        threads, warmup, runs, limit: As for :func:`evaluate` (latency is timed once, on the test split).
+
+    Returns:
+        :func:`evaluate`'s dict for the test split with its predictions, where ``accuracy`` and ``n`` are the
+        test split's, plus ``test_accuracy``, ``test_n``, ``test_accuracy_ci95``, ``test_per_class_recall``,
+        ``test_confusion`` (instead of ``per_class_recall`` and ``confusion``), ``val_accuracy``, ``val_n`` and
+        ``val_accuracy_ci95``; ``predictions`` and ``labels`` are the test split's, for
+        :func:`compare_with_baseline`.
+
+    >>> row = evaluate_splits("m.tflite", val_ds, test_ds)  # doctest: +SKIP
+    >>> row["val_accuracy"], row["test_accuracy"], row["test_accuracy_ci95"]  # doctest: +SKIP
+    (0.981, 0.976, [0.9650, 0.9837])
+    """
+    tfl = _as_tflite(model)
+    val = evaluate(tfl, val_data, threads=threads, runs=0, limit=limit)
+    test = evaluate(tfl, test_data, threads=threads, warmup=warmup, runs=runs, limit=limit, return_predictions=True)
+    recall, confusion = test.pop("per_class_recall"), test.pop("confusion")
+    return {**test, "test_accuracy": test["accuracy"], "test_n": test["n"],
+            "test_accuracy_ci95": test["accuracy_ci95"], "test_per_class_recall": recall, "test_confusion": confusion,
+            "val_accuracy": val["accuracy"], "val_n": val["n"], "val_accuracy_ci95": val["accuracy_ci95"]}
+
+
+def compare_with_baseline(outcomes: dict, baseline: str | None, seed: int = 0) -> dict:
+    """Each variant against the baseline on the same test examples (:func:`tfopt.stats.paired_comparison`).
+
+    Args:
+        outcomes: ``{variant: {"labels": [...], "predictions": [...]}}`` on the test split (as
+            :func:`evaluate_splits` returns them, or :func:`read_predictions` reads them back).
+        baseline: String or None, the variant compared against.
+        seed: Integer, the paired bootstrap's seed.
+
+    Returns:
+        ``{variant: {"test_delta", "test_delta_ci95", "mcnemar_p", "significant_drop", "test_discordant"}}``
+        where ``test_delta`` is the variant's test accuracy minus the baseline's, ``test_delta_ci95`` its
+        95% interval, ``mcnemar_p`` the exact McNemar p-value, ``significant_drop`` whether it is a drop with
+        p < 0.05, ``test_discordant`` ``[baseline right only, variant right only]``. A variant measured on
+        other examples (other data, or other labels) than the baseline is left out; so is everything when
+        the baseline was not measured.
+
+    >>> out = {"a": {"labels": [0, 1, 1], "predictions": [0, 1, 1]}, "b": {"labels": [0, 1, 1], "predictions": [0, 0, 1]}}
+    >>> compare_with_baseline(out, "a")["b"]["test_discordant"], compare_with_baseline(out, "a")["a"]["mcnemar_p"]
+    ([1, 0], 1.0)
+    """
+    from tfopt.stats import paired_comparison
+
+    if baseline not in outcomes:
+        return {}
+    base_labels = np.asarray(outcomes[baseline]["labels"])
+    base_right = np.asarray(outcomes[baseline]["predictions"]) == base_labels
+    out = {}
+    for variant, outcome in outcomes.items():
+        labels = np.asarray(outcome["labels"])
+        if labels.shape != base_labels.shape or not np.array_equal(labels, base_labels):
+            continue
+        r = paired_comparison(base_right, np.asarray(outcome["predictions"]) == labels, seed=seed)
+        out[variant] = {"test_delta": r["delta"], "test_delta_ci95": r["delta_ci"], "mcnemar_p": r["p_value"],
+                        "significant_drop": bool(r["significant"] and r["delta"] < 0),
+                        "test_discordant": [r["a_only"], r["b_only"]]}
+    return out
+
+
+def write_predictions(path, outcomes: dict):
+    """Save ``{variant: {"labels", "predictions"}}`` (test split) as JSON, atomically; returns the path."""
+    import json
+
+    from tfopt._io import atomic_write_text
+
+    content = {"split": "test", "variants": {name: {"labels": [int(v) for v in o["labels"]],
+                                                    "predictions": [int(v) for v in o["predictions"]]}
+                                             for name, o in outcomes.items()}}
+    return atomic_write_text(path, json.dumps(content, separators=(",", ":")) + "\n")
+
+
+def read_predictions(path) -> dict:
+    """Read a file :func:`write_predictions` wrote, checked: ``{variant: {"labels", "predictions"}}``.
+
+    A damaged file (not JSON, or not that shape) is one ConfigError naming the file and what is wrong.
+    """
+    import json
+    from pathlib import Path
+
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+        variants = content["variants"]
+        if not isinstance(variants, dict):
+            raise TypeError("'variants' is not an object")
+        out = {}
+        for name, outcome in variants.items():
+            labels, predictions = outcome["labels"], outcome["predictions"]
+            for key, ids in (("labels", labels), ("predictions", predictions)):
+                if not isinstance(ids, list) or not all(type(v) is int and v >= 0 for v in ids):
+                    raise TypeError(f"{name}.{key} is not a list of class ids")
+            if len(labels) != len(predictions) or not labels:
+                raise TypeError(f"{name} has {len(labels)} labels and {len(predictions)} predictions")
+            out[name] = {"labels": labels, "predictions": predictions}
+        return out
+    except json.JSONDecodeError as err:
+        why = f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+    except (KeyError, TypeError, AttributeError) as err:
+        why = f"not the shape tfopt writes ({err if not isinstance(err, KeyError) else f'no {err}'})"
+    except (UnicodeDecodeError, RecursionError, OSError) as err:
+        why = f"unreadable ({type(err).__name__})"
+    raise ConfigError(f"{path} is damaged: {why}")
 
 
 def compare(keras_model, tflite_model, dataset, limit: int | None = None) -> dict:
