@@ -12,7 +12,8 @@ import numpy as np
 
 from tfopt.errors import ConfigError, DataError, check_seed
 
-__all__ = ["wilson_interval", "paired_comparison", "confusion_matrix", "per_class_recall", "BOOTSTRAP_RESAMPLES"]
+__all__ = ["wilson_interval", "paired_comparison", "confusion_matrix", "per_class_recall", "BOOTSTRAP_RESAMPLES",
+           "INTERVALS"]
 
 BOOTSTRAP_RESAMPLES = 10_000
 
@@ -70,22 +71,34 @@ def _correctness(name: str, values) -> np.ndarray:
     return array
 
 
-def paired_comparison(correct_a, correct_b, confidence: float = 0.95, seed: int = 0) -> dict:
+INTERVALS = ("exact", "bootstrap")
+
+
+def paired_comparison(correct_a, correct_b, confidence: float = 0.95, seed: int = 0, interval: str = "exact") -> dict:
     """Compare two models evaluated on the same examples: is model b's accuracy different from model a's?
 
-    The difference is ``accuracy(b) - accuracy(a)``. Its p-value is the exact McNemar test: of the pairs
-    where exactly one model is right (the discordant pairs), the count where b is right is Binomial(d, 1/2)
-    when the models are equally accurate, so ``p = scipy.stats.binomtest(b_only, d, 0.5).pvalue`` (1 when
-    ``d == 0``). Its interval is a paired bootstrap (percentile, ``BOOTSTRAP_RESAMPLES`` resamples of the
-    examples with replacement, drawn with ``numpy.random.default_rng(seed)`` as counts of the four kinds
-    of pair, so it is the same on every machine for the same seed).
+    The difference is ``accuracy(b) - accuracy(a)``. Only the discordant pairs (examples exactly one model
+    gets right; ``d = a_only + b_only`` of them) tell the models apart: when both are equally accurate,
+    ``b_only`` is Binomial(d, 1/2). The p-value is the exact McNemar test,
+    ``scipy.stats.binomtest(b_only, d, 0.5).pvalue`` (1 when ``d == 0``).
+
+    The interval of the difference is, by default (``interval="exact"``), the same test turned around: the
+    Clopper-Pearson interval ``[lo, hi]`` of the share of discordant pairs b wins
+    (``binomtest(b_only, d).proportion_ci(confidence, method="exact")``), as a difference
+    ``d / n * (2 * share - 1)``, i.e. ``[d/n (2 lo - 1), d/n (2 hi - 1)]`` ([0, 0] when ``d == 0``). It is
+    conditional on ``d`` and excludes 0 exactly when ``p < 1 - confidence``, so interval and significance
+    never disagree. ``interval="bootstrap"`` gives a paired percentile bootstrap instead
+    (``BOOTSTRAP_RESAMPLES`` resamples of the examples, drawn as counts of the four kinds of pair with
+    ``numpy.random.default_rng(seed)``), which also counts the uncertainty of ``d`` but can exclude 0 for a
+    difference the test does not call significant.
 
     Args:
         correct_a: 1-D booleans (or 0/1), per example whether model a (e.g. the baseline) was right.
         correct_b: 1-D booleans (or 0/1), the same examples in the same order, for model b.
         confidence: Float in (0, 1), the coverage of the interval; a difference is ``significant`` when
             ``p < 1 - confidence``.
-        seed: Integer in [0, 2**32), the bootstrap's seed.
+        seed: Integer in [0, 2**32), the bootstrap's seed (only for ``interval="bootstrap"``).
+        interval: ``"exact"`` or ``"bootstrap"``, how the interval of the difference is made.
 
     Returns:
         Dict with ``n``, ``accuracy_a``, ``accuracy_b``, ``delta`` (b - a), ``delta_ci`` ([low, high]),
@@ -96,12 +109,17 @@ def paired_comparison(correct_a, correct_b, confidence: float = 0.95, seed: int 
     >>> r = paired_comparison(a, b)
     >>> r["delta"], r["a_only"], r["b_only"], round(r["p_value"], 5), r["significant"]
     (-0.1, 10, 0, 0.00195, True)
+    >>> [round(v, 4) for v in r["delta_ci"]]
+    [-0.1, -0.0383]
     >>> paired_comparison(a, a)["p_value"], paired_comparison(a, a)["delta_ci"]
     (1.0, [0.0, 0.0])
     """
     from scipy.stats import binomtest
 
     confidence = _check_confidence(confidence)
+    if interval not in INTERVALS:
+        raise ConfigError(f"interval={interval!r} is not allowed; allowed: {', '.join(map(repr, INTERVALS))}")
+    seed = check_seed(seed)
     a, b = _correctness("correct_a", correct_a), _correctness("correct_b", correct_b)
     if len(a) != len(b):
         raise DataError(f"correct_a has {len(a)} examples but correct_b has {len(b)}; a paired comparison needs "
@@ -112,22 +130,27 @@ def paired_comparison(correct_a, correct_b, confidence: float = 0.95, seed: int 
     a_only = int(np.sum(a & ~b))
     b_only = int(np.sum(b & ~a))
     discordant = a_only + b_only
-    p_value = float(binomtest(b_only, discordant, 0.5).pvalue) if discordant else 1.0
-    rng = np.random.default_rng(check_seed(seed))
-    counts = rng.multinomial(n, [a_only / n, b_only / n, 1 - discordant / n], size=BOOTSTRAP_RESAMPLES)
-    deltas = (counts[:, 1] - counts[:, 0]) / n
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(deltas, [tail, 100 - tail])
-    delta = (b_only - a_only) / n
+    test = binomtest(b_only, discordant, 0.5) if discordant else None
+    p_value = min(1.0, float(test.pvalue)) if test else 1.0
+    if interval == "bootstrap":
+        counts = np.random.default_rng(seed).multinomial(n, [a_only / n, b_only / n, 1 - discordant / n],
+                                                         size=BOOTSTRAP_RESAMPLES)
+        tail = (1 - confidence) / 2 * 100
+        low, high = np.percentile((counts[:, 1] - counts[:, 0]) / n, [tail, 100 - tail])
+    elif test is None:
+        low = high = 0.0
+    else:
+        share = test.proportion_ci(confidence, method="exact")
+        low, high = discordant / n * (2 * share.low - 1), discordant / n * (2 * share.high - 1)
     return {
         "n": n,
         "accuracy_a": float(a.mean()),
         "accuracy_b": float(b.mean()),
-        "delta": delta,
+        "delta": (b_only - a_only) / n,
         "delta_ci": [float(low), float(high)],
         "a_only": a_only,
         "b_only": b_only,
-        "p_value": min(1.0, p_value),
+        "p_value": p_value,
         "significant": bool(p_value < 1 - confidence),
     }
 

@@ -7,8 +7,10 @@ import time
 import numpy as np
 
 from tfopt._keras import check_model, tf
-from tfopt.errors import ConfigError, DataError, Number
+from tfopt.errors import ConfigError, DataError
 from tfopt.export.tflite import TFLiteModel, _Runner, interpreter
+from tfopt.options import Number, options_from
+from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["evaluate", "evaluate_splits", "compare", "latency", "compare_with_baseline", "write_predictions",
            "read_predictions", "PREDICTIONS", "OPTIONS", "MAX_THREADS"]
@@ -205,19 +207,19 @@ def evaluate_splits(model, val_data, test_data, threads: int = 1, warmup: int = 
             "val_accuracy": val["accuracy"], "val_n": val["n"], "val_accuracy_ci95": val["accuracy_ci95"]}
 
 
-def compare_with_baseline(outcomes: dict, baseline: str | None, seed: int = 0) -> dict:
+def compare_with_baseline(outcomes: dict, baseline: str | None) -> dict:
     """Each variant against the baseline on the same test examples (:func:`tfopt.stats.paired_comparison`).
 
     Args:
         outcomes: ``{variant: {"labels": [...], "predictions": [...]}}`` on the test split (as
             :func:`evaluate_splits` returns them, or :func:`read_predictions` reads them back).
         baseline: String or None, the variant compared against.
-        seed: Integer, the paired bootstrap's seed.
 
     Returns:
         ``{variant: {"test_delta", "test_delta_ci95", "mcnemar_p", "significant_drop", "test_discordant"}}``
         where ``test_delta`` is the variant's test accuracy minus the baseline's, ``test_delta_ci95`` its
-        95% interval, ``mcnemar_p`` the exact McNemar p-value, ``significant_drop`` whether it is a drop with
+        95% interval (exact, conditional on the discordant pairs: it holds 0 unless the drop or gain is
+        significant), ``mcnemar_p`` the exact McNemar p-value, ``significant_drop`` whether it is a drop with
         p < 0.05, ``test_discordant`` ``[baseline right only, variant right only]``. A variant measured on
         other examples (other data, or other labels) than the baseline is left out; so is everything when
         the baseline was not measured.
@@ -237,7 +239,7 @@ def compare_with_baseline(outcomes: dict, baseline: str | None, seed: int = 0) -
         labels = np.asarray(outcome["labels"])
         if labels.shape != base_labels.shape or not np.array_equal(labels, base_labels):
             continue
-        r = paired_comparison(base_right, np.asarray(outcome["predictions"]) == labels, seed=seed)
+        r = paired_comparison(base_right, np.asarray(outcome["predictions"]) == labels)
         out[variant] = {"test_delta": r["delta"], "test_delta_ci95": r["delta_ci"], "mcnemar_p": r["p_value"],
                         "significant_drop": bool(r["significant"] and r["delta"] < 0),
                         "test_discordant": [r["a_only"], r["b_only"]]}
@@ -318,3 +320,28 @@ def compare(keras_model, tflite_model, dataset, limit: int | None = None) -> dic
         "tflite_accuracy": t_ok / total,
         "n": total,
     }
+
+
+# ---------------------------------------------------------------- the "evaluate" technique (a recipe stage)
+
+
+def _run_stage(inputs, o: dict):
+    """The evaluate stage: every exported variant measured with LiteRT on the held-out split of its model's data."""
+    rows = []
+    for row in inputs.exported:
+        _, val_ds, _ = inputs.load(row["data"])
+        measured = evaluate(inputs.run_dir / row["path"], val_ds, threads=o["threads"], warmup=o["warmup"],
+                            runs=o["runs"], limit=o["limit"])
+        rows.append({**row, **measured})
+    best = max(rows, key=lambda r: r["accuracy"]) if rows else None
+    note = f"best {best['variant']} accuracy {best['accuracy']:.4f}" if best else "nothing exported"
+    return StageResult(None, {"variants": rows}, note)
+
+
+TECHNIQUE = register_technique(Technique(
+    "evaluate",
+    options_from(evaluate, ["threads", "runs", "warmup", "limit"],
+                 **{key: {"check": OPTIONS[key]} for key in ("threads", "warmup", "limit")},
+                 runs={"default": 100, "check": OPTIONS["runs"], "help": "timed batch-1 runs per file (100 in a recipe, which measures every variant)"}),
+    _run_stage, summary="measure each exported TFLite file with LiteRT: accuracy, bytes, gzip bytes, latency",
+    function=evaluate, own_defaults=("runs",), makes_model=False, trains=False, needs=("exported",)))
