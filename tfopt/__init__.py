@@ -3,7 +3,7 @@
 Importing tfopt makes Keras 2 (tf_keras) the Keras of the process before TensorFlow is imported.
 
 >>> import tfopt
->>> train_ds, val_ds, info = tfopt.data.load("digits", batch_size=64)
+>>> train_ds, val_ds, test_ds, info = tfopt.data.load("digits", batch_size=64)
 >>> model = tfopt.models.build("cnn", input_shape=info.input_shape, num_classes=info.num_classes)
 """
 

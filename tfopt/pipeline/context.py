@@ -91,12 +91,12 @@ def _filter_classes(ds, classes, batch_size: int):
         return tf.where(inside, tf.gather(table, tf.clip_by_value(y, 0, tf.shape(table)[0] - 1)), -1)
 
     @tf.autograph.experimental.do_not_convert
-    def keep(x, y):
+    def keep(x, y, *weight):
         return lookup(y) >= 0
 
     @tf.autograph.experimental.do_not_convert
-    def relabel(x, y):
-        return x, lookup(y)
+    def relabel(x, y, *weight):  # a balanced train set's sample weight passes through
+        return (x, lookup(y), *weight)
 
     ds = ds.unbatch().filter(keep).map(relabel)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -135,7 +135,8 @@ class Context:
 
     # ------------------------------------------------------------ data
     def load(self, spec: DataSpec | None = None):
-        """``(train_ds, val_ds, info)`` of ``spec`` (default: the data the current model is for)."""
+        """``(train_ds, val_ds, info)`` of ``spec`` (default: the data the current model is for); its fixed
+        test split is :meth:`test`."""
         spec = spec or self.current_data
         key = spec.key()
         if key not in self._data:
@@ -144,19 +145,27 @@ class Context:
             set_seed(self.recipe.seed)
             t = self.recipe.training
             kw = {k: v for k, v in (("vocab_size", spec.vocab_size), ("seq_len", spec.seq_len)) if v is not None}
-            train_ds, val_ds, info = tfdata.load(spec.name, batch_size=t["batch_size"], val_fraction=spec.val_fraction,
-                                                 augment=t["augment"], seed=self.recipe.seed, data_dir=spec.data_dir,
-                                                 cache=spec.cache, **kw)
+            train_ds, val_ds, test_ds, info = tfdata.load(
+                spec.name, batch_size=t["batch_size"], val_fraction=spec.val_fraction, augment=t["augment"],
+                seed=self.recipe.seed, data_dir=spec.data_dir, cache=spec.cache, balance=spec.balance, **kw)
             if spec.classes:
-                train_ds = _filter_classes(train_ds, spec.classes, t["batch_size"])
-                val_ds = _filter_classes(val_ds, spec.classes, t["batch_size"])
-                n_train = sum(int(y.shape[0]) for _, y in train_ds)
-                n_val = sum(int(y.shape[0]) for _, y in val_ds)
+                train_ds, val_ds, test_ds = (_filter_classes(ds, spec.classes, t["batch_size"])
+                                             for ds in (train_ds, val_ds, test_ds))
+                counts = tuple(info.class_counts[c] for c in spec.classes) if info.class_counts else None
+                n_train, n_val, n_test = (sum(int(b[1].shape[0]) for b in ds) for ds in (train_ds, val_ds, test_ds))
+                n_train = sum(counts) if counts else n_train  # rows, not a balanced epoch's draws
                 names = tuple(info.class_names[c] for c in spec.classes) if info.class_names else None
                 info = dataclasses.replace(info, num_classes=len(spec.classes), n_train=n_train, n_val=n_val,
-                                           class_names=names)
-            self._data[key] = (train_ds, val_ds, info)
-        return self._data[key]
+                                           n_test=n_test, class_names=names, class_counts=counts)
+            self._data[key] = (train_ds, val_ds, info, test_ds)
+        return self._data[key][:3]
+
+    def test(self, spec: DataSpec | None = None):
+        """The fixed test split of ``spec`` (default: the data the current model is for), batched like val:
+        what reported accuracies are measured on, never what anything is chosen on."""
+        spec = spec or self.current_data
+        self.load(spec)
+        return self._data[spec.key()][3]
 
     def fresh_data(self, specs=()) -> None:
         """Forget loaded datasets and load ``specs`` (plus the current data) anew, before a stage's seed is set.

@@ -13,86 +13,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
 from tfopt.errors import ConfigError
+from tfopt.options import read_section
 from tfopt.pipeline import checks
 from tfopt.pipeline._yaml import Problems, parse_yaml, read_text
-from tfopt.pipeline.schema import read_section
-from tfopt.pipeline.sections import DATA, MODEL, STAGE_OPTIONS, STAGE_TYPES, STUDENT, TOP, TRAINING, VARIANT
+from tfopt.pipeline.sections import DATA, MODEL, STUDENT, TOP, TRAINING, stage_options, stage_types
+from tfopt.pipeline.specs import DataSpec, ModelSpec, Recipe, StageSpec
 
-__all__ = ["Recipe", "StageSpec", "DataSpec", "ModelSpec", "load_recipe", "merge"]
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-    """The ``data`` section: what :func:`tfopt.data.load` loads (plus an optional class subset)."""
-
-    name: str
-    val_fraction: float = 0.2
-    data_dir: str | None = None
-    cache: bool = True
-    classes: tuple | None = None
-    vocab_size: int | None = None
-    seq_len: int | None = None
-
-    def key(self) -> str:
-        """A string identifying the dataset (cache key)."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """The ``model`` section: a registered builder and its arguments, or the path of a saved model."""
-
-    builder: str | None = None
-    args: dict = dataclasses.field(default_factory=dict)
-    path: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class StageSpec:
-    """One stage: its type, its unique name (the folder ``NN_name``), options with defaults, and where it is."""
-
-    type: str
-    name: str
-    index: int
-    options: dict
-    implicit: bool = False
-
-    @property
-    def dirname(self) -> str:
-        """String, the stage's folder in the run directory, e.g. ``02_prune``."""
-        return f"{self.index:02d}_{self.name}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """A validated recipe. ``raw`` is the resolved recipe (defaults and implicit stages filled in)."""
-
-    name: str
-    seed: int
-    data: DataSpec
-    model: ModelSpec
-    training: dict
-    stages: tuple
-    source: str
-    raw: dict
-
-    @property
-    def hash(self) -> str:
-        """String, the SHA-256 of the resolved recipe (a run directory belongs to one hash)."""
-        text = json.dumps(self.raw, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-    def stage(self, name: str) -> StageSpec:
-        """The stage called ``name``."""
-        for spec in self.stages:
-            if spec.name == name:
-                return spec
-        raise ConfigError(f"no stage named {name!r}; stages: {', '.join(s.name for s in self.stages)}")
+__all__ = ["Recipe", "StageSpec", "DataSpec", "ModelSpec", "load_recipe", "merge", "parse_set"]
 
 
 def merge(base, override):
@@ -180,6 +111,7 @@ def load_recipe(path_or_dict, overrides: dict | None = None, data: str | None = 
     if not isinstance(raw, dict):
         problems.add((), f"a recipe must be a mapping with keys {', '.join(TOP)}, got {type(raw).__name__}")
         raise problems.error()
+    _unmatched_overrides(raw, overrides, problems)
     raw = _resolve_data_override(merge(raw, overrides), data)
 
     top = read_section(raw, TOP, (), problems, "the recipe")
@@ -227,8 +159,53 @@ def _data_spec(values) -> DataSpec | None:
     return DataSpec(**values)
 
 
+def _unmatched_overrides(raw: dict, overrides: dict | None, problems) -> None:
+    """Options set for a stage the recipe does not have (``tfopt run --set nosuch.epochs=1``) are refused."""
+    wanted = (overrides or {}).get("stages")
+    if not isinstance(wanted, dict) or not isinstance(raw.get("stages"), list):
+        return
+    names = []
+    for item in raw["stages"]:
+        if isinstance(item, str):
+            names.append(item)
+        elif isinstance(item, dict) and len(item) == 1:
+            stage_type, options = next(iter(item.items()))
+            names += [stage_type] + ([options["name"]] if isinstance(options, dict) and options.get("name") else [])
+    for key in wanted:
+        if key not in names:
+            problems.add(("stages",), f"options are set for a stage {key!r} the recipe does not have; its stages "
+                                      f"(by name or type): {', '.join(dict.fromkeys(map(str, names)))}")
+
+
+def parse_set(items) -> dict:
+    """The overrides of ``stage.option=VALUE`` items (``tfopt run --set``): ``{"stages": {stage: {option: value}}}``.
+
+    ``stage`` is a stage's name or type; ``VALUE`` is read as a YAML scalar or flow collection (``1``, ``0.5``,
+    ``true``, ``null``, ``[2, 4]``, ``kmeans++``). The recipe's own validation then checks each option.
+
+    Args:
+        items: Iterable of strings.
+
+    >>> parse_set(["prune.epochs=3", "prune.m_by_n=[2, 4]", "export.baseline=float32"])
+    {'stages': {'prune': {'epochs': 3, 'm_by_n': [2, 4]}, 'export': {'baseline': 'float32'}}}
+    """
+    stages: dict = {}
+    for item in items or ():
+        target, sep, text = str(item).partition("=")
+        stage, dot, option = target.strip().partition(".")
+        if not sep or not dot or not stage or not option or "." in option:
+            raise ConfigError(f"--set {item!r} is not allowed; allowed: STAGE.OPTION=VALUE, e.g. prune.epochs=3 "
+                              "(STAGE: a stage's name or type)")
+        value, _ = parse_yaml(text if text.strip() else "null", f"--set {target}")
+        if isinstance(value, dict):
+            raise ConfigError(f"--set {item!r}: the value is a mapping; set one option at a time (STAGE.OPTION=VALUE)")
+        stages.setdefault(stage, {})[option] = value
+    return {"stages": stages} if stages else {}
+
+
 def _read_stages(raw_stages, model_v, problems) -> list:
     """Parse the ``stages`` list into ``[(StageSpec, key path)]``, adding the implicit train / evaluate."""
+    all_options = stage_options()
     items = []
     for i, item in enumerate(raw_stages or []):
         if isinstance(item, str):
@@ -237,21 +214,21 @@ def _read_stages(raw_stages, model_v, problems) -> list:
             stage_type, options = next(iter(item.items()))
             path = ("stages", i, stage_type)
         else:
-            problems.add(("stages", i), f"each stage is a stage type ({', '.join(STAGE_TYPES)}) or a mapping "
+            problems.add(("stages", i), f"each stage is a stage type ({', '.join(stage_types())}) or a mapping "
                                         f"of one stage type to its options, got {item!r}")
             continue
-        if stage_type not in STAGE_OPTIONS:
-            problems.add(("stages", i), f"unknown stage {stage_type!r}; allowed: {', '.join(STAGE_TYPES)}")
+        if stage_type not in all_options:
+            problems.add(("stages", i), f"unknown stage {stage_type!r}; allowed: {', '.join(stage_types())}")
             continue
-        values = read_section(options, STAGE_OPTIONS[stage_type], path, problems, f"stage {stage_type!r}")
+        values = read_section(options, all_options[stage_type], path, problems, f"stage {stage_type!r}")
         if values is not None:
             items.append((stage_type, values, path))
     types = [t for t, _, _ in items]
     from_builder = model_v is not None and model_v.get("path") is None
     if from_builder and "train" not in types and "tune" not in types:
-        items.insert(0, ("train", {"name": None, "epochs": None}, None))
+        items.insert(0, ("train", read_section({}, all_options["train"], (), problems, "train"), None))
     if "export" in types and "evaluate" not in types[types.index("export"):]:
-        items.append(("evaluate", read_section({}, STAGE_OPTIONS["evaluate"], (), problems, "evaluate"), None))
+        items.append(("evaluate", read_section({}, all_options["evaluate"], (), problems, "evaluate"), None))
     stages, seen, counts = [], set(), {}
     for index, (stage_type, values, path) in enumerate(items, start=1):
         name = values.pop("name", None)
@@ -267,22 +244,23 @@ def _read_stages(raw_stages, model_v, problems) -> list:
 
 
 def _check_stage_details(spec: StageSpec, path: tuple, data_v, problems) -> None:
-    """Nested sections of stage options: a distill student, fine_tune data, export variants, tune."""
+    """Options that are nested sections (their Field's ``section``): a model (a distill student) is checked like
+    the recipe's model, data (a fine_tune's new task) like the recipe's data (and must feed the same inputs)."""
     opts = spec.options
-    if spec.type == "distill" and isinstance(opts.get("student"), dict):
-        student = read_section(opts["student"], STUDENT, path + ("student",), problems, "student")
-        if student is not None and student.get("builder"):
-            before = len(problems.items)
-            student_spec = ModelSpec(student["builder"], student.get("args") or {})
-            checks.check_builder(student["builder"], student.get("args") or {}, path + ("student",), problems)
-            checks.check_model_fits_data(student_spec, data_v, path + ("student",), problems)
-            if len(problems.items) == before:
-                checks.check_model_builds(student_spec, data_v, path + ("student",), problems)
-    elif spec.type == "fine_tune" and isinstance(opts.get("data"), dict):
-        sub = read_section(opts["data"], DATA, path + ("data",), problems, "fine_tune data")
-        if sub is not None:
-            checks.check_data(sub, path + ("data",), problems)
-            checks.check_same_inputs(sub, data_v, path + ("data",), problems)
-            opts["data"] = dataclasses.asdict(_data_spec(sub))
-    elif spec.type == "tune":
-        checks.check_tune_available(path, problems)
+    for key, field in stage_options()[spec.type].items():
+        where = path + (key,)
+        if field.section == "model" and isinstance(opts.get(key), dict):
+            student = read_section(opts[key], STUDENT, where, problems, key)
+            if student is not None and student.get("builder"):
+                before = len(problems.items)
+                student_spec = ModelSpec(student["builder"], student.get("args") or {})
+                checks.check_builder(student["builder"], student.get("args") or {}, where, problems)
+                checks.check_model_fits_data(student_spec, data_v, where, problems)
+                if len(problems.items) == before:
+                    checks.check_model_builds(student_spec, data_v, where, problems)
+        elif field.section == "data" and isinstance(opts.get(key), dict):
+            sub = read_section(opts[key], DATA, where, problems, f"{spec.type} {key}")
+            if sub is not None:
+                checks.check_data(sub, where, problems)
+                checks.check_same_inputs(sub, data_v, where, problems)
+                opts[key] = dataclasses.asdict(_data_spec(sub))

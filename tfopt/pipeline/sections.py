@@ -6,6 +6,7 @@ from tfopt.pipeline.schema import (
     ANY, BOOL, FLOAT, INT, LIST, MAP, NONE, STR, Field, at_least, declared, in_unit, int_list, positive, safe_name,
     seed_range,
 )
+from tfopt.data import BALANCE
 from tfopt.export.evaluate import OPTIONS as EVALUATE
 
 __all__ = ["TOP", "DATA", "MODEL", "TRAINING", "STAGE_OPTIONS", "VARIANT", "STUDENT", "STAGE_TYPES",
@@ -35,6 +36,7 @@ DATA = {
     "classes": Field((LIST, NONE), None, check=int_list(2, 0)),
     "vocab_size": Field((INT, NONE), None, check=at_least(3)),
     "seq_len": Field((INT, NONE), None, check=at_least(1)),
+    "balance": Field((STR, NONE), None, choices=BALANCE),  # class balancing of train only (tfopt.data.load)
 }
 
 MODEL = {

@@ -3,7 +3,7 @@ compression settings in one space, objectives measured on the Keras or the expor
 constraints, Pareto fronts, resumable and distributed (chief/worker) searches.
 
 >>> from tfopt import data, tune
->>> train_ds, val_ds, info = data.load("digits", batch_size=64)  # doctest: +SKIP
+>>> train_ds, val_ds, test_ds, info = data.load("digits", batch_size=64)  # doctest: +SKIP
 >>> result = tune.search({"model": "cnn", "filters": [[4], [8]], "dense": [[16]],
 ...                       "quantization": [None, "dynamic"]}, train_ds, val_ds,
 ...                      algorithm="random", objectives=["val_accuracy", "tflite_gzip_bytes"],
