@@ -52,7 +52,7 @@ SCRIPT = textwrap.dedent("""
 
     x = np.random.default_rng(0).random((64, 4)).astype("float32")
     y = (x.sum(axis=1) > 2).astype("int32")
-    train_ds, val_ds, _ = tfopt.data.from_arrays(x, y, batch_size=8, kind="features", seed=0)
+    train_ds, val_ds = tfopt.data.from_arrays(x, y, batch_size=8, kind="features", seed=0)[:2]
 
     def model():
         inputs = keras.Input((4,))
