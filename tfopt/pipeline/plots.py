@@ -84,12 +84,13 @@ def front_variants(rows: list) -> set:
     return {r["variant"] for r in non_dominated(rows, SIZE_ACCURACY)}
 
 
-def plot_pareto(rows: list, path: Path) -> Path | None:
-    """Held-out accuracy against gzip bytes (log x); Pareto-optimal variants highlighted and joined."""
+def plot_pareto(rows: list, path: Path, front: set | None = None) -> Path | None:
+    """Test accuracy against gzip bytes (log x); Pareto-optimal variants (``front``, by default computed on
+    the plotted accuracy) highlighted and joined."""
     rows = [r for r in rows if r.get("gzip_bytes") and r.get("accuracy") is not None]
     if not rows:
         return None
-    front = front_variants(rows)
+    front = front_variants(rows) if front is None else front
     fig, ax = _subplots(figsize=(7, 4.5))
     for r in rows:
         best = r["variant"] in front
@@ -100,7 +101,7 @@ def plot_pareto(rows: list, path: Path) -> Path | None:
     ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="C3", alpha=0.5, label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("gzip bytes of the .tflite file (log scale)")
-    ax.set_ylabel("held-out accuracy (TFLite model)")
+    ax.set_ylabel("test accuracy (TFLite model)")
     ax.set_title("accuracy against compressed size")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

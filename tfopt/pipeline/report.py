@@ -1,9 +1,11 @@
 """``write_report(run_dir)``: ``report.md`` and a self-contained ``report.html`` (images inlined) of a run.
 
-The report holds the table of every exported variant (accuracy of the TFLite model itself on held-out
-data, parameters, bytes, gzip bytes, p50/p90 latency and each one's ratio to the baseline), training
-curves, accuracy against gzip size (Pareto front), per-layer sparsity and distinct values read back from
-the TFLite files, the recipe and seeds, and the versions. Figures are PNGs in ``run_dir/report/``.
+The report holds the table of every exported variant (test accuracy of the TFLite model itself with its
+95% Wilson interval and n, validation accuracy, the paired test difference to the baseline with its
+interval and McNemar p-value, parameters, bytes, gzip bytes, p50/p90 latency and each one's ratio to the
+baseline), per-class test recall and confusion matrices, training curves, accuracy against gzip size
+(Pareto front chosen on validation), per-layer sparsity and distinct values read back from the TFLite
+files, the recipe and seeds, and the versions. Figures are PNGs in ``run_dir/report/``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import base64
 import csv
 import html
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -21,17 +24,42 @@ import yaml
 from tfopt._io import atomic_write_text, path_inside, write_json
 from tfopt.errors import ConfigError, ExportError
 from tfopt.pipeline import plots
-from tfopt.pipeline.results import collect_results
+from tfopt.pipeline.results import collect_results, fill_comparisons
 from tfopt.pipeline.rundir import MANIFEST, RESULTS, check_paths, read_manifest, read_results, refuse_links_out
 
-__all__ = ["write_report", "variants_table", "variants_markdown", "markdown_table", "layer_stats", "TABLE_COLUMNS"]
+__all__ = ["write_report", "variants_table", "variants_markdown", "markdown_table", "layer_stats", "TABLE_COLUMNS",
+           "TABLE_NOTE", "split_sizes"]
 
-# (header, key, format)
+log = logging.getLogger(__name__)
+
+DROP_MARK = "▼"  # a significant drop against the baseline (exact McNemar p < 0.05, same test examples)
+
+
+def _interval(value) -> str:
+    return f"[{value[0]:.4f}, {value[1]:.4f}]"
+
+
+def _signed_interval(value) -> str:
+    return f"[{value[0]:+.4f}, {value[1]:+.4f}]"
+
+
+def _p_value(row: dict) -> str:
+    return f"{row['mcnemar_p']:.4f}" + (f" {DROP_MARK}" if row.get("significant_drop") else "")
+
+
+# (header, key, format: a format string for the value, or a function of the row). "accuracy" (an alias of
+# test_accuracy), its interval, n and Δ are measured on the test split; "val accuracy" on validation.
 TABLE_COLUMNS = (
     ("variant", "variant", "{}"),
     ("model", "model", "{}"),
     ("quantization", "quantization", "{}"),
     ("accuracy", "accuracy", "{:.4f}"),
+    ("95% CI", "test_accuracy_ci95", _interval),
+    ("n", "test_n", "{:,}"),
+    ("val accuracy", "val_accuracy", "{:.4f}"),
+    ("Δ accuracy", "accuracy_delta", "{:+.4f}"),
+    ("Δ 95% CI", "test_delta_ci95", _signed_interval),
+    ("McNemar p", "mcnemar_p", _p_value),
     ("params", "params", "{:,}"),
     ("bytes", "bytes", "{:,}"),
     ("gzip bytes", "gzip_bytes", "{:,}"),
@@ -39,20 +67,43 @@ TABLE_COLUMNS = (
     ("p90 µs", "latency_us_p90", "{:.1f}"),
     ("gzip x smaller", "gzip_x_smaller", "{:.2f}"),
     ("p50 speed-up", "speedup_p50", "{:.2f}"),
-    ("Δ accuracy", "accuracy_delta", "{:+.4f}"),
 )
 
+TABLE_NOTE = ("accuracy, its 95% CI (Wilson), n and Δ (paired, on the same examples, against the baseline) are "
+              "measured on the **test** split; val accuracy on the validation split, the one choices are made on; "
+              f"{DROP_MARK}: a significant drop (exact McNemar p < 0.05).")
 
-def _cell(row: dict, key: str, fmt: str) -> str:
+
+def _cell(row: dict, key: str, fmt) -> str:
     value = row.get(key)
-    return "–" if value is None else fmt.format(value)
+    if value is None:
+        return "–"
+    if callable(fmt):
+        return fmt(row) if fmt is _p_value else fmt(value)
+    return fmt.format(value)
+
+
+def split_sizes(results: dict) -> str:
+    """The split sizes of a run's data, e.g. ``"4,000 train / 1,000 validation / 1,000 test"``.
+
+    >>> split_sizes({"data": {"n_train": 3000, "n_val": 1000, "n_test": 1000}})
+    '3,000 train / 1,000 validation / 1,000 test'
+    >>> split_sizes({"data": {"n_train": 3000, "n_val": 1000}, "variants": [{"test_n": 500}]})
+    '3,000 train / 1,000 validation / 500 test'
+    """
+    data = results.get("data") or {}
+    n_test = data.get("n_test")
+    if n_test is None:
+        n_test = next((r["test_n"] for r in results.get("variants") or [] if r.get("test_n") is not None), None)
+    parts = [(data.get("n_train"), "train"), (data.get("n_val"), "validation"), (n_test, "test")]
+    return " / ".join(f"{n:,} {name}" if isinstance(n, int) else f"? {name}" for n, name in parts)
 
 
 def variants_table(rows: list) -> list[list[str]]:
     """The variant table as rows of strings (header first), formatted as in the report.
 
-    >>> variants_table([{"variant": "a", "accuracy": 0.5}])[1][:4]
-    ['a', '–', '–', '0.5000']
+    >>> variants_table([{"variant": "a", "accuracy": 0.5, "test_accuracy_ci95": [0.4, 0.6]}])[1][:5]
+    ['a', '–', '–', '0.5000', '[0.4000, 0.6000]']
     """
     return [[c[0] for c in TABLE_COLUMNS]] + [[_cell(r, key, fmt) for _, key, fmt in TABLE_COLUMNS] for r in rows]
 
@@ -114,9 +165,10 @@ def variants_markdown(rows: list) -> str:
     return markdown_table(variants_table(rows))
 
 
-def markdown_table(table: list[list[str]]) -> str:
+def markdown_table(table: list[list[str]], left: int = 3) -> str:
+    """A table (header first) as Markdown: the first ``left`` columns aligned left, the others right."""
     head, *body = table
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(head))) + "|"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < left else "---:" for i in range(len(head))) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines)
 
@@ -140,11 +192,74 @@ def _layers_table(layers: dict) -> list[list[str]]:
     return table
 
 
+def _class_names(results: dict, count: int) -> list[str]:
+    names = (results.get("data") or {}).get("class_names")
+    if isinstance(names, list) and len(names) == count:
+        return [str(n) for n in names]
+    return [str(i) for i in range(count)]
+
+
+def _same_test_examples(rows: list, baseline: str | None) -> list:
+    """The rows with a test confusion matrix measured on the baseline's test examples, the baseline first."""
+    measured = [r for r in rows if r.get("test_confusion")]
+    base = next((r for r in measured if r["variant"] == baseline), measured[0] if measured else None)
+    if base is None:
+        return []
+    same = [r for r in measured if r is not base and len(r["test_confusion"]) == len(base["test_confusion"])
+            and r.get("test_n") == base.get("test_n") and r.get("data") == base.get("data")]
+    return [base, *same]
+
+
+def recall_table(rows: list, names: list) -> list[list[str]]:
+    """Per-class test recall of ``rows`` (with ``test_confusion``, same classes): one row per class.
+
+    >>> recall_table([{"variant": "a", "test_confusion": [[3, 1], [0, 0]]}], ["x", "y"])
+    [['class', 'test n', 'a'], ['x', '4', '0.750'], ['y', '0', '–']]
+    """
+    from tfopt.stats import per_class_recall
+
+    recalls = [per_class_recall(r["test_confusion"]) for r in rows]
+    counts = [sum(row) for row in rows[0]["test_confusion"]]
+    table = [["class", "test n", *[r["variant"] for r in rows]]]
+    for i, name in enumerate(names):
+        table.append([name, f"{counts[i]:,}", *["–" if rec[i] is None else f"{rec[i]:.3f}" for rec in recalls]])
+    return table
+
+
+def confusion_table(confusion: list, names: list) -> list[list[str]]:
+    """A test confusion matrix as a table: one row per true class, one column per predicted class.
+
+    >>> confusion_table([[3, 1], [0, 2]], ["x", "y"])
+    [['true ↓ predicted →', 'x', 'y'], ['x', '3', '1'], ['y', '0', '2']]
+    """
+    return [["true ↓ predicted →", *names]] + [[name, *[f"{v:,}" for v in row]] for name, row in zip(names, confusion)]
+
+
+def _class_sections(results: dict, rows: list) -> list[tuple[str, list[list[str]]]]:
+    """(title, table) of per-class recall of every comparable variant, and the confusion matrices of the
+    baseline and of the smallest variant (test split)."""
+    same = _same_test_examples(rows, results.get("baseline"))
+    if not same:
+        return []
+    names = _class_names(results, len(same[0]["test_confusion"]))
+    sections = [("Per-class recall (test)", recall_table(same, names))]
+    smallest = min(same, key=lambda r: r.get("gzip_bytes") or float("inf"))
+    for r in [same[0]] + ([smallest] if smallest is not same[0] else []):
+        what = "baseline" if r is same[0] else "smallest variant"
+        sections.append((f"Confusion matrix (test): {r['variant']} ({what})", confusion_table(r["test_confusion"], names)))
+    return sections
+
+
 def _html_table(table: list[list[str]]) -> str:
     head, *body = table
     out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body]
     return "\n".join(out + ["</table>"])
+
+
+def _bold(text: str) -> str:
+    """HTML of ``text`` with its Markdown ``**bold**`` as <b>."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
 
 
 _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
@@ -182,29 +297,43 @@ def write_report(run_dir) -> dict:
         results = collect_results(manifest)
     refuse_links_out(run_dir)
     out_dir = run_dir / "report"
+    damaged = fill_comparisons(results, run_dir)
+    if damaged:
+        log.warning("%s; the report shows the paired comparisons results.json holds", damaged)
     rows = results.get("variants") or []
     layers = layer_stats(run_dir, rows)
+    # the Pareto front is a choice: made on validation accuracy where it was measured
+    chosen_on = [{**r, "accuracy": r["val_accuracy"]} if r.get("val_accuracy") is not None else r for r in rows
+                 if r.get("gzip_bytes") and r.get("accuracy") is not None]
+    front = plots.front_variants(chosen_on)
     write_json(out_dir / "layers.json", layers)
     images = {
         "Training curves": plots.plot_curves(_histories(run_dir, results), out_dir / "curves.png"),
-        "Accuracy against gzip size": plots.plot_pareto(rows, out_dir / "pareto.png"),
+        "Test accuracy against gzip size": plots.plot_pareto(rows, out_dir / "pareto.png", front=front),
         "Per-layer sparsity and distinct values": plots.plot_layers(layers, out_dir / "layers.png"),
     }
     images = {k: v for k, v in images.items() if v is not None}
     table = variants_table(rows)
-    front = plots.front_variants(rows)
+    classes = _class_sections(results, rows)
     recipe_text = yaml.safe_dump(manifest.get("recipe") or {"name": results["recipe"]}, sort_keys=False)
     versions = results.get("versions") or {}
     data = results.get("data") or {}
     intro = (f"Recipe **{results['recipe']}** (hash `{results['recipe_hash']}`, seed {results['seed']}), data "
-             f"**{data.get('name')}** ({data.get('n_train')} train / {data.get('n_val')} held-out, input "
-             f"{data.get('input_shape')}, {data.get('num_classes')} classes). Accuracy is measured on the exported "
-             f"TFLite model itself with LiteRT; ratios are against the baseline **{results.get('baseline')}**. "
-             f"Pareto-optimal (accuracy vs gzip size): {', '.join(sorted(front)) or '–'}. "
+             f"**{data.get('name')}** ({split_sizes(results)}, input {data.get('input_shape')}, "
+             f"{data.get('num_classes')} classes). Every accuracy is measured on the exported TFLite model itself "
+             f"with LiteRT, on the **test** split, which chose nothing: the best checkpoint, early stopping, tuning "
+             f"and the Pareto front use the validation split. Differences and ratios are against the baseline "
+             f"**{results.get('baseline')}**, differences paired on the same test examples. Pareto-optimal "
+             f"(validation accuracy vs gzip size): {', '.join(sorted(front)) or '–'}. "
              f"Total stage time {results.get('seconds') or 0:.1f} s.")
+    if damaged:
+        intro += f" Note: {damaged}."
 
-    md = [f"# tfopt report: {results['recipe']}", "", intro, "", "## Variants", "", markdown_table(table) if rows else
-          "_no variant was exported_", "", "## Stages", "", markdown_table(_stage_rows(results)), ""]
+    md = [f"# tfopt report: {results['recipe']}", "", intro, "", "## Variants", "",
+          (TABLE_NOTE + "\n\n" + markdown_table(table)) if rows else "_no variant was exported_", ""]
+    for title, class_table in classes:
+        md += [f"## {title}", "", markdown_table(class_table, left=1), ""]
+    md += ["## Stages", "", markdown_table(_stage_rows(results)), ""]
     for title, path in images.items():
         md += [f"## {title}", "", f"![{title}](report/{path.name})", ""]
     if layers:
@@ -214,9 +343,12 @@ def write_report(run_dir) -> dict:
     md_path = atomic_write_text(run_dir / "report.md", "\n".join(md))
 
     parts = [f"<h1>tfopt report: {html.escape(results['recipe'])}</h1>",
-             "<p>" + re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(intro)).replace("`", "") + "</p>",
-             "<h2>Variants</h2>", _html_table(table) if rows else "<p>no variant was exported</p>",
-             "<h2>Stages</h2>", _html_table(_stage_rows(results))]
+             "<p>" + _bold(intro).replace("`", "") + "</p>",
+             "<h2>Variants</h2>", ("<p>" + _bold(TABLE_NOTE) + "</p>\n" + _html_table(table)) if rows else
+             "<p>no variant was exported</p>"]
+    for title, class_table in classes:
+        parts += [f"<h2>{html.escape(title)}</h2>", _html_table(class_table)]
+    parts += ["<h2>Stages</h2>", _html_table(_stage_rows(results))]
     for title, path in images.items():
         encoded = base64.b64encode(path.read_bytes()).decode("ascii")
         parts += [f"<h2>{html.escape(title)}</h2>", f'<img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}">']

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
-__all__ = ["collect_results", "with_ratios", "versions"]
+from tfopt._io import path_inside
+from tfopt.errors import ConfigError
+
+__all__ = ["collect_results", "with_ratios", "versions", "fill_comparisons"]
 
 
 def versions() -> dict:
@@ -74,3 +78,37 @@ def collect_results(manifest: dict) -> dict:
         "seconds": sum(s.get("seconds") or 0 for s in stages),
         "versions": manifest.get("versions") or versions(),
     }
+
+
+def fill_comparisons(results: dict, run_dir) -> str | None:
+    """Recompute the paired test comparisons a variant of ``results`` lacks from its evaluate stage's
+    ``predictions.json`` (in place). Returns None, or the one line saying why a predictions file could not
+    be used (damaged); nothing is raised for it.
+
+    Args:
+        results: Dict, a run's results (shape-checked).
+        run_dir: String or Path, the run directory.
+    """
+    from tfopt.export.evaluate import PREDICTIONS, compare_with_baseline, read_predictions
+
+    missing = [r for r in results.get("variants") or [] if r.get("test_n") is not None and r.get("test_delta") is None]
+    if not missing or not results.get("baseline"):
+        return None
+    for stage in reversed(results.get("stages") or []):
+        if stage.get("type") != "evaluate" or stage.get("status") != "done" or not stage.get("dir"):
+            continue
+        rel = f"{stage['dir']}/{PREDICTIONS}"
+        path = path_inside(Path(run_dir), rel, f"stage {stage.get('name')!r} predictions")
+        if not path.is_file():
+            continue
+        try:
+            outcomes = read_predictions(path)
+        except ConfigError as err:
+            return f"{err}; the paired comparisons it holds are left out"
+        compared = compare_with_baseline(outcomes, results["baseline"])
+        for row in missing:
+            row.update(compared.get(row["variant"], {}))
+        missing = [r for r in missing if r.get("test_delta") is None]
+        if not missing:
+            break
+    return None

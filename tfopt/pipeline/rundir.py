@@ -23,7 +23,9 @@ RESULTS = "results.json"
 
 # the variant-table columns the report formats as numbers
 _NUMBER_COLUMNS = ("accuracy", "params", "bytes", "gzip_bytes", "latency_us_p50", "latency_us_p90", "gzip_x_smaller",
-                   "speedup_p50", "accuracy_delta")
+                   "speedup_p50", "accuracy_delta", "test_accuracy", "test_n", "val_accuracy", "test_delta", "mcnemar_p")
+# ... and the intervals ([low, high]) and the test confusion matrix it formats
+_INTERVAL_COLUMNS = ("accuracy_ci95", "test_accuracy_ci95", "val_accuracy_ci95", "test_delta_ci95")
 
 
 class _Shape(Exception):
@@ -91,6 +93,14 @@ def _rows(rows: list, where: str) -> None:
         _get(row, "data", "object", f"{where}[{i}].", optional=True)
         for key in _NUMBER_COLUMNS:
             _get(row, key, "number", f"{where}[{i}].", optional=True)
+        for key in _INTERVAL_COLUMNS:
+            pair = _get(row, key, "list", f"{where}[{i}].", optional=True)
+            if pair is not None and (len(pair) != 2 or not all(_kind(v) in ("an integer", "a number") for v in pair)):
+                raise _Shape(f"{where}[{i}].{key} is not a [low, high] pair of numbers")
+        confusion = _get(row, "test_confusion", "list", f"{where}[{i}].", optional=True)
+        if confusion is not None and not all(isinstance(r, list) and len(r) == len(confusion) and
+                                             all(_kind(v) == "an integer" for v in r) for r in confusion):
+            raise _Shape(f"{where}[{i}].test_confusion is not a square matrix of counts")
 
 
 def _shape(content, run_dir: Path, name: str, check) -> None:
