@@ -44,6 +44,13 @@ PRIVATE: dict[str, tuple[str, str | None, str]] = {
         "tf_keras.src.saving.serialization_lib", "SafeModeScope",
         "Keras's own safe-mode flag for the legacy HDF5/SavedModel loaders, which never set it themselves (a second "
         "line of defence behind tfopt.saving.check_model_file)"),
+    "tf_eager_context": (
+        "tensorflow.python.eager.context", None,
+        "configure_coordination_service: deadlines for multi-worker registration, heartbeats and collectives "
+        "(tf.distribute's public API has no knob for them, and the defaults wait for minutes)"),
+    "tf_coordination_config": (
+        "tensorflow.compiler.xla.tsl.protobuf.coordination_config_pb2", None,
+        "CoordinatedJob, the job list configure_coordination_service takes"),
     "tfmot_pruning_wrapper": (
         "tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper", "PruneLowMagnitude",
         "recognising a layer tfmot wrapped for pruning (prune_low_magnitude returns it, but the class is private)"),

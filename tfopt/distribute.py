@@ -240,10 +240,12 @@ def _multi_worker(timeout: float):
     if config is None:
         raise DistributeError("strategy='multi_worker' needs TF_CONFIG (cluster and task) to be set")
     wait_for_peers(timeout, config)
-    from tensorflow.python.eager import context  # the public API has no knob for these deadlines
+    from tfopt._private import private
+
+    context = private("tf_eager_context")  # the public API has no knob for these deadlines
 
     if context.context().coordination_service is None:
-        from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+        coordination_config_pb2 = private("tf_coordination_config")
 
         jobs = [
             coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(config["cluster"][job]))

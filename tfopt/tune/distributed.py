@@ -152,8 +152,9 @@ def serve(oracle, timeout: float | None = None, poll: float = 0.2) -> None:
     from concurrent import futures
 
     import grpc
-    from keras_tuner.src import protos
-    from keras_tuner.src.distribute import oracle_chief
+    from tfopt._private import private
+
+    protos, oracle_chief = private("kt_protos"), private("kt_oracle_chief")
 
     where = listen_address()  # loopback unless TFOPT_TUNE_BIND opts in (no authentication on this port)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
