@@ -4,8 +4,9 @@
 >>> tfopt.export.evaluate(tfl, val_ds)["accuracy"]  # doctest: +SKIP
 """
 
-from tfopt.export.evaluate import compare, compare_with_baseline, evaluate, evaluate_splits, latency, read_predictions, write_predictions
+from tfopt.export.evaluate import (PREDICTIONS, compare, compare_with_baseline, evaluate, evaluate_splits, latency,
+                                    read_predictions, write_predictions)
 from tfopt.export.tflite import QUANTIZATIONS, TFLiteModel, interpreter, tflite_weights, to_tflite, weight_stats
 
-__all__ = ["QUANTIZATIONS", "TFLiteModel", "compare", "compare_with_baseline", "evaluate", "evaluate_splits", "interpreter",
+__all__ = ["PREDICTIONS", "QUANTIZATIONS", "TFLiteModel", "compare", "compare_with_baseline", "evaluate", "evaluate_splits", "interpreter",
            "latency", "read_predictions", "tflite_weights", "to_tflite", "weight_stats", "write_predictions"]
