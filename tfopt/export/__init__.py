@@ -1,12 +1,12 @@
 """Export to TFLite and measure the exported model with the LiteRT interpreter.
 
 >>> tfl = tfopt.export.to_tflite(model, quantization="int8", representative_data=train_ds)  # doctest: +SKIP
->>> tfopt.export.evaluate(tfl, val_ds)["accuracy"]  # doctest: +SKIP
+>>> tfopt.export.evaluate(tfl, test_ds)["accuracy_ci95"]  # doctest: +SKIP
 """
 
 from tfopt.export.evaluate import (PREDICTIONS, compare, compare_with_baseline, evaluate, evaluate_splits, latency,
                                     read_predictions, write_predictions)
 from tfopt.export.tflite import QUANTIZATIONS, TFLiteModel, interpreter, tflite_weights, to_tflite, weight_stats
 
-__all__ = ["PREDICTIONS", "QUANTIZATIONS", "TFLiteModel", "compare", "compare_with_baseline", "evaluate", "evaluate_splits", "interpreter",
-           "latency", "read_predictions", "tflite_weights", "to_tflite", "weight_stats", "write_predictions"]
+__all__ = ["PREDICTIONS", "QUANTIZATIONS", "TFLiteModel", "compare", "compare_with_baseline", "evaluate", "evaluate_splits",
+           "interpreter", "latency", "read_predictions", "tflite_weights", "to_tflite", "weight_stats", "write_predictions"]
