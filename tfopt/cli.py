@@ -58,11 +58,12 @@ def _cmd_demo(args) -> int:
 
 
 def _print_results(results: dict, run_dir) -> None:
-    from tfopt.pipeline.report import variants_markdown
+    from tfopt.pipeline.report import SHORT_COLUMNS, TABLE_NOTE, split_sizes, variants_markdown
 
     rows = [r for r in results.get("variants") or [] if "accuracy" in r]
     if rows:
-        print("\n" + variants_markdown(rows) + "\n")
+        print("\n" + variants_markdown(rows, SHORT_COLUMNS) + "\n")
+        print(f"{split_sizes(results)}. {TABLE_NOTE.replace('**', '')}\n")
     print(f"written to {run_dir}/ (results.json, report.md, report.html, manifest.json, one folder per stage)")
 
 
@@ -96,7 +97,9 @@ def _cmd_export(args) -> int:
     line = f"wrote {out} ({tfl.bytes:,} bytes, {tfl.gzip_bytes:,} gzipped)"
     if args.data:
         res = export.evaluate(tfl, test_ds)
-        line += f"; test accuracy {res['accuracy']:.4f} (n={res['n']}), p50 {res['latency_us_p50']:.0f} µs"
+        low, high = res["accuracy_ci95"]
+        line += (f"; test accuracy {res['accuracy']:.4f} [95% CI {low:.4f}, {high:.4f}] (n={res['n']}), "
+                 f"p50 {res['latency_us_p50']:.0f} µs")
     print(line)
     return 0
 
@@ -107,7 +110,11 @@ def _cmd_evaluate(args) -> int:
     from tfopt import data, export
 
     _, _, test_ds, _ = data.load(args.data, seed=args.seed)  # the fixed test split: the same for every seed
-    print(json.dumps(export.evaluate(args.tflite, test_ds, threads=args.threads), indent=2))
+    result = export.evaluate(args.tflite, test_ds, threads=args.threads)
+    print(json.dumps(result, indent=2))
+    low, high = result["accuracy_ci95"]
+    print(f"test accuracy {result['accuracy']:.4f} [95% CI {low:.4f}, {high:.4f}] on the {result['n']:,} examples of "
+          f"{args.data}'s fixed test split", file=sys.stderr)
     return 0
 
 

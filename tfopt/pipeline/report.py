@@ -28,7 +28,7 @@ from tfopt.pipeline.results import collect_results, fill_comparisons
 from tfopt.pipeline.rundir import MANIFEST, RESULTS, check_paths, read_manifest, read_results, refuse_links_out
 
 __all__ = ["write_report", "variants_table", "variants_markdown", "markdown_table", "layer_stats", "TABLE_COLUMNS",
-           "TABLE_NOTE", "split_sizes"]
+           "TABLE_NOTE", "SHORT_COLUMNS", "split_sizes"]
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +99,25 @@ def split_sizes(results: dict) -> str:
     return " / ".join(f"{n:,} {name}" if isinstance(n, int) else f"? {name}" for n, name in parts)
 
 
-def variants_table(rows: list) -> list[list[str]]:
+# the columns the command line prints (``tfopt demo``, ``tfopt run``): the report has them all
+SHORT_COLUMNS = ("variant", "quantization", "accuracy", "95% CI", "val accuracy", "Δ accuracy", "Δ 95% CI", "McNemar p",
+                 "gzip bytes", "gzip x smaller", "p50 µs", "p50 speed-up")
+
+
+def variants_table(rows: list, columns=None) -> list[list[str]]:
     """The variant table as rows of strings (header first), formatted as in the report.
+
+    Args:
+        rows: List of variant dicts (results.json's ``variants``).
+        columns: Sequence of headers of TABLE_COLUMNS to keep (e.g. SHORT_COLUMNS), or None for all.
 
     >>> variants_table([{"variant": "a", "accuracy": 0.5, "test_accuracy_ci95": [0.4, 0.6]}])[1][:5]
     ['a', '–', '–', '0.5000', '[0.4000, 0.6000]']
+    >>> variants_table([{"variant": "a", "accuracy": 0.5}], columns=("variant", "accuracy"))
+    [['variant', 'accuracy'], ['a', '0.5000']]
     """
-    return [[c[0] for c in TABLE_COLUMNS]] + [[_cell(r, key, fmt) for _, key, fmt in TABLE_COLUMNS] for r in rows]
+    chosen = [c for c in TABLE_COLUMNS if columns is None or c[0] in columns]
+    return [[c[0] for c in chosen]] + [[_cell(r, key, fmt) for _, key, fmt in chosen] for r in rows]
 
 
 def _short(name: str) -> str:
@@ -160,9 +172,9 @@ def _histories(run_dir: Path, results: dict) -> dict:
     return out
 
 
-def variants_markdown(rows: list) -> str:
-    """The variant table (with ratios to the baseline) as Markdown, as the command line prints it."""
-    return markdown_table(variants_table(rows))
+def variants_markdown(rows: list, columns=None) -> str:
+    """The variant table (with ratios to the baseline) as Markdown; ``columns`` as for :func:`variants_table`."""
+    return markdown_table(variants_table(rows, columns), left=2 if columns == SHORT_COLUMNS else 3)
 
 
 def markdown_table(table: list[list[str]], left: int = 3) -> str:
