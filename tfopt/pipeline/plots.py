@@ -59,7 +59,7 @@ def plot_curves(histories: dict, path: Path) -> Path | None:
             if hist.get(key):
                 ax.plot(epochs, hist[key], "-o", color=color, ms=3, label=f"{stage} train")
             if hist.get(f"val_{key}"):
-                ax.plot(epochs, hist[f"val_{key}"], "--s", color=color, ms=3, label=f"{stage} held-out")
+                ax.plot(epochs, hist[f"val_{key}"], "--s", color=color, ms=3, label=f"{stage} validation")
         offset += n
         if i < len(histories) - 1:
             for ax in (ax_loss, ax_acc):
