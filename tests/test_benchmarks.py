@@ -136,8 +136,8 @@ def test_spread_and_markdown_helpers():
     assert "| a | 1.5 |" in md
 
 
-def test_constrained_search_budget_space_and_split():
-    from benchmarks.constrained_search import budget_bytes, inner_split, space
+def test_constrained_search_budget_and_space():
+    from benchmarks.constrained_search import budget_bytes, space
     from tfopt.tune.spaces import Space
 
     assert budget_bytes(1000) == 99 and budget_bytes(1001) == 100  # strictly under a tenth
@@ -145,16 +145,3 @@ def test_constrained_search_budget_space_and_split():
     full = Space.parse(space())
     assert full.params["quantization"].values == ["int8", "dynamic"] and full.fixed["optimizer"] == "adamw"
     assert Space.parse(space(quick=True)).fixed["quantization"] == "int8"
-    rng = np.random.default_rng(0)
-    x = rng.random((100, 4, 4, 1)).astype("float32")
-    y = np.repeat(np.arange(5), 20)
-    from tfopt import data
-
-    train_ds, _, _ = data.from_arrays(x, y, batch_size=16, val_fraction=0.2, seed=0)
-    s_train, s_val = inner_split(train_ds, seed=0, batch_size=8)
-    xt = np.concatenate([b[0] for b in s_train.as_numpy_iterator()])
-    xv, yv = (np.concatenate(a) for a in zip(*s_val.as_numpy_iterator()))
-    assert len(xt) == 64 and len(xv) == 16  # 80 training examples split 80/20
-    assert sorted(set(np.bincount(yv, minlength=5).tolist())) in ([3, 4], [4])  # stratified: 16 per class x 0.2
-    seen = {r.tobytes() for r in np.concatenate([b[0] for b in train_ds.as_numpy_iterator()])}
-    assert {r.tobytes() for r in np.concatenate([xt, xv])} == seen  # only training examples, each once

@@ -20,7 +20,7 @@ SMALL = {"model": "cnn", "filters": [[4], [8]], "dense": [[16]]}
 
 @pytest.fixture(scope="module")
 def digits():
-    train_ds, val_ds, _ = data.load("digits", batch_size=64)
+    train_ds, val_ds, _, _ = data.load("digits", batch_size=64)
     return train_ds, val_ds
 
 
