@@ -9,7 +9,8 @@ from typing import Sequence
 from tfopt._keras import check_model, keras, tf
 from tfopt.errors import ConfigError, DataError, UnsupportedLayerError
 
-__all__ = ["count_steps", "strategy_scope", "outputs_logits", "compile_like", "private_copy", "wrap_layers"]
+__all__ = ["count_steps", "strategy_scope", "outputs_logits", "compile_like", "private_copy", "wrap_layers",
+           "weight_count", "is_qat"]
 
 
 def count_steps(dataset, what: str = "train_ds") -> int:
@@ -124,3 +125,45 @@ def wrap_layers(model, wrap, names: Sequence[str]):
         return wrap(layer) if layer.name in names else layer
 
     return keras.models.clone_model(model, clone_function=clone_function)
+
+
+# tfmot's quantization-aware layers: QuantizeWrapper(V2) around each quantized layer, QuantizeLayer at the inputs
+_QAT_LAYERS = ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")
+# the variables tfmot adds to a quantization-aware model: ranges and step counters, not weights of the model
+_QUANTIZER_VARS = ("_min", "_max", "optimizer_step", "iterations", "min_var", "max_var")
+
+
+def _layers(model):
+    """Every layer of ``model``, nested models' layers included."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+
+
+def is_qat(model) -> bool:
+    """True when ``model`` is quantization-aware: tfmot applied quantization to it (``quantize_apply``), so it
+    holds QuantizeWrapper/QuantizeLayer layers (an only annotated model is not: it has no quantizers yet).
+
+    >>> is_qat(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]))
+    False
+    """
+    return any(type(layer).__name__ in _QAT_LAYERS for layer in _layers(model))
+
+
+def weight_count(model) -> tuple[int, int]:
+    """``(parameters, non-zero parameters)`` of ``model``, trainable or not, without tfmot's quantizer variables.
+
+    >>> weight_count(keras.Sequential([keras.layers.Dense(2, input_shape=(3,), kernel_initializer="zeros")]))
+    (8, 0)
+    """
+    import numpy as np
+
+    total = nonzero = 0
+    for w in model.weights:
+        if any(tag in w.name for tag in _QUANTIZER_VARS):
+            continue
+        values = np.asarray(w.numpy())
+        total += values.size
+        nonzero += int(np.count_nonzero(values))
+    return total, nonzero

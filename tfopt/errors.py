@@ -6,8 +6,6 @@ Messages name the bad value and what is allowed, e.g.
 
 from __future__ import annotations
 
-import dataclasses
-
 
 class TfoptError(Exception):
     """Base class of every error tfopt raises on purpose."""
@@ -85,54 +83,6 @@ def check_range(name: str, value, low=None, high=None, *, low_open=False, high_o
         ok = ok and (value < high if high_open else value <= high)
     if not ok:
         raise ConfigError(f"{name}={value!r} is out of range; allowed: {allowed}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Number:
-    """The declaration of a numeric option: integer or real, and its range (bounds optional, open when asked).
-
-    Calling it checks a value (wrong type, NaN, infinity or out of range raise ConfigError naming the option,
-    the value and the range) and returns it as an int or a float. Modules declare their options once, in a
-    table, and both their functions and recipe validation check values against it.
-
-    >>> Number(0, 1, high_open=True)("beta_1", 0.9)
-    0.9
-    >>> Number(0, 1, high_open=True)("beta_1", 5.0)
-    Traceback (most recent call last):
-    ...
-    tfopt.errors.ConfigError: beta_1=5.0 is out of range; allowed: 0 <= beta_1 < 1
-    """
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    integer: bool = False
-
-    def __call__(self, name: str, value):
-        import numbers
-
-        if self.integer and (not isinstance(value, numbers.Integral) or isinstance(value, bool)):
-            lo = "" if self.low is None else f"{self.low} {'<' if self.low_open else '<='} "
-            hi = "" if self.high is None else f" {'<' if self.high_open else '<='} {self.high}"
-            raise ConfigError(f"{name}={value!r} has the wrong type ({type(value).__name__}); allowed: an integer "
-                              f"with {lo}{name}{hi}")
-        check_range(name, value, self.low, self.high, low_open=self.low_open, high_open=self.high_open)
-        return int(value) if self.integer else float(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class Flag:
-    """The declaration of a boolean option; calling it checks a value and returns it.
-
-    >>> Flag()("nesterov", True)
-    True
-    """
-
-    def __call__(self, name: str, value):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}={value!r} has the wrong type ({type(value).__name__}); allowed: true or false")
-        return value
 
 
 SEED_LIMIT = 2**32  # seeds are in [0, 2**32): what NumPy, TensorFlow and scikit-learn all accept

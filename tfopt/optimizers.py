@@ -11,7 +11,8 @@ All are tf_keras's (Keras 2) new-style optimizers, which all take ``weight_decay
 from __future__ import annotations
 
 from tfopt._keras import keras
-from tfopt.errors import ConfigError, Flag, Number, check_range
+from tfopt.errors import ConfigError, check_range
+from tfopt.options import Flag, Number
 
 __all__ = ["get", "check_option", "OPTIMIZERS", "OPTIONS"]
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from tfopt._keras import check_model, keras, serializable, tf
 from tfopt._registry import from_registry
-from tfopt.errors import ConfigError, DataError, Number, check_range
+from tfopt.errors import ConfigError, DataError, check_range
+from tfopt.options import Number
 
 __all__ = [
     "warmup_cosine",
@@ -28,7 +29,9 @@ __all__ = [
     "exponential",
     "one_cycle",
     "constant",
+    "cosine",
     "get",
+    "from_settings",
     "SCHEDULES",
     "OPTIONS",
     "check_option",
@@ -271,9 +274,19 @@ def constant(base_lr: float) -> float:
     return float(base_lr)
 
 
+def cosine(base_lr: float, total_steps: int, min_lr: float = 0.0) -> Schedule:
+    """Cosine decay from ``base_lr`` to ``min_lr`` at ``total_steps``, without warm-up (``warmup_cosine`` with
+    ``warmup_steps=0``).
+
+    >>> round(float(cosine(1.0, 10)(5)), 4)
+    0.5
+    """
+    return warmup_cosine(base_lr, total_steps, 0, min_lr)
+
+
 SCHEDULES = {
     "warmup_cosine": warmup_cosine,
-    "cosine": warmup_cosine,
+    "cosine": cosine,
     "step": step_decay,
     "step_decay": step_decay,
     "exponential": exponential,
@@ -282,6 +295,56 @@ SCHEDULES = {
     "warmup": Warmup,
     "constant": constant,
 }
+
+
+# what a schedule named in training settings gets from the run when the settings leave it out (see from_settings)
+WARMUP_FRACTION = 0.1  # a schedule with a warm-up warms up over this fraction of the run's steps
+DECAY_RATE = 0.1  # "exponential" falls to this fraction of the rate over the run
+
+
+def from_settings(schedule, learning_rate: float, total_steps: int):
+    """The learning rate of training settings, as recipes and search spaces write them (one vocabulary).
+
+    ``schedule`` is None (a constant ``learning_rate``), a name of :data:`SCHEDULES`, or a dict with ``name`` and
+    any of its arguments. What it leaves out comes from the run: the first rate argument (``base_lr`` or
+    ``max_lr``) is ``learning_rate``; ``total_steps`` and ``decay_steps`` are the run's steps; ``warmup_steps``
+    is ``warmup_fraction`` of them (default :data:`WARMUP_FRACTION`, 10%); ``decay_rate`` is
+    :data:`DECAY_RATE`. So ``"warmup_cosine"`` warms up over the first 10% of the run (``{"name":
+    "warmup_cosine", "warmup_fraction": 0}`` does not), ``"cosine"`` never does.
+
+    Args:
+        schedule: None, string or dict.
+        learning_rate: Float, the peak (or constant) rate.
+        total_steps: Integer, the steps the run trains (batches per epoch x epochs).
+
+    Returns:
+        A float or a LearningRateSchedule.
+
+    >>> lr = from_settings("warmup_cosine", 0.1, 100)
+    >>> [round(float(lr(s)), 4) for s in (0, 10, 100)]
+    [0.0, 0.1, 0.0]
+    >>> from_settings(None, 0.01, 100)
+    0.01
+    """
+    import inspect
+
+    if schedule is None:
+        return learning_rate
+    spec = {"name": schedule} if isinstance(schedule, str) else dict(schedule)
+    name = spec.pop("name", None)
+    if not isinstance(name, str) or name.lower() not in SCHEDULES:
+        raise ConfigError(f"schedule={name!r} is unknown; allowed: {', '.join(sorted(SCHEDULES))}")
+    params = list(inspect.signature(SCHEDULES[name.lower()]).parameters)
+    if params and params[0] in ("base_lr", "max_lr") and params[0] not in spec:
+        spec[params[0]] = learning_rate
+    for key, value in (("total_steps", total_steps), ("decay_steps", max(1, total_steps)), ("decay_rate", DECAY_RATE)):
+        if key in params and key not in spec:
+            spec[key] = value
+    fraction = spec.pop("warmup_fraction", None)
+    if "warmup_steps" in params and "warmup_steps" not in spec:
+        fraction = WARMUP_FRACTION if fraction is None else check_option(name, "warmup_fraction", fraction)
+        spec["warmup_steps"] = int(fraction * spec.get("total_steps", total_steps))
+    return get(name, **spec)
 
 
 def get(name, **kw):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import shutil
@@ -13,9 +14,11 @@ from tfopt.checkpoints import FaultPoints, run_callbacks
 from tfopt._keras import check_model, keras, tf
 from tfopt._model import compile_like, count_steps, strategy_scope
 from tfopt.errors import ConfigError, TrainingError, check_range
+from tfopt.options import INT, NONE, at_least, options_from
 from tfopt.progress import keras_verbose
+from tfopt.techniques import StageResult, Technique, register_technique
 
-__all__ = ["fit", "run_callbacks", "StopOnNaN", "in_strategy"]
+__all__ = ["fit", "compile_from_settings", "run_callbacks", "StopOnNaN", "in_strategy"]
 
 log = logging.getLogger(__name__)
 
@@ -260,3 +263,77 @@ def fit(
             + (f" (the best checkpoint before it is in {Path(run_dir) / 'checkpoints'})" if run_dir else "")
         )
     return history
+
+
+def compile_from_settings(model, settings: dict, steps_per_epoch: int, epochs: int):
+    """Compile ``model`` from training settings, as a recipe's ``training`` section and a search space write them.
+
+    Args:
+        model: tf_keras model.
+        settings: Dict; reads ``optimizer`` (a name of :data:`tfopt.optimizers.OPTIMIZERS` or a dict with
+            ``name`` and its arguments; default "adam"), ``learning_rate`` (default 1e-3), ``schedule`` (see
+            :func:`tfopt.schedules.from_settings`: a name or a dict; what it leaves out comes from the run),
+            ``weight_decay`` (None: the optimizer's default), ``loss`` (a name of :data:`tfopt.losses.LOSSES`
+            or a dict; default sparse categorical cross-entropy, from logits when the model outputs logits)
+            and ``label_smoothing`` (a float > 0 replaces the loss by label-smoothed cross-entropy).
+        steps_per_epoch: Integer, batches per epoch.
+        epochs: Integer, the epochs the schedule spans.
+
+    Returns:
+        The model, compiled with the accuracy metric.
+
+    >>> m = keras.Sequential([keras.layers.Dense(3, input_shape=(4,))])
+    >>> compile_from_settings(m, {"optimizer": "sgd", "learning_rate": 0.1}, 10, 1).optimizer.name
+    'SGD'
+    """
+    from tfopt import losses, optimizers, schedules
+    from tfopt._model import outputs_logits
+
+    rate = schedules.from_settings(settings.get("schedule"), settings.get("learning_rate", 1e-3),
+                                   steps_per_epoch * max(1, epochs))
+    opt = settings.get("optimizer") or "adam"
+    opt = {"name": opt} if isinstance(opt, str) else dict(opt)
+    if settings.get("weight_decay") is not None:
+        opt["weight_decay"] = settings["weight_decay"]
+    from_logits = outputs_logits(model)
+    if settings.get("label_smoothing"):
+        loss = losses.LabelSmoothingCrossEntropy(settings["label_smoothing"], sparse=True, from_logits=from_logits)
+    else:
+        loss = settings.get("loss") or "sparse_categorical_crossentropy"
+        loss = {"name": loss} if isinstance(loss, str) else dict(loss)
+        name = loss.pop("name")
+        if "from_logits" in inspect.signature(losses.LOSSES[name.lower()]).parameters:
+            loss.setdefault("from_logits", from_logits)
+        loss = losses.get(name, **loss)
+    model.compile(optimizer=optimizers.get(**opt, learning_rate=rate), loss=loss, metrics=["accuracy"])
+    return model
+
+
+# ---------------------------------------------------------------- the "train" technique (a recipe stage)
+
+
+def _run_stage(inputs, options: dict):
+    """The train stage: the current model (or a new one from the recipe's builder), trained with the recipe's
+    training settings; resumes at its last finished epoch (BackupAndRestore in ``inputs.backup_dir``)."""
+    train_ds, val_ds, info = inputs.load()
+    model = inputs.build(None, info) if inputs.current is None else inputs.model()
+    model = inputs.regularize(model)
+    epochs = options.get("epochs") or inputs.training["epochs"]
+    inputs.compile(model, train_ds, epochs)
+    t = inputs.training
+    fit(model, train_ds, val_ds, epochs=epochs, run_dir=inputs.stage_dir, strategy=inputs.strategy,
+        verbose=inputs.verbose, backup_dir=inputs.backup_dir, keep_backup=True, mixed_precision=t["mixed_precision"],
+        jit_compile=t["jit_compile"], steps_per_execution=t["steps_per_execution"])
+    metrics = {"epochs": epochs, **inputs.held_out(model, val_ds)}
+    return StageResult(model, metrics, f"held-out accuracy {metrics['val_accuracy']:.4f}, "
+                                       f"{metrics['params']:,} parameters")
+
+
+_UNDOES = "plain training after prune/cluster would undo the compression; give that stage more epochs"
+TECHNIQUE = register_technique(Technique(
+    "train", options_from(fit, ["epochs"], epochs={
+        "kinds": (INT, NONE), "default": None, "check": at_least(1),
+        "help": "unset: the recipe's training.epochs"}),
+    _run_stage, summary="train the model (a new one from the recipe's builder, or the current one)",
+    function=fit, own_defaults=("epochs",), needs=(), sets=("trained",),
+    refuses_after={"pruned": _UNDOES, "clustered": _UNDOES}))

@@ -12,7 +12,9 @@ from tfopt._private import private
 from tfopt._model import compile_like, private_copy, strategy_scope, wrap_layers
 from tfopt.compress.inspect import cluster_counts, clusterable_weights, match_layers, sparsity, walk_layers
 from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_choice
+from tfopt.options import BOOL, NONE, at_least, options_from, positive
 from tfopt.progress import keras_verbose
+from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["cluster", "INITS"]
 
@@ -171,3 +173,42 @@ def cluster(
         compile_like(stripped, model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
     _check(stripped, clustered, n_clusters, per_channel, before, preserve_sparsity)
     return stripped
+
+
+# ---------------------------------------------------------------- the "cluster" technique (a recipe stage)
+
+
+def _run_stage(inputs, o: dict):
+    """The cluster stage: weight clustering of the current model, keeping an earlier pruning's zeros by default."""
+    train_ds, val_ds, _ = inputs.load()
+    clustered = cluster(inputs.model(), train_ds, n_clusters=o["n_clusters"], init=o["init"],
+                        per_channel=o["per_channel"], preserve_sparsity=bool(o["preserve_sparsity"]),
+                        epochs=o["epochs"], val_ds=val_ds, callbacks=inputs.history(),
+                        learning_rate=o["learning_rate"], verbose=inputs.verbose)
+    counts = cluster_counts(clustered)
+    metrics = {"n_clusters": o["n_clusters"], "cluster_counts": counts["layers"],
+               "sparsity": sparsity(clustered)["overall"], **inputs.held_out(clustered, val_ds)}
+    most = max(counts["layers"].values(), default=0)
+    return StageResult(clustered, metrics, f"<= {most} values per kernel, held-out accuracy "
+                                           f"{metrics['val_accuracy']:.4f}")
+
+
+def _apply(model, train_ds, n_clusters, epochs=1, preserve_sparsity=False, strategy=None, verbose=0):
+    """A search trial's clustering (keeping the zeros of a pruning earlier in the trial)."""
+    return cluster(model, train_ds, n_clusters, epochs=epochs, preserve_sparsity=preserve_sparsity,
+                   strategy=strategy, verbose=verbose)
+
+
+TECHNIQUE = register_technique(Technique(
+    "cluster",
+    options_from(cluster, ["n_clusters", "init", "per_channel", "preserve_sparsity", "epochs", "learning_rate"],
+                 n_clusters={"check": at_least(2), "help": "centroids per kernel"},
+                 init={"choices": tuple(INITS)},
+                 preserve_sparsity={"kinds": (BOOL, NONE), "default": None,
+                                    "help": "keep a pruned model's zeros (unset: whether a prune stage came before)"},
+                 epochs={"check": at_least(1)},
+                 learning_rate={"check": positive}),
+    _run_stage, summary="weight clustering (tfmot): at most n_clusters values per kernel, then stripped",
+    function=cluster, own_defaults=("preserve_sparsity",), sets=("clustered",),
+    preserves={"preserve_sparsity": "pruned"},
+    tune_keys={"n_clusters": "n_clusters", "cluster_epochs": "epochs"}, tune_order=20, apply=_apply))

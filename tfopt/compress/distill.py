@@ -12,7 +12,9 @@ from __future__ import annotations
 from tfopt._keras import check_model, keras, serializable, tf
 from tfopt._model import compile_like, count_steps, outputs_logits, strategy_scope
 from tfopt.errors import ConfigError, check_range
+from tfopt.options import INT, MAP, NONE, Field, at_least, in_unit, options_from, positive
 from tfopt.progress import keras_verbose
+from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["distill", "distillation_loss", "Distiller"]
 
@@ -200,3 +202,37 @@ def distill(
                   verbose=keras_verbose(verbose))
     compile_like(student, learning_rate=learning_rate)
     return student
+
+
+# ---------------------------------------------------------------- the "distill" technique (a recipe stage)
+
+
+def _run_stage(inputs, o: dict):
+    """The distill stage: the current model teaches a new student built from the ``student`` section."""
+    train_ds, val_ds, info = inputs.load()
+    teacher = inputs.model()
+    student = inputs.build(o["student"], info)
+    epochs = o["epochs"] or inputs.training["epochs"]
+    student = distill(teacher, student, train_ds, temperature=o["temperature"], alpha=o["alpha"], epochs=epochs,
+                      val_ds=val_ds, learning_rate=o["learning_rate"], callbacks=inputs.history(),
+                      verbose=inputs.verbose)
+    teacher_metrics = inputs.held_out(teacher, val_ds)
+    metrics = {"epochs": epochs, "teacher_val_accuracy": teacher_metrics["val_accuracy"],
+               "teacher_params": teacher_metrics["params"], **inputs.held_out(student, val_ds)}
+    return StageResult(student, metrics, f"student accuracy {metrics['val_accuracy']:.4f} "
+                                         f"({metrics['params']:,} params) vs teacher "
+                                         f"{metrics['teacher_val_accuracy']:.4f}")
+
+
+TECHNIQUE = register_technique(Technique(
+    "distill",
+    options_from(distill, ["student", "temperature", "alpha", "epochs", "learning_rate"],
+                 student=Field((MAP,), required=True, section="model",
+                               help="the student model: {builder: ..., args: {...}}"),
+                 temperature={"check": positive},
+                 alpha={"check": in_unit(high_open=False), "help": "the weight of the hard-label loss"},
+                 epochs={"kinds": (INT, NONE), "default": None, "check": at_least(1),
+                         "help": "unset: the recipe's training.epochs"},
+                 learning_rate={"check": positive}),
+    _run_stage, summary="knowledge distillation: the current model teaches a new, smaller student",
+    function=distill, own_defaults=("epochs",), sets=("trained",), clears=("pruned", "clustered")))

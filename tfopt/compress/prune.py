@@ -12,7 +12,9 @@ from tfopt._keras import check_model, tfmot
 from tfopt._model import compile_like, count_steps, private_copy, strategy_scope, wrap_layers
 from tfopt.compress.inspect import m_by_n_ok, match_layers, prunable_weights, sparsity, walk_layers
 from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_choice, check_range
+from tfopt.options import LIST, NONE, STR, at_least, in_unit, int_list, options_from, positive
 from tfopt.progress import keras_verbose
+from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["prune", "pruning_schedule"]
 
@@ -254,3 +256,47 @@ def prune(
     if check:
         _check_result(reached, measured["sizes"], names, target_sparsity, m_by_n, stripped, info)
     return (stripped, info) if return_report else stripped
+
+
+# ---------------------------------------------------------------- the "prune" technique (a recipe stage)
+
+
+def _run_stage(inputs, o: dict):
+    """The prune stage: magnitude pruning of the current model to ``target_sparsity``."""
+    train_ds, val_ds, _ = inputs.load()
+    pruned = prune(inputs.model(), train_ds, o["target_sparsity"], epochs=o["epochs"], schedule=o["schedule"],
+                   initial_sparsity=o["initial_sparsity"], frequency=o["frequency"],
+                   m_by_n=tuple(o["m_by_n"]) if o["m_by_n"] else None, policy=o["policy"], val_ds=val_ds,
+                   callbacks=inputs.history(), learning_rate=o["learning_rate"], verbose=inputs.verbose)
+    reached = sparsity(pruned)
+    metrics = {"target_sparsity": o["target_sparsity"], "sparsity": reached["overall"],
+               "layer_sparsity": reached["layers"], **inputs.held_out(pruned, val_ds)}
+    return StageResult(pruned, metrics, f"sparsity {reached['overall']:.3f}, held-out accuracy "
+                                        f"{metrics['val_accuracy']:.4f}")
+
+
+def _apply(model, train_ds, target_sparsity, epochs=1, strategy=None, verbose=0):
+    """A search trial's pruning: the trial's own learning rate (or schedule) goes on (``learning_rate=None``)."""
+    return prune(model, train_ds, target_sparsity, epochs=epochs, strategy=strategy, verbose=verbose,
+                 learning_rate=None)
+
+
+TECHNIQUE = register_technique(Technique(
+    "prune",
+    options_from(prune, ["target_sparsity", "epochs", "schedule", "initial_sparsity", "frequency", "m_by_n", "policy",
+                         "learning_rate"],
+                 target_sparsity={"check": in_unit(), "help": "the fraction of zeros wanted in each pruned kernel"},
+                 epochs={"default": 2, "check": at_least(1),
+                         "help": "fine-tuning epochs (2 in a recipe: the schedule needs steps to reach its target)"},
+                 schedule={"choices": tuple(_SCHEDULES)},
+                 initial_sparsity={"check": in_unit()},
+                 frequency={"check": at_least(1), "help": "steps between mask updates (unset: ~10 updates)"},
+                 m_by_n={"kinds": (LIST, NONE), "check": int_list(2, 1, 2),
+                         "help": "[m, n]: m zeros in every n consecutive weights"},
+                 policy={"kinds": (STR, NONE), "choices": tuple(POLICIES)},
+                 learning_rate={"check": positive}),
+    _run_stage, summary="magnitude pruning (tfmot) to a target sparsity, then stripped",
+    function=prune, own_defaults=("epochs",), sets=("pruned",),
+    refuses_after={"clustered": "'prune' after 'cluster' loses the clusters; prune first, then cluster with "
+                                "preserve_sparsity"},
+    tune_keys={"target_sparsity": "target_sparsity", "prune_epochs": "epochs"}, tune_order=10, apply=_apply))

@@ -19,7 +19,9 @@ import re
 from tfopt._keras import check_model, keras, tf, tfmot
 from tfopt._model import compile_like, count_steps, outputs_logits, strategy_scope
 from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_range
+from tfopt.options import BOOL, NONE, at_least, options_from, positive
 from tfopt.progress import keras_verbose
+from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["quantize_aware", "flatten_model", "save_quantized", "load_quantized", "quantize_scheme", "QAT_SCHEMES"]
 
@@ -416,3 +418,34 @@ def load_quantized(path, custom_objects=None, safe_mode: bool = True):
     from tfopt.saving import load_model
 
     return load_model(path, safe_mode=safe_mode, custom_objects=custom_objects)
+
+
+# ---------------------------------------------------------------- the "quantize_aware" technique (a recipe stage)
+
+
+def _run_stage(inputs, o: dict):
+    """The quantize_aware stage: QAT of the current model, keeping its zeros / clusters as the options say."""
+    train_ds, val_ds, _ = inputs.load()
+    qat, report = quantize_aware(inputs.model(), train_ds, epochs=o["epochs"],
+                                 preserve_sparsity=bool(o["preserve_sparsity"]),
+                                 preserve_clusters=bool(o["preserve_clusters"]), val_ds=val_ds,
+                                 callbacks=inputs.history(), learning_rate=o["learning_rate"],
+                                 verbose=inputs.verbose, return_report=True)
+    metrics = {"report": report, **inputs.held_out(qat, val_ds)}
+    return StageResult(qat, metrics, f"{len(report['quantized'])} layers quantized ({report['scheme']}), "
+                                     f"held-out accuracy {metrics['val_accuracy']:.4f}")
+
+
+_UNSET = "(unset: whether a {} stage came before)"
+TECHNIQUE = register_technique(Technique(
+    "quantize_aware",
+    options_from(quantize_aware, ["epochs", "preserve_sparsity", "preserve_clusters", "learning_rate"],
+                 epochs={"check": at_least(0)},
+                 preserve_sparsity={"kinds": (BOOL, NONE), "default": None,
+                                    "help": "keep a pruned model's zeros (PQAT) " + _UNSET.format("prune")},
+                 preserve_clusters={"kinds": (BOOL, NONE), "default": None,
+                                    "help": "keep a clustered model's centroids (CQAT) " + _UNSET.format("cluster")},
+                 learning_rate={"check": positive}),
+    _run_stage, summary="quantization-aware training (tfmot 8-bit): the last training stage before an int8 export",
+    function=quantize_aware, own_defaults=("preserve_sparsity", "preserve_clusters"), sets=("qat",),
+    preserves={"preserve_sparsity": "pruned", "preserve_clusters": "clustered"}))

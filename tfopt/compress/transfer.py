@@ -13,7 +13,9 @@ from tfopt._keras import check_model, keras
 from tfopt._model import compile_like, count_steps, strategy_scope
 from tfopt.compress.quantize import flatten_model
 from tfopt.errors import ConfigError, UnsupportedLayerError, check_range
+from tfopt.options import INT, MAP, NONE, STR, Field, at_least, in_unit, int_list, one_of_or, options_from, positive
 from tfopt.progress import keras_verbose
+from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["fine_tune", "build_transfer_model"]
 
@@ -168,3 +170,35 @@ def fine_tune(
         with strategy_scope(strategy):
             compile_like(model, learning_rate=learning_rate)
     return model
+
+
+# ---------------------------------------------------------------- the "fine_tune" technique (a recipe stage)
+
+
+def _run_stage(inputs, o: dict):
+    """The fine_tune stage: the current model transferred to the task of its own ``data`` section."""
+    new_data = o["data"]
+    train_ds, val_ds, info = inputs.load(new_data)
+    num_classes = o["num_classes"] or info.num_classes
+    model = fine_tune(inputs.model(), num_classes, train_ds, freeze=o["freeze"], epochs=tuple(o["epochs"]),
+                      lr_scale=o["lr_scale"], learning_rate=o["learning_rate"], val_ds=val_ds,
+                      head_dropout=o["head_dropout"], verbose=inputs.verbose)
+    metrics = {"num_classes": num_classes, "data": dict(new_data), **inputs.held_out(model, val_ds)}
+    return StageResult(model, metrics, f"{num_classes} classes, held-out accuracy {metrics['val_accuracy']:.4f}",
+                       data=new_data)
+
+
+TECHNIQUE = register_technique(Technique(
+    "fine_tune",
+    options_from(fine_tune, ["data", "num_classes", "freeze", "epochs", "lr_scale", "learning_rate", "head_dropout"],
+                 data=Field((MAP,), required=True, section="data", help="the new task's data section"),
+                 num_classes={"kinds": (INT, NONE), "default": None, "required": False, "check": at_least(2),
+                              "help": "unset: the new data's classes"},
+                 freeze={"kinds": (STR, INT), "check": one_of_or(
+                     ("all",), lambda v: isinstance(v, int) and v >= 0, "'all' or an integer >= 0")},
+                 epochs={"check": int_list(2, 0, 2), "help": "[head epochs, fine-tuning epochs]"},
+                 lr_scale={"check": positive},
+                 learning_rate={"check": positive},
+                 head_dropout={"check": in_unit()}),
+    _run_stage, summary="transfer learning: a new head for the data of its own section, then fine-tuning",
+    function=fine_tune, own_defaults=("num_classes",), sets=("trained",), clears=("pruned", "clustered")))

@@ -6,7 +6,8 @@
 
 from tfopt.export.evaluate import (PREDICTIONS, compare, compare_with_baseline, evaluate, evaluate_splits, latency,
                                     read_predictions, write_predictions)
-from tfopt.export.tflite import QUANTIZATIONS, TFLiteModel, interpreter, tflite_weights, to_tflite, weight_stats
+from tfopt.export.tflite import (CALIBRATED, QUANTIZATION_NAMES, QUANTIZATIONS, VARIANT, TFLiteModel, interpreter,
+                                  tflite_weights, to_tflite, weight_stats)
 
-__all__ = ["PREDICTIONS", "QUANTIZATIONS", "TFLiteModel", "compare", "compare_with_baseline", "evaluate", "evaluate_splits",
+__all__ = ["CALIBRATED", "PREDICTIONS", "QUANTIZATION_NAMES", "QUANTIZATIONS", "VARIANT", "TFLiteModel", "compare", "compare_with_baseline", "evaluate", "evaluate_splits",
            "interpreter", "latency", "read_predictions", "tflite_weights", "to_tflite", "weight_stats", "write_predictions"]

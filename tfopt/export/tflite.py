@@ -15,13 +15,20 @@ import numpy as np
 from tfopt import _faults
 from tfopt._io import atomic_write_bytes
 from tfopt._keras import check_model, keras, tf
+from tfopt._model import is_qat, weight_count
 from tfopt.errors import ConfigError, DataError, ExportError
+from tfopt.options import LIST, NONE, STR, Field, at_least, options_from, safe_name
+from tfopt.techniques import StageResult, Technique, register_technique
 
-__all__ = ["QUANTIZATIONS", "TFLiteModel", "to_tflite", "interpreter", "tflite_weights", "weight_stats"]
+__all__ = ["QUANTIZATIONS", "CALIBRATED", "QUANTIZATION_NAMES", "VARIANT", "TFLiteModel", "to_tflite", "interpreter",
+           "tflite_weights", "weight_stats"]
 
 log = logging.getLogger(__name__)
 
 QUANTIZATIONS = (None, "dynamic", "float16", "int8", "int16x8")
+CALIBRATED = ("int8", "int16x8")  # quantizations that calibrate activation ranges on representative data
+# a recipe's name of each quantization: "float32" is None (no quantization)
+QUANTIZATION_NAMES = {"float32" if q is None else q: q for q in QUANTIZATIONS}
 IO_DTYPES = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
 
 
@@ -218,10 +225,6 @@ def _interrupts_kept():
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _is_qat(model) -> bool:
-    return any(type(layer).__name__ in ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer") for layer in model.layers)
-
-
 def _configure(converter, quantization, rep, io_dtype, qat):
     if quantization is None and qat:
         quantization = "int8"  # a QAT model carries its ranges: converting it means int8.
@@ -305,7 +308,7 @@ def to_tflite(
         raise ConfigError(f"io_dtype={io_dtype!r} is not allowed; allowed: {', '.join(IO_DTYPES)}")
     if io_dtype != "float32" and quantization not in ("int8", "int16x8"):
         raise ConfigError(f"io_dtype={io_dtype!r} needs quantization='int8' or 'int16x8', not {quantization!r}")
-    qat = _is_qat(model)
+    qat = is_qat(model)
     if quantization in ("int8", "int16x8") and representative_data is None and not qat:
         raise ConfigError(
             f"quantization={quantization!r} needs representative_data (a tf.data.Dataset or array of inputs) "
@@ -408,3 +411,49 @@ def weight_stats(content: bytes, min_size: int = 256) -> dict:
     # TFLite stores kernels output-channel first (FULLY_CONNECTED: [out, in]; CONV_2D: [out, h, w, in]).
     per_channel = max(int(np.unique(row).size) for k in kernels for row in k.reshape(k.shape[0], -1))
     return {"sparsity": zeros / total, "max_values_per_channel": per_channel, "kernels": len(kernels)}
+
+
+# ---------------------------------------------------------------- the "export" technique (a recipe stage)
+
+# the keys of one export variant: its name (the file's), the stage whose model it converts, and to_tflite's options
+VARIANT = {
+    "name": Field((STR,), required=True, check=safe_name),
+    **options_from(to_tflite, ["quantization", "model", "io_dtype", "sparse"],
+                   quantization={"kinds": (STR, NONE), "default": "float32", "choices": tuple(QUANTIZATION_NAMES)},
+                   model=Field((STR, NONE), None, help="the stage whose model it converts (unset: the latest)"),
+                   io_dtype={"choices": tuple(IO_DTYPES)}),
+}
+
+
+def _run_stage(inputs, o: dict):
+    """The export stage: each variant's model converted to TFLite, ``<variant>.tflite`` in the stage folder."""
+    rows = []
+    for v in o["variants"]:
+        model = inputs.model(v["model"])
+        data = inputs.model_data(v["model"])
+        train_ds, _, _ = inputs.load(data)
+        quant = v["tflite_quantization"]
+        tfl = to_tflite(model, quant, representative_data=train_ds if quant in CALIBRATED else None,
+                        io_dtype=v["io_dtype"], num_samples=o["num_samples"], sparse=v["sparse"])
+        _faults.reached(f"export:{v['name']}")
+        path = tfl.save(Path(inputs.stage_dir) / f"{v['name']}.tflite")
+        params, nonzero = weight_count(model)
+        rows.append({"variant": v["name"], "model": v["model"], "quantization": v["quantization"],
+                     "path": str(path.relative_to(inputs.run_dir)), "bytes": tfl.bytes, "gzip_bytes": tfl.gzip_bytes,
+                     "params": params, "nonzero_params": nonzero, "notes": list(tfl.notes), "data": dict(data)})
+    metrics = {"variants": rows, "baseline": o["baseline"]}
+    return StageResult(None, metrics, f"{len(rows)} TFLite file(s) in {Path(inputs.stage_dir).name}/")
+
+
+TECHNIQUE = register_technique(Technique(
+    "export",
+    options_from(to_tflite, ["variants", "baseline", "num_samples"],
+                 variants=Field((LIST,), required=True, section="variants",
+                                check=lambda v: None if v else "a non-empty list of variants",
+                                help="[{name, model, quantization, io_dtype, sparse}, ...]"),
+                 baseline=Field((STR, NONE), None, help="the variant others are compared with (unset: the first)"),
+                 num_samples={"check": at_least(1), "help": "representative samples for int8/int16x8 calibration"}),
+    _run_stage, summary="convert models to TFLite files (float32, dynamic, float16, int8, int16x8)",
+    function=to_tflite, makes_model=False, trains=False, sets=("exported",),
+    tune_keys={"quantization": Field((STR, NONE), None, choices=tuple(q for q in QUANTIZATIONS if q),
+                                     help="the quantization of the trial's TFLite file")}))

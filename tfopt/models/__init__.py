@@ -10,10 +10,10 @@ linear Dense named "logits". Register your own with ``@register("name")``.
 (None, 10)
 """
 
-from tfopt.models.registry import build, get_builder, list_models, register  # noqa: I001
+from tfopt.models.registry import FROM_DATA, build, build_for, data_args, get_builder, list_models, register  # noqa: I001
 from tfopt.models.cnn import cnn
 from tfopt.models.lstm import lstm
 from tfopt.models.mlp import mlp
 from tfopt.models.resnet import resnet
 
-__all__ = ["build", "register", "list_models", "get_builder", "cnn", "mlp", "lstm", "resnet"]
+__all__ = ["build", "build_for", "data_args", "FROM_DATA", "register", "list_models", "get_builder", "cnn", "mlp", "lstm", "resnet"]

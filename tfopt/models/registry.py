@@ -14,7 +14,10 @@ from typing import Callable
 
 from tfopt.errors import ConfigError
 
-__all__ = ["register", "build", "list_models", "get_builder"]
+__all__ = ["register", "build", "build_for", "data_args", "list_models", "get_builder", "FROM_DATA"]
+
+# builder arguments the data decides unless they are given: build_for fills those a builder takes
+FROM_DATA = ("input_shape", "num_classes", "vocab_size", "seq_len")
 
 _BUILDERS: dict[str, Callable] = {}
 
@@ -125,3 +128,43 @@ def build(name: str, **kwargs):
 
     with parameter_budget():  # a user's builder too: no weight past what this machine can train
         return builder(**kwargs)
+
+
+def data_args(info) -> dict:
+    """The builder arguments ``info`` decides: ``num_classes``, and ``input_shape`` (image/feature data) or
+    ``vocab_size`` and ``seq_len`` (token data).
+
+    Args:
+        info: A :class:`tfopt.data.DatasetInfo`, or a dict of some of :data:`FROM_DATA`.
+
+    >>> data_args({"input_shape": (8, 8, 1), "num_classes": 10})
+    {'input_shape': (8, 8, 1), 'num_classes': 10}
+    """
+    if isinstance(info, dict):
+        return {k: v for k, v in info.items() if k in FROM_DATA and v is not None}
+    if info.kind == "tokens":
+        return {"num_classes": info.num_classes, "vocab_size": info.vocab_size, "seq_len": info.seq_len}
+    return {"num_classes": info.num_classes, "input_shape": tuple(info.input_shape)}
+
+
+def build_for(name: str, info, **kwargs):
+    """Build the registered model ``name`` for the data ``info`` describes: each argument of :data:`FROM_DATA`
+    the builder takes and ``kwargs`` does not give comes from the data (a token model given its ``vocab_size``
+    takes no ``input_shape``).
+
+    Args:
+        name: String, a registered model name.
+        info: A :class:`tfopt.data.DatasetInfo`, or a dict with ``input_shape``, ``num_classes``, ...
+        **kwargs: The builder's other arguments (they win over the data's).
+
+    >>> build_for("mlp", {"input_shape": (8, 8, 1), "num_classes": 10}, units=(16,)).output_shape
+    (None, 10)
+    """
+    params = inspect.signature(get_builder(name)).parameters
+    from_data = data_args(info)
+    if "vocab_size" in kwargs:
+        from_data.pop("input_shape", None)
+    for key in FROM_DATA:
+        if key in from_data and key not in kwargs and key in params:
+            kwargs[key] = from_data[key]
+    return build(name, **kwargs)

@@ -9,7 +9,8 @@
 from tfopt.pipeline.recipe import DataSpec, ModelSpec, Recipe, StageSpec, load_recipe  # noqa: I001
 from tfopt.pipeline.report import write_report
 from tfopt.pipeline.runner import run_recipe
-from tfopt.pipeline.stages import STAGES, register_stage
+from tfopt.pipeline.stages import STAGES, StageOutput, register_stage
+from tfopt.techniques import StageInputs
 
 __all__ = ["load_recipe", "run_recipe", "write_report", "Recipe", "StageSpec", "DataSpec", "ModelSpec", "STAGES",
-           "register_stage"]
+           "register_stage", "StageInputs", "StageOutput"]

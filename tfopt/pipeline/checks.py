@@ -1,19 +1,24 @@
-"""Cross-field recipe checks: known builders and their arguments, model against data, stage order, variants."""
+"""Cross-field recipe checks: known builders and their arguments, model against data, stage order, variants.
+
+The stage order is checked from the techniques' declarations (:class:`tfopt.techniques.Technique`: what each
+``needs``, ``sets``, ``clears``, ``refuses_after`` and ``preserves``), not from a list of stage types.
+"""
 
 from __future__ import annotations
 
 import inspect
 from pathlib import Path
 
-from tfopt.pipeline.schema import read_section
-from tfopt.pipeline.sections import MODEL_STAGES, QUANTIZATION_NAMES, VARIANT
+from tfopt.export import CALIBRATED
+from tfopt.models import FROM_DATA
+from tfopt.options import read_section
+from tfopt.pipeline.sections import QUANTIZATION_NAMES, VARIANT
+from tfopt.pipeline.specs import ModelSpec
+from tfopt.techniques import TECHNIQUES, get_technique, list_techniques
 
 __all__ = ["check_data", "check_model_section", "check_builder", "check_model_fits_data", "check_model_builds",
-           "check_training",
-           "check_order", "check_tune_available", "check_same_inputs", "embedded_shape", "FROM_DATA"]
+           "check_training", "check_order", "check_same_inputs", "embedded_shape", "FROM_DATA", "NEEDS"]
 
-# builder arguments the runner fills in from the loaded data unless the recipe fixes them
-FROM_DATA = ("input_shape", "num_classes", "vocab_size", "seq_len")
 _TEXT_KEYS = ("vocab_size", "seq_len")
 
 
@@ -85,8 +90,6 @@ def check_builder(builder: str, args: dict, path: tuple, problems) -> None:
 
 def check_model_section(values: dict, base_dir: Path, problems):
     """Exactly one of builder / path; returns the ModelSpec (path made absolute)."""
-    from tfopt.pipeline.recipe import ModelSpec
-
     builder, path, args = values.get("builder"), values.get("path"), values.get("args") or {}
     if (builder is None) == (path is None):
         problems.add(("model",), f"model needs exactly one of 'builder' (a registered model) or 'path' (a saved "
@@ -141,13 +144,8 @@ def check_model_builds(spec, data_v, path: tuple, problems) -> None:
     shape, num_classes, _ = known
     if data_v.get("classes"):
         num_classes = len(data_v["classes"])
-    args = dict(spec.args or {})
-    params = inspect.signature(models.get_builder(spec.builder)).parameters
-    for key, value in (("input_shape", shape), ("num_classes", num_classes)):
-        if key in params and key not in args:
-            args[key] = value
     try:
-        models.build(spec.builder, **args)
+        models.build_for(spec.builder, {"input_shape": shape, "num_classes": num_classes}, **dict(spec.args or {}))
     except (ConfigError, ValueError, TypeError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         key = message.split("=", 1)[0] if "=" in message else None
@@ -223,85 +221,71 @@ def check_training(values: dict, problems) -> None:
             _loss_builds(values["loss"], path + ("loss",), problems)
 
 
-def check_tune_available(path: tuple, problems) -> None:
-    """The tune stage needs ``tfopt.tune.search``."""
-    import importlib
-
-    try:
-        search = getattr(importlib.import_module("tfopt.tune"), "search", None)
-    except ImportError:
-        search = None
-    if search is None:
-        problems.add(path, "the 'tune' stage needs tfopt.tune.search, which this tfopt does not provide")
+# what a stage whose technique needs a state is told when no earlier stage left it
+NEEDS = {
+    "trained": "'{t}' needs a trained model: put a 'train' (or 'tune') stage before it, or load one with model.path",
+    "exported": "'{t}' measures exported TFLite files: put an 'export' stage before it",
+}
+_AFTER_EXPORT = "'{t}' after 'export': export (and evaluate) must come after every stage that changes the model"
+_AFTER_QAT = ("'{t}' after 'quantize_aware' is not supported (tfmot cannot wrap a quantization-aware model); "
+              "quantize_aware must be the last training stage")
 
 
-_CHANGES_MODEL = ("tune", "train", "prune", "cluster", "quantize_aware", "distill", "fine_tune")
+def _producer(state: str) -> str:
+    """The first technique that leaves ``state`` (what a ``preserve_*: true`` needs earlier)."""
+    return next((name for name in list_techniques() if state in TECHNIQUES[name].sets), state)
 
 
 def check_order(stages: list, model_spec, problems) -> None:
-    """Each stage gets what it needs from the earlier ones; export variants name earlier models."""
-    trained = model_spec is not None and model_spec.path is not None
-    pruned = clustered = qat = exported = False
+    """Each stage gets what it needs from the earlier ones; export variants name earlier models.
+
+    Read from each stage's technique: what it ``needs`` (a trained model, exported files), the states it
+    ``refuses_after``, whether it ``trains`` (nothing trains after quantization-aware training) or makes a
+    model (nothing does after an export), and its ``preserves`` options (true needs the state; unset becomes
+    whether the state is there).
+    """
+    states = {"trained"} if model_spec is not None and model_spec.path is not None else set()
     models_so_far: list[str] = []
     variant_names: set = set()
     for spec, path in stages:
-        t, opts = spec.type, spec.options
+        t, opts, technique = spec.type, spec.options, get_technique(spec.type)
 
         def bad(message, where=path):
             problems.add(where, f"{t}: {message}")
 
-        if t in _CHANGES_MODEL and exported:
-            bad(f"'{t}' after 'export': export (and evaluate) must come after every stage that changes the model")
-        if t in ("prune", "cluster", "quantize_aware", "distill", "fine_tune", "export") and not trained:
-            bad(f"'{t}' needs a trained model: put a 'train' (or 'tune') stage before it, or load one with model.path")
-        if t in ("tune", "train", "prune", "cluster", "distill", "fine_tune") and qat:
-            bad(f"'{t}' after 'quantize_aware' is not supported (tfmot cannot wrap a quantization-aware model); "
-                "quantize_aware must be the last training stage")
-        if t == "train" and (pruned or clustered):
-            bad("plain training after prune/cluster would undo the compression; give that stage more epochs")
-        if t == "tune" and (pruned or clustered):
-            bad("'tune' must come before the compression stages")
-        if t == "prune" and clustered:
-            bad("'prune' after 'cluster' loses the clusters; prune first, then cluster with preserve_sparsity")
-        if t in ("cluster", "quantize_aware") and opts.get("preserve_sparsity") and not pruned:
-            bad("preserve_sparsity: true needs an earlier 'prune' stage", path + ("preserve_sparsity",))
-        if t == "quantize_aware" and opts.get("preserve_clusters") and not clustered:
-            bad("preserve_clusters: true needs an earlier 'cluster' stage", path + ("preserve_clusters",))
-        if t == "evaluate" and not exported:
-            bad("'evaluate' measures exported TFLite files: put an 'export' stage before it")
-        if t == "cluster" and opts.get("preserve_sparsity") is None:
-            opts["preserve_sparsity"] = pruned
-        if t == "quantize_aware":
-            opts["preserve_sparsity"] = pruned if opts.get("preserve_sparsity") is None else opts["preserve_sparsity"]
-            opts["preserve_clusters"] = clustered if opts.get("preserve_clusters") is None else opts["preserve_clusters"]
-        if t == "export":
-            _check_variants(spec, path, models_so_far, variant_names, problems)
-            exported = True
-        # what this stage leaves behind
-        if t in ("tune", "train"):
-            trained = True
-        elif t == "prune":
-            pruned = True
-        elif t == "cluster":
-            clustered = True
-        elif t == "quantize_aware":
-            qat = True
-        elif t in ("distill", "fine_tune"):
-            trained, pruned, clustered = True, False, False
-        if t in MODEL_STAGES:
+        if technique.makes_model and "exported" in states:
+            bad(_AFTER_EXPORT.format(t=t))
+        for state in technique.needs:
+            if state not in states:
+                bad(NEEDS.get(state, "'{t}' needs an earlier stage that leaves '" + state + "'").format(t=t))
+        if technique.trains and "qat" in states and "qat" not in technique.sets:
+            bad(_AFTER_QAT.format(t=t))
+        for message in dict.fromkeys(m for state, m in technique.refuses_after.items() if state in states):
+            bad(message)
+        for option, state in technique.preserves.items():
+            if opts.get(option) and state not in states:
+                bad(f"{option}: true needs an earlier '{_producer(state)}' stage", path + (option,))
+        for option, state in technique.preserves.items():
+            if opts.get(option) is None:
+                opts[option] = state in states
+        for key, field in technique.options.items():
+            if field.section == "variants":
+                _check_variants(spec, key, path, models_so_far, variant_names, problems)
+        states = (states - set(technique.clears)) | set(technique.sets)
+        if technique.makes_model:
             models_so_far.append(spec.name)
 
 
-def _check_variants(spec, path: tuple, models_so_far: list, variant_names: set, problems) -> None:
+def _check_variants(spec, key: str, path: tuple, models_so_far: list, variant_names: set, problems) -> None:
     """Validate each export variant; fill in its model (default: the latest model) and TFLite quantization."""
-    variants = spec.options.get("variants")
+    variants = spec.options.get(key)
     if not isinstance(variants, list):
         return
     current = models_so_far[-1] if models_so_far else "model"
     allowed_models = models_so_far or ["model"]
     cleaned = []
     for j, item in enumerate(variants):
-        vpath = path + ("variants", j)
+        vpath = path + (key, j)
         v = read_section(item, VARIANT, vpath, problems, "export variant")
         if v is None:
             continue
@@ -313,10 +297,10 @@ def _check_variants(spec, path: tuple, models_so_far: list, variant_names: set, 
             problems.add(vpath + ("model",), f"model={v['model']!r} is not an earlier stage that makes a model; "
                                              f"allowed: {', '.join(allowed_models)}")
         v["tflite_quantization"] = QUANTIZATION_NAMES.get(v["quantization"] or "float32")
-        if v["io_dtype"] != "float32" and v["tflite_quantization"] not in ("int8", "int16x8"):
+        if v["io_dtype"] != "float32" and v["tflite_quantization"] not in CALIBRATED:
             problems.add(vpath + ("io_dtype",), f"io_dtype={v['io_dtype']!r} needs quantization int8 or int16x8")
         cleaned.append(v)
-    spec.options["variants"] = cleaned
+    spec.options[key] = cleaned
     baseline = spec.options.get("baseline")
     names = [v["name"] for v in cleaned]
     if baseline is not None and cleaned and baseline not in names:

@@ -3,35 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from pathlib import Path
 
 import numpy as np
 
 from tfopt import data as tfdata
-from tfopt import losses, models, optimizers, regularizers, schedules
+from tfopt import models, regularizers
 from tfopt._io import atomic_path, atomic_write_bytes, h5_bytes
 from tfopt._keras import keras, set_seed, tf
-from tfopt._model import count_steps, outputs_logits
+from tfopt._model import count_steps, is_qat
 from tfopt.errors import ConfigError
-from tfopt.pipeline.checks import FROM_DATA
-from tfopt.pipeline.recipe import DataSpec, ModelSpec, Recipe
+from tfopt.pipeline.specs import DataSpec, ModelSpec, Recipe
+from tfopt.train import compile_from_settings
 
-__all__ = ["Context", "save_model", "load_saved", "weight_count", "apply_determinism"]
-
-_QUANTIZER_VARS = ("_min", "_max", "optimizer_step", "iterations", "min_var", "max_var")
-
-
-def weight_count(model) -> tuple[int, int]:
-    """``(parameters, non-zero parameters)`` of a model, not counting tfmot quantizer variables."""
-    total = nonzero = 0
-    for w in model.weights:
-        if any(tag in w.name for tag in _QUANTIZER_VARS):
-            continue
-        values = np.asarray(w.numpy())
-        total += values.size
-        nonzero += int(np.count_nonzero(values))
-    return total, nonzero
+__all__ = ["Context", "save_model", "load_saved", "apply_determinism"]
 
 
 def apply_determinism(recipe: Recipe) -> bool:
@@ -50,16 +35,12 @@ def apply_determinism(recipe: Recipe) -> bool:
     return True
 
 
-def _is_qat(model) -> bool:
-    return any(type(layer).__name__.startswith("Quantize") for layer in model.layers)
-
-
 def save_model(model, directory: Path) -> Path:
     """Save ``model`` atomically as ``model.keras`` (``model.h5`` for a quantization-aware model, as
     ``tfopt.compress.save_quantized`` writes it). A full disk or a read-only folder raises WriteError and
     leaves no temporary file.
     """
-    if _is_qat(model):
+    if is_qat(model):
         path = Path(directory) / "model.h5"
         # HDF5 made in memory, then one plain write: a disk filling up mid-file fails cleanly instead of
         # inside HDF5 (whose half-written files can crash the process when closed)
@@ -196,18 +177,7 @@ class Context:
 
     def build(self, spec: ModelSpec, info):
         """Build a builder model whose input shape and class count follow ``info`` unless the recipe fixes them."""
-        builder = models.get_builder(spec.builder)
-        params = inspect.signature(builder).parameters
-        from_data = {"num_classes": info.num_classes}
-        if info.kind == "tokens":
-            from_data.update(vocab_size=info.vocab_size, seq_len=info.seq_len)
-        else:
-            from_data["input_shape"] = tuple(info.input_shape)
-        args = dict(spec.args or {})
-        for key in FROM_DATA:
-            if key in from_data and key not in args and key in params:
-                args[key] = from_data[key]
-        model = models.build(spec.builder, **args)
+        model = models.build_for(spec.builder, info, **dict(spec.args or {}))
         self.check_fits(model, info, f"model {spec.builder!r}")
         return model
 
@@ -232,43 +202,7 @@ class Context:
     # ------------------------------------------------------------ training settings
     def compile(self, model, train_ds, epochs: int) -> None:
         """Compile ``model`` with the recipe's optimizer, learning-rate schedule and loss."""
-        t = self.recipe.training
-        steps = count_steps(train_ds) * epochs
-        lr = self._schedule(t, steps)
-        opt = t["optimizer"]
-        opt = {"name": opt} if isinstance(opt, str) else dict(opt)
-        optimizer = optimizers.get(**opt, learning_rate=lr)
-        model.compile(optimizer=optimizer, loss=self._loss(t, model), metrics=["accuracy"])
-
-    @staticmethod
-    def _schedule(t: dict, total_steps: int):
-        sched = t["schedule"]
-        if sched is None:
-            return t["learning_rate"]
-        sched = {"name": sched} if isinstance(sched, str) else dict(sched)
-        name = sched.pop("name")
-        fn = schedules.SCHEDULES[name.lower()]
-        params = list(inspect.signature(fn).parameters)
-        if params and params[0] in ("base_lr", "max_lr") and params[0] not in sched:
-            sched[params[0]] = t["learning_rate"]
-        if "total_steps" in params and "total_steps" not in sched:
-            sched["total_steps"] = total_steps
-        fraction = sched.pop("warmup_fraction", None)
-        if fraction is not None and "warmup_steps" in params:
-            sched["warmup_steps"] = int(fraction * sched.get("total_steps", total_steps))
-        return schedules.get(name, **sched)
-
-    @staticmethod
-    def _loss(t: dict, model):
-        from_logits = outputs_logits(model)
-        if t["label_smoothing"]:
-            return losses.LabelSmoothingCrossEntropy(t["label_smoothing"], sparse=True, from_logits=from_logits)
-        loss = t["loss"]
-        loss = {"name": loss} if isinstance(loss, str) else dict(loss)
-        name = loss.pop("name")
-        if "from_logits" in inspect.signature(losses.LOSSES[name.lower()]).parameters:
-            loss.setdefault("from_logits", from_logits)
-        return losses.get(name, **loss)
+        compile_from_settings(model, self.recipe.training, count_steps(train_ds), epochs)
 
     def regularize(self, model):
         """The model with the recipe's L1/L2 kernel penalties (unchanged when both are 0)."""

@@ -27,12 +27,13 @@ from tfopt._keras import derive_seed, set_seed
 from tfopt._lock import RunLock
 from tfopt.errors import ConfigError
 from tfopt.pipeline.context import Context, apply_determinism, save_model
-from tfopt.pipeline.recipe import DataSpec, Recipe, load_recipe
+from tfopt.pipeline.recipe import load_recipe
 from tfopt.pipeline.results import collect_results, versions
 from tfopt.pipeline.rundir import MANIFEST, RESULTS, check_paths, model_damage, read_manifest, refuse_links_out
-from tfopt.pipeline.sections import MODEL_STAGES
+from tfopt.pipeline.specs import DataSpec, Recipe
 from tfopt.pipeline.stages import STAGES
 from tfopt.progress import Stages
+from tfopt.techniques import get_technique
 
 __all__ = ["run_recipe", "MANIFEST"]
 
@@ -160,13 +161,19 @@ def _apply_force(manifest: dict, recipe: Recipe, first: int | None, run_dir: Pat
     write_json(run_dir / MANIFEST, manifest)
 
 
+def _sections(spec, section: str) -> list:
+    """The values of ``spec``'s options that are nested sections of kind ``section`` (see Field.section)."""
+    options = get_technique(spec.type).options
+    return [spec.options[k] for k, field in options.items() if field.section == section and spec.options.get(k)]
+
+
 def _stage_data(recipe: Recipe) -> dict:
-    """``{stage name: DataSpec}``: the data each stage's model is for, from the recipe (never the manifest)."""
+    """``{stage name: DataSpec}``: the data each stage's model is for, from the recipe (never the manifest): a
+    stage with a data section of its own (fine_tune) makes its model for that data."""
     current, out = recipe.data, {}
     for spec in recipe.stages:
-        if spec.type == "fine_tune":
-            d = spec.options["data"]
-            current = DataSpec(**{**d, "classes": tuple(d["classes"]) if d.get("classes") else None})
+        for data in _sections(spec, "data"):
+            current = DataSpec.from_dict(data)
         out[spec.name] = current
     return out
 
@@ -174,7 +181,8 @@ def _stage_data(recipe: Recipe) -> dict:
 def _restore(ctx: Context, spec, entry: dict, stages: Stages) -> bool:
     """Re-attach a finished stage's outputs to the context; False when they are missing or damaged on disk."""
     outputs = entry.get("outputs") or {}
-    if spec.type in MODEL_STAGES:
+    technique = get_technique(spec.type)
+    if technique.makes_model:
         path = outputs.get("model")
         if not path or not (ctx.run_dir / path).exists():
             return False
@@ -184,7 +192,7 @@ def _restore(ctx: Context, spec, entry: dict, stages: Stages) -> bool:
                   "running the stage again", file=stages.stream, flush=True)
             return False
         ctx.set_model(spec.name, None, ctx.run_dir / path, _stage_data(ctx.recipe)[spec.name])
-    if spec.type == "export":
+    if "exported" in technique.sets:
         rows = entry["metrics"].get("variants", [])
         if not all((ctx.run_dir / r["path"]).exists() and r.get("model") in ctx.model_data for r in rows):
             return False
@@ -196,12 +204,10 @@ def _restore(ctx: Context, spec, entry: dict, stages: Stages) -> bool:
 
 def _data_needed(ctx: Context, spec) -> list:
     """The datasets a stage reads besides the current one: a fine_tune's new task, the exported models' data."""
-    if spec.type == "fine_tune":
-        d = spec.options["data"]
-        return [DataSpec(**{**d, "classes": tuple(d["classes"]) if d.get("classes") else None})]
-    if spec.type == "export":
-        return [ctx.model_data[v["model"]] for v in spec.options["variants"] if v["model"] in ctx.model_data]
-    return []
+    needed = [DataSpec.from_dict(data) for data in _sections(spec, "data")]
+    for variants in _sections(spec, "variants"):
+        needed += [ctx.model_data[v["model"]] for v in variants if v["model"] in ctx.model_data]
+    return needed
 
 
 def _run_stage(ctx: Context, spec, entry: dict, manifest: dict, stages: Stages) -> None:
@@ -213,8 +219,9 @@ def _run_stage(ctx: Context, spec, entry: dict, manifest: dict, stages: Stages) 
     start = time.perf_counter()
     ctx.fresh_data(_data_needed(ctx, spec))
     set_seed(entry["seed"])
+    sections = {k for k, field in get_technique(spec.type).options.items() if field.section}
     what = "(implicit) " * spec.implicit + ", ".join(f"{k}={v}" for k, v in spec.options.items()
-                                                     if v is not None and k not in ("variants", "data", "student", "space"))
+                                                     if v is not None and k not in sections)
     try:
         with stages(spec.name, what[:100]) as note:
             out = STAGES[spec.type](ctx, spec, stage_dir)
@@ -227,10 +234,10 @@ def _run_stage(ctx: Context, spec, entry: dict, manifest: dict, stages: Stages) 
     outputs = {}
     if out.model is not None:
         model_path = save_model(out.model, stage_dir)
-        data = out.data or ctx.current_data
+        data = DataSpec.from_dict(out.data) if isinstance(out.data, dict) else (out.data or ctx.current_data)
         outputs = {"model": str(model_path.relative_to(ctx.run_dir)), "data": dataclasses.asdict(data)}
         ctx.set_model(spec.name, out.model, model_path, data)
-    if spec.type == "export":
+    if "exported" in get_technique(spec.type).sets:
         ctx.exported += out.metrics["variants"]
         ctx.baseline = ctx.baseline or out.metrics.get("baseline")
     if (stage_dir / "history.csv").exists():
@@ -240,9 +247,9 @@ def _run_stage(ctx: Context, spec, entry: dict, manifest: dict, stages: Stages) 
     entry.pop("error", None)
     entry.update(status="done", outputs=outputs, metrics=out.metrics, seconds=time.perf_counter() - start)
     write_json(ctx.run_dir / MANIFEST, manifest)
-    if spec.type == "train" and ctx.run_dir == ctx.shared_dir:
-        # fit kept its BackupAndRestore state (keep_backup=True) until the stage was recorded done: a kill
-        # between the end of training and here resumes with the trained weights instead of training again
+    if ctx.run_dir == ctx.shared_dir:
+        # a train stage's fit kept its BackupAndRestore state (keep_backup=True) until the stage was recorded
+        # done: a kill between the end of training and here resumes with the trained weights, not training again
         shutil.rmtree(stage_dir / "backup", ignore_errors=True)
 
 

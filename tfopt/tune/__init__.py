@@ -16,19 +16,28 @@ from tfopt.tune.objectives import METRICS, parse_constraints, parse_objectives
 from tfopt.tune.oracles import ORACLES
 from tfopt.tune.pareto import dominates, pareto_front, plot_pareto
 from tfopt.tune.results import SearchResult, Trials
-from tfopt.tune.spaces import COMPRESSION_KEYS, DEFAULT_SPACES, TRAINING_KEYS, Space
+from tfopt.tune.spaces import DEFAULT_SPACES, TRAINING_KEYS, Space, compression_keys
 from tfopt.tune.training import SCHEDULES
-from tfopt.tune.tuner import TfoptTuner, run_role, search
+from tfopt.tune.tuner import TfoptTuner, run_role, search, search_stage
+
+
+def __getattr__(name: str):
+    if name == "COMPRESSION_KEYS":  # derived from the technique registry each time it is read
+        return compression_keys()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "search",
     "run_role",
+    "search_stage",
     "SearchResult",
     "Trials",
     "Space",
     "DEFAULT_SPACES",
     "TRAINING_KEYS",
     "COMPRESSION_KEYS",
+    "compression_keys",
     "SCHEDULES",
     "METRICS",
     "ORACLES",

@@ -15,11 +15,13 @@ Keys:
   (each trial passes a builder only the arguments it takes).
 * builder arguments, e.g. ``filters``, ``dense``, ``dropout``, ``units``, ``width``, ``blocks``.
 * training settings (:data:`TRAINING_KEYS`): ``optimizer`` (a name of :mod:`tfopt.optimizers`),
-  ``learning_rate``, ``schedule`` (see :data:`tfopt.tune.training.SCHEDULES`), ``weight_decay``,
-  ``label_smoothing``, ``augment`` (None, "light", "standard").
-* compression settings (:data:`COMPRESSION_KEYS`): ``target_sparsity`` (tfopt prune after training),
-  ``prune_epochs``, ``n_clusters`` (tfopt cluster after that), ``cluster_epochs``, ``quantization``
-  (of the exported TFLite model: None, "dynamic", "float16", "int8").
+  ``learning_rate``, ``schedule`` (a name of :data:`tfopt.schedules.SCHEDULES` or a dict with its
+  arguments, read as a recipe's: see :func:`tfopt.schedules.from_settings`), ``weight_decay``,
+  ``label_smoothing``, ``augment`` (None or a name of :data:`tfopt.data.AUGMENTATIONS`).
+* compression settings (:data:`COMPRESSION_KEYS`), the ``tune_keys`` every registered technique declares
+  (see :mod:`tfopt.techniques`), each checked by that technique's option: ``target_sparsity`` (prune after
+  training), ``prune_epochs``, ``n_clusters`` (cluster after that), ``cluster_epochs``, ``quantization``
+  (of the exported TFLite model: None or a name of :data:`tfopt.export.QUANTIZATIONS`).
 
 >>> space = Space.parse({"model": "cnn", "filters": [[8], [8, 16]], "dropout": {"min": 0.0, "max": 0.5}})
 >>> sorted(space.params), space.fixed
@@ -72,28 +74,21 @@ def _check_optimizer(value):
 
 
 def _check_schedule(value):
-    from tfopt.tune.training import SCHEDULES
+    """A schedule a trial can build from its learning rate and steps alone (a name or a dict with arguments)."""
+    from tfopt.schedules import SCHEDULES, from_settings
 
-    check_choice("schedule", value, tuple(SCHEDULES))
+    name = value.get("name") if isinstance(value, dict) else value
+    check_choice("schedule", name, tuple(SCHEDULES))
+    try:
+        from_settings(value, 1e-3, 1000)
+    except ConfigError as err:
+        raise ConfigError(f"schedule={value!r} cannot be made from a trial's learning rate and steps: {err}") from None
 
 
 def _check_augment(value):
     from tfopt.data import AUGMENTATIONS
 
     check_choice("augment", value, (None, *AUGMENTATIONS))
-
-
-def _check_quantization(value):
-    check_choice("quantization", value, (None, "dynamic", "float16", "int8"))
-
-
-def _check_int(name, low):
-    def check(value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ConfigError(f"{name}={value!r} is not allowed; allowed: an integer >= {low}")
-        check_range(name, value, low)
-
-    return check
 
 
 # setting -> validator of one value (raises ConfigError naming the value)
@@ -105,14 +100,35 @@ TRAINING_KEYS: dict[str, Callable] = {
     "label_smoothing": lambda v: check_range("label_smoothing", v, 0, 1, high_open=True),
     "augment": _check_augment,
 }
-COMPRESSION_KEYS: dict[str, Callable] = {
-    "target_sparsity": lambda v: check_range("target_sparsity", v, 0, 1, high_open=True),
-    "prune_epochs": _check_int("prune_epochs", 1),
-    "n_clusters": lambda v: v is None or _check_int("n_clusters", 2)(v),
-    "cluster_epochs": _check_int("cluster_epochs", 1),
-    "quantization": _check_quantization,
-}
-_VALIDATORS = {**TRAINING_KEYS, **COMPRESSION_KEYS}
+
+
+def compression_keys() -> dict[str, Callable]:
+    """Search-space key -> validator, for the ``tune_keys`` of every registered technique (checked by the
+    technique's own option; the first key of a technique, which turns it on, may also be None)."""
+    import tfopt.compress  # noqa: F401  (their techniques register on import)
+    import tfopt.export  # noqa: F401
+    from tfopt.options import check_value
+    from tfopt.techniques import TECHNIQUES
+
+    def validator(key, field, switch):
+        return lambda v: None if switch and v is None else check_value(key, field, v)
+
+    out = {}
+    for technique in TECHNIQUES.values():
+        for i, (key, target) in enumerate(technique.tune_keys.items()):
+            field = target if not isinstance(target, str) else technique.options[target]
+            out[key] = validator(key, field, i == 0)
+    return out
+
+
+def __getattr__(name: str):
+    if name == "COMPRESSION_KEYS":  # derived from the registry each time: a technique registered later counts
+        return compression_keys()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _validators() -> dict:
+    return {**TRAINING_KEYS, **compression_keys()}
 
 
 def _label(value) -> str:
@@ -265,6 +281,7 @@ class Space:
         from tfopt.models import get_builder
 
         builders = {name: get_builder(name) for name in self.models()}
+        validators = _validators()
         accepted = set()
         for builder in builders.values():
             accepted |= set(inspect.signature(builder).parameters)
@@ -272,13 +289,13 @@ class Space:
             if name == "model":
                 continue
             values = self.params[name].candidates() if name in self.params else [self.fixed[name]]
-            if name in _VALIDATORS:
+            if name in validators:
                 for value in values:
-                    _VALIDATORS[name](value)
+                    validators[name](value)
             elif name not in accepted:
                 raise ConfigError(
                     f"space key {name!r} is not an argument of model(s) {sorted(builders)} nor a setting; "
-                    f"allowed: {', '.join(sorted(accepted | set(_VALIDATORS)))}"
+                    f"allowed: {', '.join(sorted(accepted | set(validators)))}"
                 )
 
     def declare(self, hp) -> None:
@@ -311,7 +328,8 @@ def split(values: dict) -> tuple[dict, dict, dict]:
     >>> split({"model": "cnn", "filters": [8], "learning_rate": 0.01, "target_sparsity": 0.5})
     ({'model': 'cnn', 'filters': [8]}, {'learning_rate': 0.01}, {'target_sparsity': 0.5})
     """
-    build = {k: v for k, v in values.items() if k not in _VALIDATORS}
+    compression_keys_ = compression_keys()
+    build = {k: v for k, v in values.items() if k not in TRAINING_KEYS and k not in compression_keys_}
     training = {k: v for k, v in values.items() if k in TRAINING_KEYS}
-    compression = {k: v for k, v in values.items() if k in COMPRESSION_KEYS}
+    compression = {k: v for k, v in values.items() if k in compression_keys_}
     return build, training, compression

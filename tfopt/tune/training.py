@@ -6,45 +6,17 @@ import inspect
 
 import numpy as np
 
+from tfopt import schedules
 from tfopt._keras import check_model, keras, tf
-from tfopt._model import outputs_logits, strategy_scope
+from tfopt._model import strategy_scope, weight_count
 from tfopt.errors import ConfigError
+from tfopt.techniques import TECHNIQUES
 
 __all__ = ["SCHEDULES", "build_model", "compile_model", "fit", "compress", "measure", "infer_data"]
 
 
-def _cosine(lr, total):
-    from tfopt.schedules import warmup_cosine
-
-    return warmup_cosine(lr, total)
-
-
-def _warmup_cosine(lr, total):
-    from tfopt.schedules import warmup_cosine
-
-    return warmup_cosine(lr, total, warmup_steps=max(1, total // 10))
-
-
-def _one_cycle(lr, total):
-    from tfopt.schedules import one_cycle
-
-    return one_cycle(lr, total)
-
-
-def _exponential(lr, total):
-    from tfopt.schedules import exponential
-
-    return exponential(lr, decay_steps=max(1, total), decay_rate=0.1)
-
-
-# schedule name -> (peak learning rate, total steps) -> rate or LearningRateSchedule
-SCHEDULES = {
-    "constant": lambda lr, total: lr,
-    "cosine": _cosine,
-    "warmup_cosine": _warmup_cosine,
-    "one_cycle": _one_cycle,
-    "exponential": _exponential,
-}
+# the one schedule vocabulary (a name, or a dict with its arguments; see tfopt.schedules.from_settings)
+SCHEDULES = schedules.SCHEDULES
 
 
 def infer_data(train_ds, val_ds, input_shape=None, num_classes=None) -> tuple[tuple, int]:
@@ -57,7 +29,7 @@ def infer_data(train_ds, val_ds, input_shape=None, num_classes=None) -> tuple[tu
         if y_spec.shape.rank == 2 and y_spec.shape[-1] and y_spec.shape[-1] > 1:
             num_classes = int(y_spec.shape[-1])
         else:
-            top = max(int(ds.map(lambda x, y: tf.reduce_max(tf.cast(y, tf.int64))).reduce(
+            top = max(int(ds.map(lambda x, y, *w: tf.reduce_max(tf.cast(y, tf.int64))).reduce(
                 tf.constant(0, tf.int64), tf.maximum)) for ds in (train_ds, val_ds))
             num_classes = top + 1
     return tuple(input_shape), int(num_classes)
@@ -65,17 +37,12 @@ def infer_data(train_ds, val_ds, input_shape=None, num_classes=None) -> tuple[tu
 
 def build_model(build: dict, input_shape, num_classes: int):
     """A registry model from a trial's builder settings (arguments a chosen builder does not take are dropped)."""
-    from tfopt.models import build as build_registered
-    from tfopt.models import get_builder
+    from tfopt.models import build_for, get_builder
 
     name = build["model"]
     params = inspect.signature(get_builder(name)).parameters
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in build.items() if k != "model" and k in params}
-    if "vocab_size" not in kwargs and "input_shape" in params:
-        kwargs.setdefault("input_shape", input_shape)
-    if "num_classes" in params:
-        kwargs.setdefault("num_classes", num_classes)
-    return build_registered(name, **kwargs)
+    return build_for(name, {"input_shape": input_shape, "num_classes": num_classes}, **kwargs)
 
 
 def compile_model(model, training: dict, steps_per_epoch: int, epochs: int, force: bool = True):
@@ -83,29 +50,18 @@ def compile_model(model, training: dict, steps_per_epoch: int, epochs: int, forc
 
     Args:
         model: tf_keras model.
-        training: Dict of training settings (optimizer, learning_rate, schedule, weight_decay, label_smoothing).
+        training: Dict of training settings (optimizer, learning_rate, schedule, weight_decay, label_smoothing),
+            read as :func:`tfopt.train.compile_from_settings` reads a recipe's.
         steps_per_epoch: Integer, batches per epoch (for schedules).
         epochs: Integer, the epochs the schedule spans.
         force: Bool, compile even when the model is already compiled.
     """
-    from tfopt import optimizers
-    from tfopt.losses import LabelSmoothingCrossEntropy
+    from tfopt.train import compile_from_settings
 
     check_model(model, "tune")
     if model.optimizer is not None and not force:
         return model
-    lr = training.get("learning_rate", 1e-3)
-    lr = SCHEDULES[training.get("schedule") or "constant"](lr, steps_per_epoch * max(1, epochs))
-    optimizer = optimizers.get(training.get("optimizer") or "adam", learning_rate=lr,
-                               weight_decay=training.get("weight_decay"))
-    logits = outputs_logits(model)
-    smoothing = training.get("label_smoothing") or 0.0
-    if smoothing:
-        loss = LabelSmoothingCrossEntropy(smoothing, from_logits=logits)
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=logits)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-    return model
+    return compile_from_settings(model, training, steps_per_epoch, epochs)
 
 
 def _augmented(train_ds, augment, input_shape):
@@ -114,7 +70,8 @@ def _augmented(train_ds, augment, input_shape):
     from tfopt.data import get_augmentation
 
     fn = get_augmentation(augment, input_shape)
-    return train_ds.map(lambda x, y: fn(x, y), num_parallel_calls=tf.data.AUTOTUNE)
+    # a class-weighted train set yields (x, y, w): the weight passes through
+    return train_ds.map(lambda x, y, *w: (*fn(x, y), *w), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 class _EpochCounter(keras.callbacks.Callback):
@@ -147,25 +104,31 @@ def fit(model, train_ds, val_ds, training: dict, epochs: int, initial_epoch: int
     return {**logs, "epochs_trained": counter.count}
 
 
+def chain() -> list:
+    """The techniques a trial can apply after training, in their ``tune_order``: those with ``tune_keys`` and
+    an ``apply`` (prune, then cluster, and any registered later)."""
+    return sorted((t for t in TECHNIQUES.values() if t.apply is not None and t.tune_keys), key=lambda t: t.tune_order)
+
+
 def compress(model, train_ds, compression: dict, strategy=None, verbose=0):
-    """Prune (``target_sparsity``) then cluster (``n_clusters``) ``model``; returns the stripped, compiled model."""
-    sparsity = compression.get("target_sparsity") or 0.0
-    if sparsity > 0:
-        from tfopt.compress.prune import prune
+    """Apply each technique of :func:`chain` a trial's ``compression`` settings turn on (the first of its
+    ``tune_keys`` set and not 0), in order; returns the stripped, compiled model.
 
-        model = prune(model, train_ds, sparsity, epochs=compression.get("prune_epochs", 1),
-                      strategy=strategy, verbose=verbose, learning_rate=None)
-    n_clusters = compression.get("n_clusters")
-    if n_clusters:
-        from tfopt.compress.cluster import cluster
+    An option that preserves a state (cluster's ``preserve_sparsity``) is true when a technique earlier in the
+    chain left it (the trial was pruned first).
+    """
+    import tfopt.compress  # noqa: F401  (its techniques register on import)
 
-        model = cluster(model, train_ds, n_clusters, epochs=compression.get("cluster_epochs", 1),
-                        preserve_sparsity=sparsity > 0, strategy=strategy, verbose=verbose)
+    states: set = set()
+    for technique in chain():
+        keys = technique.tune_keys
+        if not compression.get(next(iter(keys))):
+            continue
+        options = {target: compression[key] for key, target in keys.items() if key in compression}
+        options.update({option: state in states for option, state in technique.preserves.items()})
+        model = technique.apply(model, train_ds, strategy=strategy, verbose=verbose, **options)
+        states |= set(technique.sets)
     return model
-
-
-def _nonzero(model) -> int:
-    return int(sum(np.count_nonzero(w) for w in model.get_weights()))
 
 
 def measure(model, train_ds, val_ds, compression: dict, needs: set, latency_runs: int = 50) -> dict:
@@ -173,13 +136,12 @@ def measure(model, train_ds, val_ds, compression: dict, needs: set, latency_runs
     TFLite ones when ``needs`` holds "export" or "tflite_eval"."""
     results = model.evaluate(val_ds, verbose=0, return_dict=True)
     metrics = {f"val_{k}": float(v) for k, v in results.items()}
-    metrics["params"] = int(model.count_params())
-    metrics["nonzero_params"] = _nonzero(model)
+    metrics["params"], metrics["nonzero_params"] = weight_count(model)
     if needs & {"export", "tflite_eval"}:
-        from tfopt.export import evaluate, to_tflite
+        from tfopt.export import CALIBRATED, evaluate, to_tflite
 
         quantization = compression.get("quantization")
-        rep = train_ds if quantization == "int8" else None
+        rep = train_ds if quantization in CALIBRATED else None
         tfl = to_tflite(model, quantization=quantization, representative_data=rep)
         metrics["tflite_bytes"] = int(tfl.bytes)
         metrics["tflite_gzip_bytes"] = int(tfl.gzip_bytes)

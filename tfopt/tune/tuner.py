@@ -31,11 +31,14 @@ from tfopt._io import write_json
 from tfopt._private import private
 from tfopt._keras import derive_seed, keras, set_seed
 from tfopt.errors import TrainingError
+from tfopt.options import ANY, LIST, MAP, NONE, Field, at_least, options_from
+from tfopt.techniques import StageResult, Technique, register_technique
 from tfopt.tune import objectives as objs
 from tfopt.tune import training
+from tfopt.tune.oracles import ORACLES
 from tfopt.tune.results import SIDECAR
 
-__all__ = ["TfoptTuner", "WEIGHTS", "TRAINED_WEIGHTS"]
+__all__ = ["TfoptTuner", "WEIGHTS", "TRAINED_WEIGHTS", "search_stage"]
 
 WEIGHTS = "model_weights.h5"
 TRAINED_WEIGHTS = "trained_weights.h5"
@@ -388,3 +391,60 @@ def run_role(role: str, space, train_ds, val_ds, address: str | None = None, tun
     >>> run_role("worker", "cnn", train_ds, val_ds, address="127.0.0.1:8000", tuner_id="worker0")  # doctest: +SKIP
     """
     return search(space, train_ds, val_ds, role=role, address=address, tuner_id=tuner_id, **kwargs)
+
+
+# ---------------------------------------------------------------- the "tune" technique (a recipe stage)
+
+
+def search_stage(inputs, options: dict, directory, **extra):
+    """Run the search a ``tune`` stage's ``options`` describe on its data; returns ``(result, train_ds, val_ds)``.
+
+    Args:
+        inputs: :class:`tfopt.techniques.StageInputs`.
+        options: Dict, the stage's options (space, algorithm, objective, max_trials, ...).
+        directory: Path of the search folder.
+        **extra: More arguments of :func:`search` (e.g. ``role``, ``address``, ``tuner_id``, ``overwrite``).
+    """
+    o = options
+    train_ds, val_ds, info = inputs.load()
+    shape = (info.seq_len,) if info.kind == "tokens" else tuple(info.input_shape)
+
+    def fresh_data():  # each trial gets datasets made afresh (see search's data_fn)
+        inputs.fresh_data()
+        return inputs.load()[:2]
+
+    result = search(o["space"], train_ds, val_ds, algorithm=o["algorithm"], objective=o["objective"],
+                    max_trials=o["max_trials"], max_epochs=o["max_epochs"], constraints=o["constraints"],
+                    objectives=o["objectives"], directory=str(directory), project_name=inputs.project,
+                    seed=inputs.seed, input_shape=shape, num_classes=info.num_classes,
+                    verbose=1 if inputs.verbose == "auto" else int(inputs.verbose), data_fn=fresh_data, **extra)
+    train_ds, val_ds, _ = inputs.load()
+    return result, train_ds, val_ds
+
+
+def _run_stage(inputs, o: dict):
+    """The tune stage: a hyperparameter search; its best model becomes the current model."""
+    result, train_ds, val_ds = search_stage(inputs, o, Path(inputs.stage_dir) / "search")
+    model = result.best_model
+    hp = result.best_hyperparameters
+    hp = hp if isinstance(hp, dict) else getattr(hp, "values", {})
+    if model.optimizer is None:
+        inputs.compile(model, train_ds, o["max_epochs"])
+    metrics = {"best_hyperparameters": dict(hp or {}), **inputs.held_out(model, val_ds)}
+    return StageResult(model, metrics, f"best {metrics['best_hyperparameters']}, accuracy "
+                                       f"{metrics['val_accuracy']:.4f}")
+
+
+_PRUNED = "'tune' must come before the compression stages"
+TECHNIQUE = register_technique(Technique(
+    "tune",
+    options_from(search, ["space", "algorithm", "objective", "max_trials", "max_epochs", "constraints", "objectives"],
+                 space=Field((ANY,), required=True, section="space",
+                             help="a builder name, a dict of ranges, see tfopt.tune.spaces"),
+                 algorithm={"choices": tuple(ORACLES)},
+                 max_trials={"check": at_least(1)},
+                 max_epochs={"check": at_least(1)},
+                 constraints={"kinds": (MAP, NONE)},
+                 objectives={"kinds": (LIST, NONE)}),
+    _run_stage, summary="hyperparameter search (keras-tuner oracles); the best model becomes the current one",
+    function=search, needs=(), sets=("trained",), refuses_after={"pruned": _PRUNED, "clustered": _PRUNED}))
