@@ -132,3 +132,102 @@ def test_read_history(tmp_path):
     path.write_text("epoch,accuracy,loss,val_accuracy,val_loss\n0,0.5,1.2,0.6,1.0\n1,0.7,0.8,0.75,0.7\n")
     hist = read_history(path)
     assert hist == {"accuracy": [0.5, 0.7], "loss": [1.2, 0.8], "val_accuracy": [0.6, 0.75], "val_loss": [1.0, 0.7]}
+
+
+# ---------------------------------------------------------------- test split, intervals, paired comparisons
+
+
+def test_each_variant_holds_test_and_validation_figures(run):
+    run_dir, results = run
+    saved = read_json(run_dir / "results.json")
+    n_test = saved["data"]["n_test"]
+    for v in saved["variants"]:
+        assert v["accuracy"] == v["test_accuracy"] and v["test_n"] == v["n"] == n_test
+        low, high = v["test_accuracy_ci95"]
+        assert 0 <= low < v["test_accuracy"] < high <= 1
+        assert 0 < v["val_accuracy"] <= 1 and v["val_n"] == saved["data"]["n_val"]
+        assert sum(map(sum, v["test_confusion"])) == n_test and len(v["test_confusion"]) == 10
+        assert len(v["test_per_class_recall"]) == 10
+        assert v["test_delta"] == pytest.approx(v["accuracy_delta"], abs=1e-12)
+        low, high = v["test_delta_ci95"]
+        assert low <= v["test_delta"] <= high and 0 <= v["mcnemar_p"] <= 1
+        assert v["significant_drop"] == (v["mcnemar_p"] < 0.05 and v["test_delta"] < 0)
+    base = saved["variants"][0]
+    assert (base["test_delta"], base["test_delta_ci95"], base["mcnemar_p"], base["significant_drop"]) == \
+        (0.0, [0.0, 0.0], 1.0, False)
+    # what pairing needs is kept beside the evaluate stage's metrics
+    predictions = read_json(run_dir / "04_evaluate" / "predictions.json")["variants"]
+    assert set(predictions) == {"float32", "pruned", "pruned_int8"}
+    assert all(len(p["labels"]) == len(p["predictions"]) == n_test for p in predictions.values())
+
+
+def test_report_says_test_and_shows_intervals_recall_and_confusion(run):
+    run_dir, results = run
+    saved = read_json(run_dir / "results.json")
+    text = (run_dir / "report.md").read_text()
+    d = saved["data"]
+    assert f"{d['n_train']:,} train / {d['n_val']:,} validation / {d['n_test']:,} test" in text
+    assert "on the **test** split" in text and "Pareto-optimal (validation accuracy vs gzip size)" in text
+    rows = _md_table(text, "Variants")
+    for row, v in zip(rows, saved["variants"]):
+        assert row["95% CI"] == "[{:.4f}, {:.4f}]".format(*v["test_accuracy_ci95"])
+        assert int(row["n"]) == v["test_n"] and float(row["val accuracy"]) == pytest.approx(v["val_accuracy"], abs=5e-5)
+        assert row["Δ 95% CI"] == "[{:+.4f}, {:+.4f}]".format(*v["test_delta_ci95"])
+        assert row["McNemar p"].startswith(f"{v['mcnemar_p']:.4f}") and row["McNemar p"].endswith("▼") == v["significant_drop"]
+    recall = _md_table(text, "Per-class recall (test)")
+    assert [r["class"] for r in recall] == [str(i) for i in range(10)]
+    assert sum(int(r["test n"]) for r in recall) == d["n_test"]
+    assert [float(r["pruned"]) for r in recall] == pytest.approx(saved["variants"][1]["test_per_class_recall"], abs=5e-4)
+    smallest = min(saved["variants"], key=lambda v: v["gzip_bytes"])
+    for name in ("float32 (baseline)", f"{smallest['variant']} (smallest variant)"):
+        matrix = _md_table(text, f"Confusion matrix (test): {name}")
+        assert sum(int(c) for r in matrix for k, c in r.items() if k != "true ↓ predicted →") == d["n_test"]
+    page = (run_dir / "report.html").read_text()
+    assert "<b>test</b> split" in page and "<h2>Per-class recall (test)</h2>" in page
+
+
+def test_report_recomputes_missing_comparisons_and_a_damaged_predictions_file_is_one_line(run, tmp_path, caplog):
+    import json
+    import shutil
+
+    from tfopt.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run[0], copy)
+    saved = read_json(copy / "results.json")
+    keys = ("test_delta", "test_delta_ci95", "mcnemar_p", "significant_drop", "test_discordant")
+    stripped = {**saved, "variants": [{k: v for k, v in row.items() if k not in keys} for row in saved["variants"]]}
+    (copy / "results.json").write_text(json.dumps(stripped))
+    write_report(copy)  # recomputed from 04_evaluate/predictions.json
+    rows = _md_table((copy / "report.md").read_text(), "Variants")
+    assert [r["Δ 95% CI"] for r in rows] == ["[{:+.4f}, {:+.4f}]".format(*v["test_delta_ci95"]) for v in saved["variants"]]
+
+    (copy / "04_evaluate" / "predictions.json").write_text('{"variants": {"float32": {"labels": [0, 1], "pred')
+    with caplog.at_level("WARNING", logger="tfopt.pipeline.report"):
+        assert main(["report", str(copy)]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "predictions.json is damaged: not valid JSON" in warnings[0]
+    assert "\n" not in warnings[0]
+    text = (copy / "report.md").read_text()
+    assert "predictions.json is damaged" in text
+    assert [r["Δ 95% CI"] for r in _md_table(text, "Variants")] == ["–"] * 3  # not made up
+    assert [r["accuracy"] for r in _md_table(text, "Variants")] == [r["accuracy"] for r in rows]
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda v: v.update(test_accuracy_ci95=[0.9]), r"variants\[0\].test_accuracy_ci95 is not a \[low, high\] pair"),
+    (lambda v: v.update(test_delta_ci95="wide"), r"variants\[0\].test_delta_ci95 is a string, not a list"),
+    (lambda v: v.update(test_confusion=[[1, 2], [3]]), r"variants\[0\].test_confusion is not a square matrix"),
+    (lambda v: v.update(mcnemar_p="low"), r"variants\[0\].mcnemar_p is a string, not a number"),
+])
+def test_damaged_test_figures_in_results_are_one_line(run, tmp_path, edit, match):
+    import json
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run[0], copy)
+    saved = read_json(copy / "results.json")
+    edit(saved["variants"][0])
+    (copy / "results.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=f"results.json of the run directory .* is damaged: {match}"):
+        write_report(copy)

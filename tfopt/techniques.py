@@ -122,6 +122,7 @@ class StageInputs:
         project: String, the recipe's name.
         current: String or None, the stage whose model is the current one.
         exported: List of the rows of the TFLite files exported so far.
+        baseline: String or None, the exported variant the others are compared with.
         verbose: Keras verbosity.
         strategy: tf.distribute strategy or None.
     """
@@ -142,6 +143,7 @@ class StageInputs:
     project: str = "run"
     current: str | None = None
     exported: list = dataclasses.field(default_factory=list)
+    baseline: str | None = None
     verbose: object = "auto"
     strategy: object = None
 

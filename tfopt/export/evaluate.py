@@ -326,16 +326,25 @@ def compare(keras_model, tflite_model, dataset, limit: int | None = None) -> dic
 
 
 def _run_stage(inputs, o: dict):
-    """The evaluate stage: every exported variant measured with LiteRT on the held-out split of its model's data."""
-    rows = []
+    """The evaluate stage: every exported variant measured with LiteRT on the validation split (to choose on)
+    and the fixed test split (to report) of its model's data, and compared with the baseline on the same test
+    examples; the per-example test predictions are kept in the stage's ``predictions.json``."""
+    rows, outcomes = [], {}
     for row in inputs.exported:
         _, val_ds, _ = inputs.load(row["data"])
-        measured = evaluate(inputs.run_dir / row["path"], val_ds, threads=o["threads"], warmup=o["warmup"],
-                            runs=o["runs"], limit=o["limit"])
+        measured = evaluate_splits(inputs.run_dir / row["path"], val_ds, inputs.test(row["data"]), threads=o["threads"],
+                                   warmup=o["warmup"], runs=o["runs"], limit=o["limit"])
+        outcomes[row["variant"]] = {"labels": measured.pop("labels"), "predictions": measured.pop("predictions")}
         rows.append({**row, **measured})
-    best = max(rows, key=lambda r: r["accuracy"]) if rows else None
-    note = f"best {best['variant']} accuracy {best['accuracy']:.4f}" if best else "nothing exported"
-    return StageResult(None, {"variants": rows}, note)
+    write_predictions(inputs.stage_dir / PREDICTIONS, outcomes)
+    compared = compare_with_baseline(outcomes, inputs.baseline)
+    rows = [{**r, **compared.get(r["variant"], {})} for r in rows]
+    if not rows:
+        return StageResult(None, {"variants": rows}, "nothing exported")
+    best = max(rows, key=lambda r: r["val_accuracy"])  # chosen on validation, reported on test
+    low, high = best["test_accuracy_ci95"]
+    return StageResult(None, {"variants": rows}, f"best on validation {best['variant']} ({best['val_accuracy']:.4f}): "
+                       f"test accuracy {best['test_accuracy']:.4f} [95% CI {low:.4f}, {high:.4f}], n={best['test_n']:,}")
 
 
 TECHNIQUE = register_technique(Technique(
@@ -343,5 +352,6 @@ TECHNIQUE = register_technique(Technique(
     options_from(evaluate, ["threads", "runs", "warmup", "limit"],
                  **{key: {"check": OPTIONS[key]} for key in ("threads", "warmup", "limit")},
                  runs={"default": 100, "check": OPTIONS["runs"], "help": "timed batch-1 runs per file (100 in a recipe, which measures every variant)"}),
-    _run_stage, summary="measure each exported TFLite file with LiteRT: accuracy, bytes, gzip bytes, latency",
+    _run_stage, summary="measure each exported TFLite file with LiteRT: validation and test accuracy (with a 95% "
+    "interval, per-class recall, confusion, the paired difference to the baseline), bytes, gzip bytes, latency",
     function=evaluate, own_defaults=("runs",), makes_model=False, trains=False, needs=("exported",)))

@@ -39,7 +39,8 @@ def stage_inputs(ctx: Context, spec: StageSpec, stage_dir: Path) -> StageInputs:
                                               info),
         compile=ctx.compile, regularize=ctx.regularize, stage_dir=Path(stage_dir), run_dir=ctx.run_dir,
         backup_dir=ctx.shared_dir / spec.dirname / "backup", training=ctx.recipe.training, seed=ctx.recipe.seed,
-        project=ctx.recipe.name, current=ctx.current, exported=list(ctx.exported), verbose=ctx.verbose,
+        project=ctx.recipe.name, current=ctx.current, exported=list(ctx.exported), baseline=ctx.baseline,
+        verbose=ctx.verbose,
         strategy=ctx.strategy)
 
 
