@@ -2,7 +2,7 @@
 
 For the documents' CNN and for LeNet-300-100: prune (polynomial, to 80-95%), cluster keeping the zeros
 (16 or 8 centroids), quantization-aware training keeping both (PCQAT), export int8 TFLite (also with
-``sparse=True``); every variant's held-out accuracy is measured with LiteRT on the exported file, and its
+``sparse=True``); every variant's test accuracy is measured with LiteRT on the exported file, and its
 sparsity and cluster counts are read back from the file's own int8 weights (``tflite_weights``).
 
 Deep Compression (Han et al. 2016) reached 40x on LeNet-300-100 (1070 KB -> 27 KB, 1.64% -> 1.58%
@@ -55,15 +55,15 @@ def _compressed(arch, base, sparsity, clusters, settings, train_ds):
 
 def compressed(arch: str, sparsity: float, clusters, settings: common.Settings):
     """Public access to a cached compressed QAT model (the latency figure reuses it)."""
-    train_ds, _, _ = common.load_data(settings)
+    train_ds = common.load_data(settings).train
     return _compressed(arch, common.baseline(arch, settings), sparsity, clusters, settings, train_ds)
 
 
 def _measure(arch, settings, candidates):
-    train_ds, val_ds, _ = common.load_data(settings)
+    train_ds, _, test_ds, _ = common.load_data(settings)
     base = common.baseline(arch, settings)
     float_tfl = export.to_tflite(base)
-    float_acc, _ = common.tflite_accuracy(float_tfl, val_ds)
+    float_acc, _ = common.tflite_accuracy(float_tfl, test_ds)
     rows = [{"model": arch, "variant": "float32", "bytes": float_tfl.bytes, "gzip_bytes": float_tfl.gzip_bytes,
              "ratio": 1.0, "accuracy": float_acc, "drop_points": 0.0, "sparsity": None, "values_per_channel": None,
              "target_sparsity": 0.0, "clusters": None, "runtime_note": None}]
@@ -71,7 +71,7 @@ def _measure(arch, settings, candidates):
         qat = _compressed(arch, base, sparsity, clusters, settings, train_ds)
         for sparse in (False, True):
             tfl = export.to_tflite(qat, "int8", representative_data=train_ds, sparse=sparse)
-            acc, note = common.tflite_accuracy(tfl, val_ds)
+            acc, note = common.tflite_accuracy(tfl, test_ds)
             stats = file_stats(tfl.content)
             rows.append({
                 "model": arch, "variant": label + (" (sparse=True)" if sparse else ""), "bytes": tfl.bytes,
@@ -124,7 +124,7 @@ def figure_from_rows(all_rows) -> dict:
     no_xnnpack = sorted({r["variant"] for r in all_rows if r["runtime_note"]})
     notes = [
         "ratio = float32 TFLite gzip bytes / variant gzip bytes; drop = float32 accuracy - variant accuracy, "
-        "both measured with LiteRT on the 1,000 held-out digits (0.1 point = 1 digit).",
+        "both measured with LiteRT on the 1,000 fixed test digits (0.1 point = 1 digit).",
         "sparsity and values/channel are read back from the int8 kernels stored in the .tflite file "
         "(values per output channel include the zero; PCQAT keeps at most n_clusters per channel once "
         "int8 per-channel scales apply). Empty for sparse=True files, whose kernels are stored "

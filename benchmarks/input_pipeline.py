@@ -38,7 +38,7 @@ def _consumer(info, batch, steps: int):
 def run(settings: common.Settings) -> dict:
     """Headline: pipeline examples/s over train-step examples/s (median of per-round ratios)."""
     set_seed(settings.seed)
-    train_ds, _, info = common.load_data(settings, augment="standard")
+    train_ds, _, _, info = common.load_data(settings, augment="standard")
     batch = next(iter(train_ds.as_numpy_iterator()))
     steps = settings.pick(30, 8)
     n_train = info.n_train

@@ -23,7 +23,7 @@ NAME = "latency"
 
 def variants(settings: common.Settings) -> dict:
     """Name -> TFLiteModel of the CNN, float32 first."""
-    train_ds, _, _ = common.load_data(settings)
+    train_ds = common.load_data(settings).train
     base = common.baseline("cnn", settings)
     sparse_qat = compression.compressed("cnn", 0.90, 16, settings)
     return {
@@ -52,8 +52,8 @@ def measure(models: dict, sample, threads: int, rounds: int, runs: int) -> dict:
 
 def run(settings: common.Settings) -> dict:
     """Measure every variant at 1 thread and at all threads; the headline is the fastest's 1-thread ratio."""
-    _, val_ds, _ = common.load_data(settings)
-    sample = next(iter(val_ds.as_numpy_iterator()))[0][0].astype(np.float32)
+    test_ds = common.load_data(settings).test
+    sample = next(iter(test_ds.as_numpy_iterator()))[0][0].astype(np.float32)
     models = variants(settings)
     rounds, runs = settings.pick(7, 2), settings.pick(400, 50)
     all_threads = os.cpu_count() or 1

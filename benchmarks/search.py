@@ -49,7 +49,7 @@ def _acc(record) -> float:
 def run(settings: common.Settings) -> dict:
     """Headline: Hyperband epochs to reach random's best (within 0.5 point) / random search's epochs."""
     search = _search_fn()
-    train_ds, val_ds, _ = common.load_data(settings)
+    train_ds, val_ds, _, _ = common.load_data(settings)
     max_epochs = settings.pick(6, 2)
     random_trials, hyperband_trials = settings.pick(8, 2), settings.pick(30, 4)
     directory = tempfile.mkdtemp(prefix="tfopt-bench-search-")
@@ -79,7 +79,7 @@ def run(settings: common.Settings) -> dict:
     ]
     notes = [
         f"space: tfopt.tune DEFAULT_SPACES[{SPACE!r}]; max_epochs={max_epochs}; random: {random_trials} trials; "
-        f"Hyperband: factor 3, at most {hyperband_trials} trials; objective val_accuracy on the 1,000 held-out "
+        f"Hyperband: factor 3, at most {hyperband_trials} trials; objective val_accuracy on the 800 validation "
         "digits; epochs = epochs each trial really trained (continuations count only their new epochs).",
         "ratio = Hyperband epochs until its first trial within 0.5 point of random's best / random's epochs"
         + ("" if reached_at is not None else "; Hyperband never got within 0.5 point, so its total is used"),

@@ -118,7 +118,7 @@ def _cpu_timed(fn, into: list):
 
 def run(settings: common.Settings) -> dict:
     """Interleave fits of each entry; headline: tfopt.train.fit (with run_dir) CPU time per step over plain fit's."""
-    train_ds, _, info = common.load_data(settings)
+    train_ds, _, _, info = common.load_data(settings)
     if settings.quick:
         train_ds = train_ds.take(20)
     steps = count_steps(train_ds)

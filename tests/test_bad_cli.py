@@ -219,8 +219,8 @@ def test_from_arrays_inferred_class_bound_is_named_and_num_classes_lifts_it():
     y = np.array([0] * 19 + [MAX_INFERRED_CLASSES])
     with pytest.raises(DataError, match=rf"allowed: labels < {MAX_INFERRED_CLASSES:,} when num_classes is inferred"):
         from_arrays(X, y)
-    assert from_arrays(X, y, num_classes=MAX_INFERRED_CLASSES + 1)[2].num_classes == MAX_INFERRED_CLASSES + 1
-    assert from_arrays(X, y - 1 + (y == 0))[2].num_classes == MAX_INFERRED_CLASSES  # largest allowed label
+    assert from_arrays(X, y, num_classes=MAX_INFERRED_CLASSES + 1).info.num_classes == MAX_INFERRED_CLASSES + 1
+    assert from_arrays(X, y - 1 + (y == 0)).info.num_classes == MAX_INFERRED_CLASSES  # largest allowed label
 
 
 VAL_DATA_CASES = [

@@ -20,7 +20,8 @@ def test_demo_writes_its_run(demo, capsys):
         assert (run_dir / name).is_file(), name
     for row in results["variants"]:
         assert (run_dir / row["path"]).stat().st_size == row["bytes"]
-    assert results["seed"] == 0 and results["data"]["n_train"] == 4000 and results["data"]["n_val"] == 1000
+    sizes = tuple(results["data"][key] for key in ("n_train", "n_val", "n_test"))
+    assert results["seed"] == 0 and sizes == (3200, 800, 1000)  # mnist_5k: its fixed 1,000 test digits
     # Running the same command again resumes: every stage is kept, nothing is trained again.
     assert main(["demo", "--run-dir", str(run_dir)]) == 0
     err = capsys.readouterr().err

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(
     from tfopt._keras import keras
 
     role, tuner_id, address, directory = sys.argv[1:5]
-    train_ds, val_ds, _ = data.load("digits", batch_size=64)
+    train_ds, val_ds, _, _ = data.load("digits", batch_size=64)
 
     def space(hp):
         units = hp.Choice("units", [8, 12, 16, 20, 24, 28])
