@@ -254,3 +254,27 @@ def test_bad_balance_is_a_config_error_naming_it_and_the_allowed_values(bad):
         load("digits", balance=bad)
     with pytest.raises(ConfigError, match=rf"balance={bad!r} is not allowed; {allowed}"):
         from_arrays(np.zeros((10, 3)), np.arange(10) % 2, balance=bad)
+
+
+def test_recipe_data_balance_is_validated_and_reaches_the_train_split_only(tmp_path):
+    from tfopt.pipeline import load_recipe
+    from tfopt.pipeline.context import Context
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: t\ndata:\n  name: digits\n  balance: smote\nmodel: {builder: mlp}\n")
+    with pytest.raises(ConfigError, match=r"recipe\.yaml:4: data\.balance: balance='smote' is not allowed; "
+                                          r"allowed: 'oversample', 'undersample', 'class_weight'"):
+        load_recipe(recipe)
+    recipe.write_text("name: t\ndata:\n  name: digits\n  classes: [0, 3, 5]\n  balance: class_weight\n"
+                      "model: {builder: mlp}\ntraining: {batch_size: 32}\n")
+    ctx = Context(load_recipe(recipe), tmp_path / "run")
+    train_ds, val_ds, info = ctx.load()
+    assert ctx.load()[2].balance == "class_weight" and info.num_classes == 3 and sum(info.class_counts) == info.n_train
+    x, y, w = next(iter(train_ds))  # the weights pass the class subset's relabelling
+    counts = np.array(info.class_counts)
+    np.testing.assert_allclose(w.numpy() * counts[y.numpy()], (w.numpy() * counts[y.numpy()])[0], rtol=1e-6)
+    test = ctx.test()
+    assert len(val_ds.element_spec) == len(test.element_spec) == 2
+    y_test = np.concatenate([b[1].numpy() for b in test])
+    assert len(y_test) == info.n_test and set(y_test) == {0, 1, 2}
+    assert _hashes(test) == _hashes(ctx.test())  # the same split, loaded once
