@@ -90,7 +90,7 @@ def _cmd_export(args) -> int:
                           f"{str(out / (Path(args.model).stem + '.tflite'))!r}")
     model = _load_keras(args.model)
     rep = None
-    if args.quantization in ("int8", "int16x8") or args.data:
+    if args.quantization in export.CALIBRATED or args.data:
         train_ds, _, test_ds, _ = data.load(args.data or "mnist_5k", seed=args.seed)
         rep = train_ds
     tfl = export.to_tflite(model, quantization=args.quantization, representative_data=rep, path=out)
@@ -119,9 +119,30 @@ def _cmd_evaluate(args) -> int:
 
 
 def _overrides(args) -> dict | None:
-    if getattr(args, "epochs", None) is None:
-        return None
-    return {"training": {"epochs": args.epochs}}
+    """The recipe overrides of ``--epochs`` and ``--set STAGE.OPTION=VALUE``."""
+    from tfopt.pipeline.recipe import parse_set
+
+    overrides = parse_set(getattr(args, "set", None) or ())
+    if getattr(args, "epochs", None) is not None:
+        overrides["training"] = {"epochs": args.epochs}
+    return overrides or None
+
+
+def _cmd_techniques(args) -> int:
+    from tfopt.options import describe
+    from tfopt.techniques import get_technique, list_techniques
+
+    for name in list_techniques():
+        t = get_technique(name)
+        print(f"{name}: {t.summary}")
+        for option, field in t.options.items():
+            print(f"    {describe(option, field)}")
+        where = [f"needs {', '.join(t.needs)}" if t.needs else "needs nothing before it",
+                 f"leaves {', '.join(t.sets)}" if t.sets else "", "makes a model" if t.makes_model else ""]
+        if t.tune_keys:
+            where.append(f"search-space keys {', '.join(t.tune_keys)}")
+        print(f"    ({'; '.join(w for w in where if w)})")
+    return 0
 
 
 def _cmd_run(args) -> int:
@@ -179,6 +200,8 @@ def _cmd_tune(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tfopt`` command."""
+    from tfopt.export import QUANTIZATIONS
+
     p = _Parser(prog="tfopt", description="Train, compress, export and measure Keras models.")
     p.add_argument("--version", action="version", version=f"tfopt {_version()}")
     p.add_argument("--debug", action="store_true", help="show tracebacks of tfopt errors")
@@ -200,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace a run directory holding another recipe's run")
     r.add_argument("--data", help="dataset replacing the recipe's (e.g. mnist_5k when tfds has no network)")
     r.add_argument("--epochs", type=int, help="training epochs replacing the recipe's")
+    r.add_argument("--set", action="append", metavar="STAGE.OPTION=VALUE",
+                   help="set a stage's option (repeatable; VALUE read as YAML, e.g. prune.epochs=3; the options of "
+                        "each stage: `tfopt techniques`)")
     r.add_argument("--workers", metavar="HOST:PORT,...", help="multi-worker training: every worker's address "
                    "(the same list on each; the first is the chief); or set TF_CONFIG instead")
     r.add_argument("--worker-index", type=int, help="this worker's position in --workers")
@@ -214,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--directory", help="search directory (default runs/<recipe name>/search); resumes")
     t.add_argument("--data", help="dataset replacing the recipe's")
     t.add_argument("--epochs", type=int, help="training epochs replacing the recipe's")
+    t.add_argument("--set", action="append", metavar="STAGE.OPTION=VALUE",
+                   help="set a stage's option (repeatable), e.g. tune.max_trials=4")
     t.add_argument("--role", choices=["chief", "worker"], help="distributed search role (keras-tuner's gRPC oracle)")
     t.add_argument("--address", metavar="HOST:PORT", help="the chief's address, with --role")
     t.add_argument("--bind", metavar="HOST", help="the chief listens here (e.g. its LAN address, or 0.0.0.0 for "
@@ -226,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="convert a saved .keras model to TFLite")
     e.add_argument("model", help="path to a .keras model")
-    e.add_argument("--quantization", choices=["dynamic", "float16", "int8", "int16x8"], default=None)
+    e.add_argument("--quantization", choices=[q for q in QUANTIZATIONS if q], default=None,
+                   help="default: float32 (no quantization)")
     e.add_argument("--data", help="dataset name for calibration (its train split) and test accuracy (default "
                                   "mnist_5k for int8)")
     e.add_argument("--output", help="output .tflite path")
@@ -239,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=1)
     v.add_argument("--seed", type=_seed, default=0)
     v.set_defaults(func=_cmd_evaluate)
+
+    k = sub.add_parser("techniques", help="list every technique a recipe stage can use, with its options")
+    k.set_defaults(func=_cmd_techniques)
     return p
 
 

@@ -247,8 +247,9 @@ _ANNOTATION_KINDS = {"int": INT, "float": FLOAT, "str": STR, "bool": BOOL, "list
                      "dict": MAP, "None": NONE}
 
 
-def _kinds_of(default, annotation) -> tuple:
-    """The YAML kinds of a parameter: from its default's type, else its annotation, else ANY."""
+def _kinds_of(default, annotation, required: bool = False) -> tuple:
+    """The YAML kinds of a parameter: from its default's type, else its annotation (null too when the default
+    is None), else ANY."""
     if isinstance(default, bool):
         return (BOOL,)
     for kind, types in ((INT, int), (FLOAT, float), (STR, str), (LIST, (list, tuple)), (MAP, dict)):
@@ -257,7 +258,7 @@ def _kinds_of(default, annotation) -> tuple:
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
     kinds = tuple(_ANNOTATION_KINDS.get(part.strip()) for part in str(text).split("|"))
     if kinds and all(kinds):
-        return tuple(dict.fromkeys(kinds + ((NONE,) if default is None else ())))
+        return tuple(dict.fromkeys(kinds + ((NONE,) if default is None and not required else ())))
     return (ANY,)
 
 
@@ -290,7 +291,7 @@ def options_from(fn: Callable, names, **fields) -> dict:
         p = params[name]
         required = p.default is inspect.Parameter.empty
         default = None if required else (list(p.default) if isinstance(p.default, tuple) else p.default)
-        field = Field(_kinds_of(None if required else p.default, p.annotation), default, required=required)
+        field = Field(_kinds_of(default, p.annotation, required), default, required=required)
         out[name] = dataclasses.replace(field, **(given or {}))
     unknown = sorted(set(fields) - set(names))
     if unknown:
