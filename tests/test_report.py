@@ -173,7 +173,10 @@ def test_report_says_test_and_shows_intervals_recall_and_confusion(run):
         assert row["95% CI"] == "[{:.4f}, {:.4f}]".format(*v["test_accuracy_ci95"])
         assert int(row["n"]) == v["test_n"] and float(row["val accuracy"]) == pytest.approx(v["val_accuracy"], abs=5e-5)
         assert row["Δ 95% CI"] == "[{:+.4f}, {:+.4f}]".format(*v["test_delta_ci95"])
-        assert row["McNemar p"].startswith(f"{v['mcnemar_p']:.4f}") and row["McNemar p"].endswith("▼") == v["significant_drop"]
+        p = v["mcnemar_p"]
+        assert row["McNemar p"].split()[0] == ("<0.0001" if p < 1e-4 else f"{p:.4f}")
+        assert row["McNemar p"].endswith("▼") == v["significant_drop"]
+        assert row["McNemar p"].endswith("▲") == (p < 0.05 and v["test_delta"] > 0)
     recall = _md_table(text, "Per-class recall (test)")
     assert [r["class"] for r in recall] == [str(i) for i in range(10)]
     assert sum(int(r["test n"]) for r in recall) == d["n_test"]
@@ -231,3 +234,17 @@ def test_damaged_test_figures_in_results_are_one_line(run, tmp_path, edit, match
     (copy / "results.json").write_text(json.dumps(saved))
     with pytest.raises(ConfigError, match=f"results.json of the run directory .* is damaged: {match}"):
         write_report(copy)
+
+
+def test_variants_table_marks_significant_drops_and_gains():
+    from tfopt.pipeline.report import SHORT_COLUMNS, variants_table
+
+    rows = [{"variant": "drop", "mcnemar_p": 0.012, "test_delta": -0.02, "significant_drop": True},
+            {"variant": "gain", "mcnemar_p": 3e-6, "test_delta": 0.03, "significant_drop": False},
+            {"variant": "noise", "mcnemar_p": 0.2, "test_delta": -0.01, "significant_drop": False},
+            {"variant": "older run", "accuracy": 0.9}]
+    table = variants_table(rows, SHORT_COLUMNS)
+    assert sorted(table[0]) == sorted(SHORT_COLUMNS)  # in the report's order
+    p = table[0].index("McNemar p")
+    assert [row[p] for row in table[1:]] == ["0.0120 ▼", "<0.0001 ▲", "0.2000", "–"]
+    assert table[4][table[0].index("95% CI")] == "–"  # a results.json from before intervals still prints

@@ -66,11 +66,13 @@ def test_mcnemar_on_a_table_computed_by_hand():
     assert r["delta"] == pytest.approx(0.06)
     assert r["p_value"] == pytest.approx(112 / 1024)
     assert r["significant"] is False
+    low, high = r["delta_ci"]
+    assert low <= 0 < r["delta"] < high  # not significant: the bootstrap interval reaches 0 here too
     # exact interval: Clopper-Pearson of the share b wins, 8 of 10: [0.44390, 0.97479] (tables), as a
     # difference d/n (2 share - 1) = 0.1 * [-0.11220, 0.94958]
-    low, high = r["delta_ci"]
-    assert (low, high) == pytest.approx((-0.011220, 0.094958), abs=2e-6)
-    assert low < 0 < r["delta"] < high  # not significant: the interval holds 0
+    exact = paired_comparison(a, b, interval="exact")
+    assert exact["delta_ci"] == pytest.approx([-0.011220, 0.094958], abs=2e-6)
+    assert {k: v for k, v in exact.items() if k != "delta_ci"} == {k: v for k, v in r.items() if k != "delta_ci"}
     # the same table from b's side: the difference changes sign, the p-value does not
     back = paired_comparison(b, a)
     assert back["delta"] == pytest.approx(-0.06) and back["p_value"] == r["p_value"]
@@ -83,6 +85,8 @@ def test_a_clear_drop_is_significant():
     assert r["delta"] == pytest.approx(-0.12)
     assert r["p_value"] == pytest.approx(2 / 4096)
     assert r["significant"] is True and r["delta_ci"][1] < 0
+    # the bootstrap reaches past -12 points (d = 12 is itself uncertain); the exact interval stops there
+    assert r["delta_ci"][0] < -0.13 and paired_comparison(a, b, interval="exact")["delta_ci"][0] == pytest.approx(-0.12)
 
 
 def test_a_model_against_itself():
@@ -96,7 +100,7 @@ def test_the_exact_interval_excludes_zero_exactly_when_the_test_is_significant()
     for n_disagree in range(1, 41):
         for b_only in range(n_disagree + 1):
             a, b = _pairs(100, n_disagree - b_only, b_only, 20)
-            r = paired_comparison(a, b)
+            r = paired_comparison(a, b, interval="exact")
             low, high = r["delta_ci"]
             assert low <= r["delta"] <= high
             assert r["significant"] == (not low <= 0 <= high), (n_disagree, b_only)
@@ -104,13 +108,13 @@ def test_the_exact_interval_excludes_zero_exactly_when_the_test_is_significant()
 
 def test_bootstrap_is_fixed_by_its_seed_and_accepts_zeros_and_ones():
     a, b = _pairs(50, 7, 3, 40)
-    first = paired_comparison(a, b, seed=3, interval="bootstrap")
-    assert paired_comparison(a.astype(int), b.astype(float), seed=3, interval="bootstrap") == first
+    first = paired_comparison(a, b, seed=3)
+    assert paired_comparison(a.astype(int), b.astype(float), seed=3) == first
     assert first["delta_ci"][0] <= first["delta"] <= first["delta_ci"][1]
-    narrow = paired_comparison(a, b, confidence=0.5, interval="bootstrap")["delta_ci"]
+    narrow = paired_comparison(a, b, confidence=0.5)["delta_ci"]
     assert narrow[1] - narrow[0] < first["delta_ci"][1] - first["delta_ci"][0]
     # the same p-value and significance whichever interval
-    exact = paired_comparison(a, b)
+    exact = paired_comparison(a, b, interval="exact")
     assert (exact["p_value"], exact["significant"]) == (first["p_value"], first["significant"])
 
 
@@ -121,7 +125,7 @@ def test_bootstrap_is_fixed_by_its_seed_and_accepts_zeros_and_ones():
     ([[1, 0]], [[1, 0]], {}, DataError, r"1-D sequence .* got shape \[1, 2\]"),
     ([1, 0], [1, 0], {"confidence": 0}, ConfigError, "confidence=0 is out of range"),
     ([1, 0], [1, 0], {"seed": -1}, ConfigError, "seed=-1 is out of range"),
-    ([1, 0], [1, 0], {"interval": "wald"}, ConfigError, "interval='wald' is not allowed; allowed: 'exact', 'bootstrap'"),
+    ([1, 0], [1, 0], {"interval": "wald"}, ConfigError, "interval='wald' is not allowed; allowed: 'bootstrap', 'exact'"),
 ])
 def test_paired_comparison_bad_input(a, b, kw, error, match):
     with pytest.raises(error, match=match):

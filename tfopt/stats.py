@@ -71,34 +71,35 @@ def _correctness(name: str, values) -> np.ndarray:
     return array
 
 
-INTERVALS = ("exact", "bootstrap")
+INTERVALS = ("bootstrap", "exact")
 
 
-def paired_comparison(correct_a, correct_b, confidence: float = 0.95, seed: int = 0, interval: str = "exact") -> dict:
+def paired_comparison(correct_a, correct_b, confidence: float = 0.95, seed: int = 0,
+                      interval: str = "bootstrap") -> dict:
     """Compare two models evaluated on the same examples: is model b's accuracy different from model a's?
 
     The difference is ``accuracy(b) - accuracy(a)``. Only the discordant pairs (examples exactly one model
     gets right; ``d = a_only + b_only`` of them) tell the models apart: when both are equally accurate,
     ``b_only`` is Binomial(d, 1/2). The p-value is the exact McNemar test,
-    ``scipy.stats.binomtest(b_only, d, 0.5).pvalue`` (1 when ``d == 0``).
+    ``scipy.stats.binomtest(b_only, d, 0.5).pvalue`` (1 when ``d == 0``), and ``significant`` is decided by it.
 
-    The interval of the difference is, by default (``interval="exact"``), the same test turned around: the
-    Clopper-Pearson interval ``[lo, hi]`` of the share of discordant pairs b wins
-    (``binomtest(b_only, d).proportion_ci(confidence, method="exact")``), as a difference
-    ``d / n * (2 * share - 1)``, i.e. ``[d/n (2 lo - 1), d/n (2 hi - 1)]`` ([0, 0] when ``d == 0``). It is
-    conditional on ``d`` and excludes 0 exactly when ``p < 1 - confidence``, so interval and significance
-    never disagree. ``interval="bootstrap"`` gives a paired percentile bootstrap instead
-    (``BOOTSTRAP_RESAMPLES`` resamples of the examples, drawn as counts of the four kinds of pair with
-    ``numpy.random.default_rng(seed)``), which also counts the uncertainty of ``d`` but can exclude 0 for a
-    difference the test does not call significant.
+    The interval of the difference is, by default, a paired percentile bootstrap: ``BOOTSTRAP_RESAMPLES``
+    resamples of the examples with replacement, drawn as counts of the four kinds of pair with
+    ``numpy.random.default_rng(seed)`` (the same on every machine for a seed). It counts the uncertainty of
+    ``d`` too, so it says how large a drop could be; near p = 0.05 it may exclude 0 for a difference the
+    exact test does not call significant (or the reverse). ``interval="exact"`` gives instead the exact
+    test turned around: the Clopper-Pearson interval ``[lo, hi]`` of the share of discordant pairs b wins
+    (``binomtest(b_only, d).proportion_ci(confidence, method="exact")``) as a difference,
+    ``[d/n (2 lo - 1), d/n (2 hi - 1)]``. It excludes 0 exactly when the test is significant, but being
+    conditional on ``d`` it cannot reach past ``±d/n`` and so understates how large the difference may be.
 
     Args:
         correct_a: 1-D booleans (or 0/1), per example whether model a (e.g. the baseline) was right.
         correct_b: 1-D booleans (or 0/1), the same examples in the same order, for model b.
         confidence: Float in (0, 1), the coverage of the interval; a difference is ``significant`` when
             ``p < 1 - confidence``.
-        seed: Integer in [0, 2**32), the bootstrap's seed (only for ``interval="bootstrap"``).
-        interval: ``"exact"`` or ``"bootstrap"``, how the interval of the difference is made.
+        seed: Integer in [0, 2**32), the bootstrap's seed.
+        interval: ``"bootstrap"`` or ``"exact"``, how the interval of the difference is made.
 
     Returns:
         Dict with ``n``, ``accuracy_a``, ``accuracy_b``, ``delta`` (b - a), ``delta_ci`` ([low, high]),
@@ -109,7 +110,9 @@ def paired_comparison(correct_a, correct_b, confidence: float = 0.95, seed: int 
     >>> r = paired_comparison(a, b)
     >>> r["delta"], r["a_only"], r["b_only"], round(r["p_value"], 5), r["significant"]
     (-0.1, 10, 0, 0.00195, True)
-    >>> [round(v, 4) for v in r["delta_ci"]]
+    >>> low, high = r["delta_ci"]; low < -0.1 < high < 0
+    True
+    >>> [round(v, 4) for v in paired_comparison(a, b, interval="exact")["delta_ci"]]
     [-0.1, -0.0383]
     >>> paired_comparison(a, a)["p_value"], paired_comparison(a, a)["delta_ci"]
     (1.0, [0.0, 0.0])

@@ -218,9 +218,8 @@ def compare_with_baseline(outcomes: dict, baseline: str | None) -> dict:
     Returns:
         ``{variant: {"test_delta", "test_delta_ci95", "mcnemar_p", "significant_drop", "test_discordant"}}``
         where ``test_delta`` is the variant's test accuracy minus the baseline's, ``test_delta_ci95`` its
-        95% interval (exact, conditional on the discordant pairs: it holds 0 unless the drop or gain is
-        significant), ``mcnemar_p`` the exact McNemar p-value, ``significant_drop`` whether it is a drop with
-        p < 0.05, ``test_discordant`` ``[baseline right only, variant right only]``. A variant measured on
+        95% interval (paired bootstrap, seed 0), ``mcnemar_p`` the exact McNemar p-value,
+        ``significant_drop`` whether it is a drop with p < 0.05 (the test decides, not the interval), ``test_discordant`` ``[baseline right only, variant right only]``. A variant measured on
         other examples (other data, or other labels) than the baseline is left out; so is everything when
         the baseline was not measured.
 

@@ -33,6 +33,7 @@ __all__ = ["write_report", "variants_table", "variants_markdown", "markdown_tabl
 log = logging.getLogger(__name__)
 
 DROP_MARK = "▼"  # a significant drop against the baseline (exact McNemar p < 0.05, same test examples)
+GAIN_MARK = "▲"  # a significant gain
 
 
 def _interval(value) -> str:
@@ -44,7 +45,11 @@ def _signed_interval(value) -> str:
 
 
 def _p_value(row: dict) -> str:
-    return f"{row['mcnemar_p']:.4f}" + (f" {DROP_MARK}" if row.get("significant_drop") else "")
+    p = row["mcnemar_p"]
+    text = "<0.0001" if p < 1e-4 else f"{p:.4f}"
+    if row.get("significant_drop"):
+        return f"{text} {DROP_MARK}"
+    return f"{text} {GAIN_MARK}" if p < 0.05 and (row.get("test_delta") or 0) > 0 else text
 
 
 # (header, key, format: a format string for the value, or a function of the row). "accuracy" (an alias of
@@ -69,9 +74,9 @@ TABLE_COLUMNS = (
     ("p50 speed-up", "speedup_p50", "{:.2f}"),
 )
 
-TABLE_NOTE = ("accuracy, its 95% CI (Wilson), n and Δ (paired, on the same examples, against the baseline) are "
-              "measured on the **test** split; val accuracy on the validation split, the one choices are made on; "
-              f"{DROP_MARK}: a significant drop (exact McNemar p < 0.05).")
+TABLE_NOTE = ("accuracy, its 95% CI (Wilson), n and Δ (paired, on the same examples, against the baseline; its CI a "
+              "paired bootstrap) are measured on the **test** split; val accuracy on the validation split, the one "
+              f"choices are made on; {DROP_MARK} / {GAIN_MARK}: a significant drop / gain (exact McNemar p < 0.05).")
 
 
 def _cell(row: dict, key: str, fmt) -> str:
