@@ -306,15 +306,15 @@ def to_tflite(
         raise ConfigError(f"quantization={quantization!r} is not allowed; allowed: {', '.join(map(repr, QUANTIZATIONS))}")
     if io_dtype not in IO_DTYPES:
         raise ConfigError(f"io_dtype={io_dtype!r} is not allowed; allowed: {', '.join(IO_DTYPES)}")
-    if io_dtype != "float32" and quantization not in ("int8", "int16x8"):
+    if io_dtype != "float32" and quantization not in CALIBRATED:
         raise ConfigError(f"io_dtype={io_dtype!r} needs quantization='int8' or 'int16x8', not {quantization!r}")
     qat = is_qat(model)
-    if quantization in ("int8", "int16x8") and representative_data is None and not qat:
+    if quantization in CALIBRATED and representative_data is None and not qat:
         raise ConfigError(
             f"quantization={quantization!r} needs representative_data (a tf.data.Dataset or array of inputs) "
             "to calibrate activation ranges, unless the model is quantization-aware (tfopt.compress.quantize_aware)"
         )
-    rep = _representative(representative_data, num_samples) if quantization in ("int8", "int16x8") else None
+    rep = _representative(representative_data, num_samples) if quantization in CALIBRATED else None
 
     notes = []
     attempts = [("keras", lambda: tf.lite.TFLiteConverter.from_keras_model(model))]

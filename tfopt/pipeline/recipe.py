@@ -151,12 +151,7 @@ def load_recipe(path_or_dict, overrides: dict | None = None, data: str | None = 
 
 
 def _data_spec(values) -> DataSpec | None:
-    if values is None:
-        return None
-    values = dict(values)
-    if values.get("classes") is not None:
-        values["classes"] = tuple(values["classes"])
-    return DataSpec(**values)
+    return None if values is None else DataSpec.from_dict(values)
 
 
 def _unmatched_overrides(raw: dict, overrides: dict | None, problems) -> None:
