@@ -111,3 +111,20 @@ def test_damaged_predictions_are_one_config_error(tmp_path, content, why):
     with pytest.raises(ConfigError, match=f"predictions.json is damaged: .*{why}") as info:
         read_predictions(path)
     assert "\n" not in str(info.value)
+
+
+def test_tfopt_evaluate_prints_the_test_interval(tmp_path, capsys):
+    import json
+
+    from tfopt.cli import main
+
+    inp = keras.Input((8, 8, 1))
+    model = keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(inp)))
+    to_tflite(model, path=tmp_path / "m.tflite")
+    assert main(["evaluate", str(tmp_path / "m.tflite"), "--data", "digits"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    low, high = result["accuracy_ci95"]
+    assert result["n"] == 360 and low <= result["accuracy"] <= high
+    assert f"test accuracy {result['accuracy']:.4f} [95% CI {low:.4f}, {high:.4f}] on the 360 examples of the " \
+           "fixed test split of digits" in err

@@ -114,7 +114,7 @@ def _cmd_evaluate(args) -> int:
     print(json.dumps(result, indent=2))
     low, high = result["accuracy_ci95"]
     print(f"test accuracy {result['accuracy']:.4f} [95% CI {low:.4f}, {high:.4f}] on the {result['n']:,} examples of "
-          f"{args.data}'s fixed test split", file=sys.stderr)
+          f"the fixed test split of {args.data}", file=sys.stderr)
     return 0
 
 
