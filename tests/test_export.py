@@ -61,10 +61,13 @@ def test_int8_io_model_takes_int8_and_evaluates_accurately(trained, digits):
     x, _ = digits
     tfl = to_tflite(trained, "int8", representative_data=x[:200], io_dtype="int8")
     assert tfl.interpreter().get_input_details()[0]["dtype"] == np.int8
-    res = evaluate(tfl, _val(digits), runs=5)
-    float_acc = trained.evaluate(_val(digits), verbose=0)[1]
+    res = evaluate(tfl, _val(digits), runs=5, return_predictions=True)
+    keras_top1 = np.argmax(trained.predict(x[1400:], verbose=0), axis=-1)
     assert res["input_dtype"] == "int8"
-    assert res["accuracy"] > float_acc - 0.03
+    assert res["accuracy"] > 0.8  # chance is 0.1
+    # the same model quantized: paired agreement with the float model, not a gap between two accuracies
+    # (which one near tie flipped on another CPU can move)
+    assert np.mean(np.asarray(res["predictions"]) == keras_top1) >= 0.95
     assert res["n"] == len(x) - 1400
 
 
@@ -73,7 +76,8 @@ def test_evaluate_reports_accuracy_size_and_latency(trained, digits, tmp_path):
     assert (tmp_path / "m.tflite").read_bytes() == tfl.content
     res = evaluate(tmp_path / "m.tflite", _val(digits), warmup=2, runs=20)
     keras_acc = trained.evaluate(_val(digits), verbose=0)[1]
-    assert res["accuracy"] == pytest.approx(keras_acc, abs=1e-6)
+    # a float32 file computes what Keras computes, up to the CPU's rounding: at most one near tie may flip
+    assert res["accuracy"] == pytest.approx(keras_acc, abs=1.5 / res["n"])
     assert res["bytes"] == tfl.bytes and res["gzip_bytes"] == tfl.gzip_bytes
     assert 0 < res["latency_us_p50"] <= res["latency_us_p90"]
     assert res["runs"] == 20
@@ -81,9 +85,10 @@ def test_evaluate_reports_accuracy_size_and_latency(trained, digits, tmp_path):
 
 def test_compare_reports_agreement(trained, digits):
     res = compare(trained, to_tflite(trained), _val(digits))
-    assert res["agreement"] == 1.0
+    assert res["agreement"] >= 1 - 1.5 / res["n"]  # at most one near tie flipped by the CPU's rounding
     assert res["max_abs_diff"] < 1e-4
-    assert res["keras_accuracy"] == res["tflite_accuracy"] > 0.8
+    assert res["keras_accuracy"] > 0.8 and res["tflite_accuracy"] == pytest.approx(res["keras_accuracy"],
+                                                                                   abs=1.5 / res["n"])
 
 
 def test_lstm_converts_at_fixed_batch_and_matches_keras():
@@ -140,8 +145,11 @@ def test_sparse_encoded_int8_runs_on_builtin_kernels_when_xnnpack_refuses(traine
     plain = to_tflite(model, "int8", representative_data=x[:100])
     assert tfl.bytes < plain.bytes  # the sparse encoding is really in the file
     np.testing.assert_allclose(tfl.predict(x[:20]), plain.predict(x[:20]), atol=0.3)
-    sparse_acc = evaluate(tfl, _val(digits), runs=3)["accuracy"]
-    assert sparse_acc == pytest.approx(evaluate(plain, _val(digits), runs=0)["accuracy"], abs=0.03)
+    sparse = evaluate(tfl, _val(digits), runs=3, return_predictions=True)
+    dense = evaluate(plain, _val(digits), runs=0, return_predictions=True)
+    assert sparse["accuracy"] > 0.3  # 90% of the kernel zeroed without fine-tuning (0.56 seen); chance is 0.1
+    # one file with two encodings of the same int8 weights: paired agreement of the predictions
+    assert np.mean(np.asarray(sparse["predictions"]) == np.asarray(dense["predictions"])) >= 0.95
 
 
 def test_written_files_get_normal_permissions(trained, tmp_path):
