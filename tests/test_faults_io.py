@@ -117,6 +117,19 @@ def test_disk_full_in_a_checkpoint_is_one_line_and_the_run_resumes(tmp_path, cap
     assert (run / "01_train" / "notes.txt").read_text() == "not a temporary file: kept"
 
 
+def test_leftovers_of_a_run_killed_after_its_last_stage_are_cleared(tmp_path):
+    """A kill while results.json or the report is written, every stage already done: no stage runs again, so
+    the runner itself clears the top of the run directory (under the run lock) before it writes."""
+    recipe, run = _recipe(tmp_path), tmp_path / "run"
+    assert main(["run", str(recipe), "--run-dir", str(run)]) == 0
+    killed = [run / ".results.json.tmp-q1w2e3r4.json", run / ".report.html.tmp-z9x8c7v6.html"]
+    for path in killed:
+        path.write_bytes(b"half")
+    assert main(["run", str(recipe), "--run-dir", str(run)]) == 0
+    _assert_complete(run)
+    assert not any(path.exists() for path in killed)
+
+
 def test_read_only_checkpoint_folder_of_tensorflow_is_one_line_and_the_run_resumes(tmp_path, capsys, monkeypatch):
     """TensorFlow's own writer (the BackupAndRestore checkpoint) reports EROFS in words, leaving its _temp folder."""
     from tfopt._keras import tf

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from tfopt import _faults, distribute
-from tfopt._io import atomic_write_text, write_json
+from tfopt._io import atomic_write_text, remove_partial_files, write_json
 from tfopt._keras import derive_seed, set_seed
 from tfopt._lock import RunLock
 from tfopt.errors import ConfigError
@@ -303,6 +303,9 @@ def _run_locked(recipe, run_dir: Path, force, overwrite: bool, data, overrides, 
     elif recipe.model.builder is not None:
         ctx.check_fits(ctx.build(recipe.model, info), info, f"model {recipe.model.builder!r}")
 
+    # checked: from here on the run directory is written. First clear what a killed writer left at its top
+    # (results.json or the report being written when every stage was already done; stages clear their own)
+    remove_partial_files(run_dir, recursive=False)
     if manifest is None:
         manifest = _start(run_dir, recipe)
     _apply_force(manifest, recipe, first_forced, run_dir)
