@@ -25,6 +25,8 @@ from tfopt._io import atomic_write_text, read_json, write_json
 from tfopt._keras import keras, set_seed, tf
 
 __all__ = ["Settings", "spread", "figure", "timed", "interleaved", "load_data", "baseline", "cached",
+           "tflite_eval", "val_test", "keras_correct", "outcome", "compare", "fmt_acc", "fmt_delta", "fmt_p",
+           "significance", "cpu_line",
            "machine", "versions", "save", "render_markdown", "main", "ROOT", "DATASET"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +76,8 @@ def figure(name: str, title: str, value: float, unit: str, goal: str, met, sprea
         spread_: Dict from :func:`spread`, the headline ratio over repeats/seeds.
         columns: Sequence of strings, the table header.
         rows: Sequence of sequences, the table rows.
-        summary: List of dicts ``{label, value, unit, goal, met}`` for the summary table (default: one row).
+        summary: List of dicts ``{label, value, unit, goal, met}`` (optional ``interval``: a string shown
+            beside the value, e.g. a 95% interval) for the summary table (default: one row).
         notes: Sequence of strings shown under the table.
         details: Dict of anything else worth keeping in results.json.
     """
@@ -177,21 +180,139 @@ def _plain_runner(content: bytes, threads: int):
     return _Runner(it)
 
 
-def tflite_accuracy(tfl, dataset) -> tuple[float, str | None]:
-    """``(accuracy, note)`` of a TFLite model on ``dataset`` (the test split where a figure reports it); note is
-    set when XNNPACK had to be left out."""
+def tflite_eval(tfl, dataset) -> dict:
+    """A TFLite model run by LiteRT over ``dataset``: ``{accuracy, n, ci95, correct, note}``.
+
+    ``correct`` is a boolean array, one entry per example in the dataset's order (for :func:`compare`);
+    ``ci95`` the 95% Wilson interval of the accuracy; ``note`` is set when XNNPACK had to be left out.
+    """
+    import numpy as np
+
     from tfopt import export
     from tfopt.errors import ExportError
 
     try:
-        return export.evaluate(tfl, dataset, runs=0)["accuracy"], None
+        result = export.evaluate(tfl, dataset, runs=0, return_predictions=True)
+        predictions, labels, note = result["predictions"], result["labels"], None
     except ExportError:
         runner = _plain_runner(tfl.content, 1)
-        correct = total = 0
+        predictions, labels = [], []
         for x, y in dataset.as_numpy_iterator():
-            correct += int((runner.predict(x.astype("float32")).argmax(-1) == y).sum())
-            total += len(y)
-        return correct / total, NO_XNNPACK
+            predictions += runner.predict(x.astype("float32")).argmax(-1).tolist()
+            labels += np.asarray(y).reshape(-1).tolist()
+        note = NO_XNNPACK
+    return {**outcome(np.asarray(predictions) == np.asarray(labels)), "note": note}
+
+
+def tflite_accuracy(tfl, dataset) -> tuple[float, str | None]:
+    """``(accuracy, note)`` of a TFLite model on ``dataset`` (see :func:`tflite_eval`)."""
+    result = tflite_eval(tfl, dataset)
+    return result["accuracy"], result["note"]
+
+
+def val_test(tfl, val_ds, test_ds) -> dict:
+    """A TFLite model on validation (to choose on) and on test (to report), as one record.
+
+    Returns ``{val_accuracy, val_n, test_accuracy, test_n, test_accuracy_ci95, correct, note}``; ``correct``
+    is the test split's per-example correctness (drop it before saving).
+    """
+    val, test = tflite_eval(tfl, val_ds), tflite_eval(tfl, test_ds)
+    return {"val_accuracy": val["accuracy"], "val_n": val["n"], "test_accuracy": test["accuracy"],
+            "test_n": test["n"], "test_accuracy_ci95": test["ci95"], "correct": test["correct"],
+            "note": test["note"] or val["note"]}
+
+
+def keras_correct(model, dataset):
+    """Boolean array: per example of ``dataset`` (in order), whether the Keras ``model``'s argmax is the label."""
+    import numpy as np
+
+    out = []
+    for x, y in dataset.as_numpy_iterator():
+        y = np.asarray(y)
+        labels = y.argmax(-1) if y.ndim > 1 else y.reshape(-1)
+        out.append(np.asarray(model(x, training=False)).argmax(-1) == labels)
+    return np.concatenate(out)
+
+
+def outcome(correct) -> dict:
+    """``{accuracy, n, ci95, correct}`` from per-example correctness (``ci95``: 95% Wilson interval).
+
+    Args:
+        correct: 1-D booleans, per example whether the model was right.
+
+    >>> r = outcome([True] * 95 + [False] * 5); r["accuracy"], r["n"], [round(v, 4) for v in r["ci95"]]
+    (0.95, 100, [0.8882, 0.9785])
+    """
+    import numpy as np
+
+    from tfopt.stats import wilson_interval
+
+    correct = np.asarray(correct, dtype=bool)
+    k, n = int(correct.sum()), int(correct.size)
+    return {"accuracy": k / n, "n": n, "ci95": list(wilson_interval(k, n)), "correct": correct}
+
+
+def compare(base_correct, correct) -> dict:
+    """Model b against baseline a on the same test examples (``tfopt.stats.paired_comparison``), in points.
+
+    Returns ``{test_delta_points, test_delta_ci95_points, mcnemar_p, significant_drop, discordant}``: the test
+    accuracy of b minus a's, its 95% paired bootstrap interval, the exact McNemar p-value, whether it is a
+    drop with p < 0.05, and ``[a right only, b right only]``.
+
+    Args:
+        base_correct: 1-D booleans, per test example whether the baseline was right.
+        correct: 1-D booleans, the same examples in the same order, for the model compared.
+
+    >>> c = compare([True] * 100, [True] * 90 + [False] * 10)
+    >>> c["test_delta_points"], c["discordant"], c["significant_drop"]
+    (-10.0, [10, 0], True)
+    """
+    from tfopt.stats import paired_comparison
+
+    r = paired_comparison(base_correct, correct)
+    return {"test_delta_points": 100 * r["delta"], "test_delta_ci95_points": [100 * v for v in r["delta_ci"]],
+            "mcnemar_p": r["p_value"], "significant_drop": bool(r["significant"] and r["delta"] < 0),
+            "significant": bool(r["significant"]), "discordant": [r["a_only"], r["b_only"]]}
+
+
+def fmt_acc(accuracy: float, ci) -> str:
+    """``0.9870 [0.9786, 0.9921]``: an accuracy with its interval.
+
+    >>> fmt_acc(0.987, [0.9786, 0.9921])
+    '0.9870 [0.9786, 0.9921]'
+    """
+    return f"{accuracy:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def fmt_delta(cmp: dict) -> str:
+    """``-0.3 [-0.9, +0.3]``: a paired test difference in points with its interval; ▼/▲ when significant.
+
+    >>> fmt_delta({"test_delta_points": -5.0, "test_delta_ci95_points": [-7.0, -3.0], "significant": True})
+    '-5.0 [-7.0, -3.0] ▼'
+    """
+    lo, hi = cmp["test_delta_ci95_points"]
+    mark = (" ▼" if cmp["test_delta_points"] < 0 else " ▲") if cmp["significant"] else ""
+    return f"{cmp['test_delta_points']:+.1f} [{lo:+.1f}, {hi:+.1f}]{mark}"
+
+
+def fmt_p(p: float) -> str:
+    """A p-value for a table: ``< 0.0001`` below that, else 2 significant digits.
+
+    >>> fmt_p(0.0123), fmt_p(1e-7)
+    ('0.012', '< 0.0001')
+    """
+    return "< 0.0001" if p < 1e-4 else f"{p:.2g}"
+
+
+def significance(cmp: dict) -> str:
+    """``significant drop`` / ``significant gain`` / ``not significant`` (exact McNemar, p < 0.05).
+
+    >>> significance({"significant": False, "test_delta_points": -0.4})
+    'not significant'
+    """
+    if not cmp["significant"]:
+        return "not significant"
+    return "significant drop" if cmp["test_delta_points"] < 0 else "significant gain"
 
 
 def latency_p50(tfl, sample, threads: int, runs: int, warmup: int = 20) -> tuple[float, str | None]:
@@ -218,17 +339,46 @@ def latency_p50(tfl, sample, threads: int, runs: int, warmup: int = 20) -> tuple
 
 # ---------------------------------------------------------------- machine, versions
 
+def _lscpu() -> dict:
+    """``lscpu``'s fields (empty when lscpu is missing)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, env={**os.environ, "LC_ALL": "C"}).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines()) if v}
+
+
 def machine() -> dict:
-    """Platform, CPU model (from /proc/cpuinfo) and core count."""
-    cpu = platform.processor() or ""
+    """Platform, CPU model (lscpu "Model name", else /proc/cpuinfo), core count and the vector flags that
+    change TFLite/TensorFlow kernels (avx2, avx512*, *vnni)."""
+    cpu, flags = "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and not cpu:
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count()}
+    info = _lscpu()
+    cpu = info.get("Model name") or cpu or platform.processor()
+    flags = set(info.get("Flags", "").split()) or flags
+    vector = sorted(f for f in flags if f == "avx2" or f.startswith("avx512") or "vnni" in f)
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count(),
+            "avx2": "avx2" in flags, "avx512": any(f.startswith("avx512") for f in flags),
+            "vnni": any("vnni" in f for f in flags), "vector_flags": vector}
+
+
+def cpu_line(m: dict) -> str:
+    """The CPU for a report line.
+
+    >>> cpu_line({"cpu": "AMD EPYC", "cores": 2, "avx2": True, "avx512": False, "vnni": False})
+    'AMD EPYC (2 cores; avx2 yes; avx512 no; vnni no)'
+    """
+    flags = "; ".join(f"{k} {'yes' if m.get(k) else 'no'}" for k in ("avx2", "avx512", "vnni") if k in m)
+    return f"{m['cpu']} ({m['cores']} cores" + (f"; {flags}" if flags else "") + ")"
 
 
 def versions() -> dict:
@@ -276,11 +426,19 @@ def render_markdown(results: dict) -> str:
         "# tfopt benchmarks",
         "",
         "Written by `python -m benchmarks.run_all` (`make bench`); do not edit by hand. Each figure is a ratio "
-        "measured side by side in one run, on the same data split (mnist_5k: 3,200 train / 800 validation / "
-        "1,000 fixed test digits) and seed, so the noise of a shared machine cancels out. Timings: warm-up first, interleaved "
-        "repeats, medians with [min, max].",
+        "measured side by side in one run, on the same data split and seed, so the noise of a shared machine "
+        "cancels out. Timings: warm-up first, interleaved repeats, medians with [min, max].",
         "",
-        f"Run {results['date']} on {m['cpu']} ({m['cores']} cores, {m['platform']}); "
+        "Data: mnist_5k, 3,200 train / 800 validation / 1,000 fixed test digits (the test digits are the same "
+        "for every seed). **Select on validation, report on test**: every choice (the best compression variant, "
+        "the searches' best trials, Hyperband's comparison point) is made on the 800 validation digits; every "
+        "reported accuracy is the exported TFLite file's (or, for the distillation students, the Keras "
+        "model's) accuracy on the 1,000 test digits, with n and a 95% Wilson interval. A difference from a "
+        "baseline is paired on the same test digits: the test Δ in points with its 95% paired-bootstrap "
+        "interval and the exact McNemar p-value (▼ a significant drop, ▲ a significant gain, p < 0.05). "
+        "On 1,000 digits one point is 10 digits, and a Δ of about ±0.5 point is usually inside the noise.",
+        "",
+        f"Run {results['date']} on {cpu_line(m)}, {m['platform']}; "
         f"TensorFlow {v.get('tensorflow')}, tf_keras {v.get('tf_keras')}, tfmot {v.get('tfmot')}, "
         f"LiteRT {v.get('ai_edge_litert')}; seed {results['seed']}"
         + (". **Quick run** (fewer epochs, repeats and seeds): indicative only." if results.get("quick") else "."),
@@ -291,13 +449,14 @@ def render_markdown(results: dict) -> str:
     rows = []
     for fig in results["figures"].values():
         if fig.get("error"):
-            rows.append([fig["name"], "error", "", "**no**"])
+            rows.append([fig["name"], "error", "", "", "**no**"])
             continue
         for s in fig["summary"]:
             sp = fig["spread"] if len(fig["summary"]) == 1 and fig["spread"]["n"] > 1 else None
-            value = f"{_fmt(s['value'])}{s['unit']}" + (f" [{_fmt(sp['min'])}, {_fmt(sp['max'])}]" if sp else "")
-            rows.append([s["label"] + (" (quick)" if fig.get("quick") else ""), value, s["goal"], _met(s["met"])])
-    lines += _table(["figure", "value", "goal", "met?"], rows)
+            interval = s.get("interval") or (f"[{_fmt(sp['min'])}, {_fmt(sp['max'])}] over {sp['n']}" if sp else "")
+            rows.append([s["label"] + (" (quick)" if fig.get("quick") else ""), f"{_fmt(s['value'])}{s['unit']}",
+                         interval, s["goal"], _met(s["met"])])
+    lines += _table(["figure", "value", "interval / spread", "goal", "met?"], rows)
     for fig in results["figures"].values():
         lines += ["", f"## {fig['name']}: {fig.get('title', '')}", ""]
         if fig.get("error"):

@@ -9,10 +9,11 @@ quantized export. Everything else follows the demo recipe (AdamW, warm-up cosine
 The test digits are never seen by the search: it trains on mnist_5k's 3,200 training digits and scores
 trials on its 800 validation digits. The best feasible hyperparameters are then retrained on the training
 digits for the baseline's epochs, exported, and both TFLite files are run by LiteRT on the 1,000 fixed
-test digits.
+test digits (their validation accuracies are shown beside, for reference).
 
-Headline: baseline TFLite accuracy - best feasible model's TFLite accuracy, in points (goal <= 1
-point, with its gzip bytes under a tenth of the baseline's).
+Headline: baseline TFLite test accuracy - best feasible model's TFLite test accuracy, in points, paired on
+the same test digits with its 95% interval and exact McNemar p (goal <= 1 point, with its gzip bytes under
+a tenth of the baseline's).
 
 >>> python -m benchmarks.constrained_search [--quick]  # doctest: +SKIP
 """
@@ -90,11 +91,13 @@ def retrain(hyperparameters: dict, train_ds, info, epochs: int, seed: int):
     return model
 
 
-def _row(label, hps, model, tfl, acc, base_acc, base_gzip, note):
+def _row(label, hps, model, tfl, measured, paired, base_gzip):
     return [label, str(tuple(hps["filters"])), str(tuple(hps["dense"])), round(float(hps["dropout"]), 2),
             f"{float(hps['learning_rate']):.2g}", tfl.quantization or "float32", model.count_params(), tfl.bytes,
-            tfl.gzip_bytes, round(base_gzip / tfl.gzip_bytes, 1), f"{acc:.4f}", round(100 * (base_acc - acc), 1),
-            note or ""]
+            tfl.gzip_bytes, round(base_gzip / tfl.gzip_bytes, 1), f"{measured['val_accuracy']:.4f}",
+            common.fmt_acc(measured["test_accuracy"], measured["test_accuracy_ci95"]),
+            common.fmt_delta(paired) if paired else "", common.fmt_p(paired["mcnemar_p"]) if paired else "",
+            measured["note"] or ""]
 
 
 def run(settings: common.Settings) -> dict:
@@ -106,7 +109,8 @@ def run(settings: common.Settings) -> dict:
     epochs = settings.pick(full_epochs, quick_epochs)
     base = common.baseline("cnn", settings)
     base_tfl = export.to_tflite(base)
-    base_acc, base_note = common.tflite_accuracy(base_tfl, test_ds)
+    base_eval = common.val_test(base_tfl, val_ds, test_ds)
+    base_acc = base_eval["test_accuracy"]
     bound = budget_bytes(base_tfl.gzip_bytes)
 
     max_epochs, max_trials = settings.pick(9, 1), settings.pick(30, 2)
@@ -118,12 +122,13 @@ def run(settings: common.Settings) -> dict:
     feasible = [t for t in done if t["status"] == "COMPLETED"]
     trained_epochs = sum(int(t.get("epochs_trained") or 0) for t in done)
     base_hps = {**kwargs, "learning_rate": 2e-3}
-    rows = [_row("documents' CNN (demo recipe)", base_hps, base, base_tfl, base_acc, base_acc,
-                 base_tfl.gzip_bytes, base_note)]
+    rows = [_row("documents' CNN (demo recipe)", base_hps, base, base_tfl, base_eval, None, base_tfl.gzip_bytes)]
     notes = [
         f"budget: gzip bytes <= {bound:,} (under 1/{BUDGET_FRACTION} of the baseline's float32 "
-        f"{base_tfl.gzip_bytes:,}); accuracy: LiteRT on the 1,000 fixed test digits (0.1 point = 1 digit); "
-        "drop = baseline accuracy - model accuracy.",
+        f"{base_tfl.gzip_bytes:,}); accuracies: LiteRT on the exported files, val on the 800 validation digits "
+        "(reference; the search chose on validation), test on the 1,000 fixed test digits [95% Wilson interval] "
+        "(0.1 point = 1 digit); test Δ = model - baseline on the same test digits [95% paired bootstrap "
+        "interval], p = exact McNemar, ▼ a significant drop (p < 0.05).",
         f"search: tfopt.tune.search, Hyperband (factor 3, max_epochs={max_epochs}, at most {max_trials} trials), "
         "objective val_accuracy, constraint tflite_gzip_bytes measured on each trial's quantized export; trained "
         f"on the 3,200 training digits and scored on the 800 validation digits: {len(done)} trials, "
@@ -137,7 +142,7 @@ def run(settings: common.Settings) -> dict:
     ]
     if result.best_hyperparameters is None:
         notes.append("no feasible trial: the figure failed")
-        return common.figure(NAME, "baseline CNN TFLite accuracy - best feasible tuned model's (points)",
+        return common.figure(NAME, "baseline CNN TFLite test accuracy - best feasible tuned model's (points)",
                              float("nan"), " pt", f"<= {TOLERANCE:g} pt with gzip < 1/{BUDGET_FRACTION}", False,
                              common.spread([]), _COLUMNS, rows, notes=notes, details={"budget": bound})
 
@@ -145,35 +150,45 @@ def run(settings: common.Settings) -> dict:
     model = retrain(hps, train_ds, info, epochs, settings.seed)
     quant = hps.get("quantization")
     tfl = export.to_tflite(model, quant, representative_data=train_ds if quant == "int8" else None)
-    acc, note = common.tflite_accuracy(tfl, test_ds)
+    tuned = common.val_test(tfl, val_ds, test_ds)
     float_tfl = export.to_tflite(model)
-    float_acc, float_note = common.tflite_accuracy(float_tfl, test_ds)
-    drop = 100 * (base_acc - acc)
+    tuned_float = common.val_test(float_tfl, val_ds, test_ds)
+    paired = common.compare(base_eval["correct"], tuned["correct"])
+    paired_float = common.compare(base_eval["correct"], tuned_float["correct"])
+    acc, float_acc = tuned["test_accuracy"], tuned_float["test_accuracy"]
+    drop = -paired["test_delta_points"]
     ratio = base_tfl.gzip_bytes / tfl.gzip_bytes
     fits = tfl.gzip_bytes <= bound
     met = fits and drop <= TOLERANCE + 1e-9
     trial = result.best_trial
     rows += [
-        _row(f"best feasible, {quant} **tuned**" + ("" if fits else " (over budget)"), hps, model, tfl, acc,
-             base_acc, base_tfl.gzip_bytes, note),
-        _row("best feasible, float32 export (reference)", hps, model, float_tfl, float_acc, base_acc,
-             base_tfl.gzip_bytes, float_note),
+        _row(f"best feasible, {quant} **tuned**" + ("" if fits else " (over budget)"), hps, model, tfl, tuned,
+             paired, base_tfl.gzip_bytes),
+        _row("best feasible, float32 export (reference)", hps, model, float_tfl, tuned_float, paired_float,
+             base_tfl.gzip_bytes),
     ]
     notes.append(f"the search scored the best feasible trial ({trial['trial_id']}) val_accuracy "
                  f"{trial['metrics'].get('val_accuracy', float('nan')):.4f} on the 800 search-validation digits "
                  f"with gzip {int(trial['metrics'].get('tflite_gzip_bytes', 0)):,} bytes.")
     summary = [
-        {"label": "constrained search: baseline CNN TFLite accuracy - best feasible tuned model's (gzip < 1/10)",
-         "value": drop, "unit": " pt", "goal": f"<= {TOLERANCE:g} pt, gzip < 1/{BUDGET_FRACTION}", "met": met},
+        {"label": "constrained search (trial chosen on validation): baseline CNN TFLite test accuracy - tuned "
+                  f"model's (gzip < 1/10); {common.significance(paired)}, McNemar p {common.fmt_p(paired['mcnemar_p'])}",
+         "value": drop, "unit": " pt",
+         "interval": (f"drop [{-paired['test_delta_ci95_points'][1]:.1f}, {-paired['test_delta_ci95_points'][0]:.1f}]; "
+                      f"test accuracy {common.fmt_acc(base_acc, base_eval['test_accuracy_ci95'])} -> "
+                      f"{common.fmt_acc(acc, tuned['test_accuracy_ci95'])}, n={tuned['test_n']}"),
+         "goal": f"<= {TOLERANCE:g} pt test drop, gzip < 1/{BUDGET_FRACTION}", "met": met},
         {"label": "constrained search: baseline float32 gzip / tuned model's gzip", "value": ratio, "unit": "x",
          "goal": f">= {BUDGET_FRACTION}x", "met": ratio > BUDGET_FRACTION},
     ]
     return common.figure(
-        NAME, "baseline CNN TFLite accuracy - best feasible tuned model's TFLite accuracy (points), "
+        NAME, "baseline CNN TFLite test accuracy - best feasible tuned model's TFLite test accuracy (points), "
               f"gzip under 1/{BUDGET_FRACTION}", drop, " pt", f"<= {TOLERANCE:g} pt with gzip < 1/{BUDGET_FRACTION}",
         met, common.spread([drop]), _COLUMNS, rows, summary=summary, notes=notes,
         details={"budget": bound, "baseline_accuracy": base_acc, "tuned_accuracy": acc, "tuned_float_accuracy":
-                 float_acc, "baseline_gzip_bytes": base_tfl.gzip_bytes, "tuned_gzip_bytes": tfl.gzip_bytes,
+                 float_acc, "test_n": tuned["test_n"], "baseline_test_accuracy_ci95": base_eval["test_accuracy_ci95"],
+                 "tuned_test_accuracy_ci95": tuned["test_accuracy_ci95"], "baseline_val_accuracy":
+                 base_eval["val_accuracy"], "tuned_val_accuracy": tuned["val_accuracy"], "tuned_vs_baseline_test": paired, "baseline_gzip_bytes": base_tfl.gzip_bytes, "tuned_gzip_bytes": tfl.gzip_bytes,
                  "gzip_ratio": ratio, "best_hyperparameters": hps, "trials": len(done), "feasible": len(feasible),
                  "epochs_trained": trained_epochs, "best_trial": trial["trial_id"],
                  "search_val_accuracy": trial["metrics"].get("val_accuracy")},
@@ -181,7 +196,8 @@ def run(settings: common.Settings) -> dict:
 
 
 _COLUMNS = ["model", "filters", "dense", "dropout", "peak lr", "export", "params", "bytes", "gzip bytes",
-            "x smaller (gzip)", "accuracy", "drop (points)", "note"]
+            "x smaller (gzip)", "val accuracy", "test accuracy [95% CI]", "test Δ (points) [95% CI]", "McNemar p",
+            "note"]
 
 
 if __name__ == "__main__":

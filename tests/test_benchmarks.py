@@ -39,6 +39,7 @@ def test_quick_run_succeeds_and_writes_every_figure(quick_run):
     assert set(FAST) <= set(results["figures"])
     assert results["quick"] is True
     assert results["machine"]["cores"] >= 1 and results["machine"]["cpu"]
+    assert {"avx2", "avx512", "vnni"} <= set(results["machine"])
     assert results["versions"]["tensorflow"] and results["versions"]["tfmot"]
     for name in FAST:
         fig = results["figures"][name]
@@ -74,6 +75,16 @@ def test_sanity_values(quick_run):
     assert 0.2 < search["tuned_accuracy"] <= 1 and 0.2 < search["baseline_accuracy"] <= 1  # above chance (0.1)
     assert figures["constrained_search"]["value"] == pytest.approx(
         100 * (search["baseline_accuracy"] - search["tuned_accuracy"]))
+    # reported on the fixed test split with Wilson intervals; the drop is the paired test difference
+    assert search["test_n"] == 1000
+    low, high = search["tuned_test_accuracy_ci95"]
+    assert low <= search["tuned_accuracy"] <= high
+    paired = search["tuned_vs_baseline_test"]
+    assert paired["test_delta_points"] == pytest.approx(-figures["constrained_search"]["value"])
+    assert 0 <= paired["mcnemar_p"] <= 1 and isinstance(paired["significant_drop"], bool)
+    seed = distill["per_seed"][0]
+    assert seed["test_n"] == 1000 and seed["alone_test_error"] == pytest.approx(distill["alone"][0])
+    assert 0 <= seed["mcnemar_p"] <= 1
 
 
 def _tiny_pruned_model():
@@ -119,7 +130,8 @@ def test_latency_measure_gives_per_round_ratios():
 def test_benchmarks_md_has_the_summary_table(quick_run):
     out, _ = quick_run
     text = (out / "BENCHMARKS.md").read_text()
-    assert "## Summary" in text and "| figure | value | goal | met? |" in text
+    assert "## Summary" in text and "| figure | value | interval / spread | goal | met? |" in text
+    assert "Select on validation, report on test" in text and "avx2" in text
     for name in FAST:
         assert f"## {name}:" in text
     assert "(quick)" in text
@@ -132,7 +144,7 @@ def test_spread_and_markdown_helpers():
     results = {"date": "d", "quick": False, "seed": 0, "machine": common.machine(), "versions": {},
                "figures": {"x": {**fig, "seconds": 1.0}}}
     md = common.render_markdown(results)
-    assert "| a / b | 2x [1, 4] | >= 1x | yes |" in md
+    assert "| a / b | 2x | [1, 4] over 4 | >= 1x | yes |" in md
     assert "| a | 1.5 |" in md
 
 
