@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 
+from tfopt._io import atomic_write_bytes, h5_bytes
 from tfopt._keras import check_model, keras, tf, tfmot
 from tfopt._model import compile_like, count_steps, outputs_logits, strategy_scope
 from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_range
@@ -392,7 +393,9 @@ def save_quantized(model, path) -> str:
             f"save_quantized path={path!r} must end in .h5 or .hdf5: .keras files of tfmot QAT models "
             "do not load back (QuantizeLayer variable mismatch)"
         )
-    model.save(path, include_optimizer=False)
+    # the HDF5 file is made in memory and written with one atomic write: a full disk fails that write cleanly
+    # (WriteError naming the file, no temporary left) instead of failing inside HDF5 mid-file
+    atomic_write_bytes(path, h5_bytes(lambda f: model.save(f, include_optimizer=False)))
     return path
 
 

@@ -9,9 +9,10 @@ import numpy as np
 
 from tfopt import data as tfdata
 from tfopt import models, regularizers
-from tfopt._io import atomic_path, atomic_write_bytes, h5_bytes
+from tfopt._io import atomic_path
 from tfopt._keras import keras, set_seed, tf
 from tfopt._model import count_steps, is_qat
+from tfopt.compress.quantize import save_quantized
 from tfopt.errors import ConfigError
 from tfopt.pipeline.specs import DataSpec, ModelSpec, Recipe
 from tfopt.train import compile_from_settings
@@ -42,9 +43,7 @@ def save_model(model, directory: Path) -> Path:
     """
     if is_qat(model):
         path = Path(directory) / "model.h5"
-        # HDF5 made in memory, then one plain write: a disk filling up mid-file fails cleanly instead of
-        # inside HDF5 (whose half-written files can crash the process when closed)
-        atomic_write_bytes(path, h5_bytes(lambda f: model.save(f, include_optimizer=False)))
+        save_quantized(model, path)  # HDF5 made in memory, then one atomic write
     else:
         path = Path(directory) / "model.keras"
         with atomic_path(path, suffix=".keras") as tmp:

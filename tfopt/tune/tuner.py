@@ -27,7 +27,7 @@ from keras_tuner.engine import base_tuner
 from keras_tuner.engine import hyperparameters as hp_module
 
 from tfopt import _faults
-from tfopt._io import write_json
+from tfopt._io import atomic_path, write_json
 from tfopt._private import private
 from tfopt._keras import derive_seed, keras, set_seed
 from tfopt.errors import TrainingError
@@ -151,9 +151,11 @@ class TfoptTuner(base_tuner.BaseTuner):
         metrics = training.measure(model, train_ds, val_ds, comp_cfg, s["needs"])
         metrics.update({k: v for k, v in logs.items() if k != "epochs_trained" and not k.startswith("val_")})
         if keep(metrics):
-            model.save_weights(str(folder / WEIGHTS))
+            with atomic_path(folder / WEIGHTS, suffix=".h5") as tmp:  # a kill or a full disk leaves no half-written file
+                model.save_weights(tmp)
             if model is not trained:
-                trained.save_weights(str(folder / TRAINED_WEIGHTS))
+                with atomic_path(folder / TRAINED_WEIGHTS, suffix=".h5") as tmp:
+                    trained.save_weights(tmp)
         return {**metrics, "epochs_trained": logs["epochs_trained"]}
 
     def run_trial(self, trial, train_ds, val_ds):
