@@ -1,5 +1,6 @@
 """Model plumbing every layer above uses: counting steps, strategy scopes, logits or not, re-compiling like a
-model, private copies and layer wrapping (for tfmot), weight counts and "is this quantization-aware"."""
+model, private copies, layer wrapping and flattening of nested models (for tfmot), weight counts and "is this
+quantization-aware"."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Sequence
 from tfopt._keras import check_model, keras, tf
 from tfopt.errors import ConfigError, DataError, UnsupportedLayerError
 
-__all__ = ["count_steps", "strategy_scope", "outputs_logits", "compile_like", "private_copy", "wrap_layers",
+__all__ = ["count_steps", "strategy_scope", "outputs_logits", "compile_like", "private_copy", "wrap_layers", "flatten_model",
            "weight_count", "is_qat"]
 
 
@@ -167,3 +168,122 @@ def weight_count(model) -> tuple[int, int]:
         total += values.size
         nonzero += int(np.count_nonzero(values))
     return total, nonzero
+
+
+def _is_graph_model(layer) -> bool:
+    return isinstance(layer, keras.Model) and (
+        isinstance(layer, keras.Sequential) or getattr(layer, "_is_graph_network", False)
+    )
+
+
+def _has_nested_model(model) -> bool:
+    return any(isinstance(layer, keras.Model) for layer in model.layers)
+
+
+class _Flattener:
+    """Replays a functional graph, inlining nested graph models, with fresh copies of every leaf layer."""
+
+    def __init__(self):
+        self.copies = {}  # id(original layer) -> (copy, original)
+        self.names = set()
+
+    def copy_layer(self, layer, prefix: str):
+        if id(layer) in self.copies:
+            return self.copies[id(layer)][0]
+        config = layer.get_config()
+        name = layer.name if layer.name not in self.names else f"{prefix}_{layer.name}"
+        while name in self.names:
+            name += "_"
+        config["name"] = name
+        self.names.add(name)
+        try:
+            copy = type(layer).from_config(config)
+        except Exception as err:  # noqa: BLE001  (any from_config failure means we cannot copy it)
+            raise UnsupportedLayerError(
+                f"flatten_model cannot copy layer {layer.name!r} ({type(layer).__name__}): {err}; "
+                "give it a complete get_config (and register it with @tfopt._keras.serializable)"
+            ) from err
+        self.copies[id(layer)] = (copy, layer)
+        return copy
+
+    def replay(self, model, inputs, training=None, prefix=""):
+        if not _is_graph_model(model) or not model.built:
+            raise UnsupportedLayerError(
+                f"flatten_model cannot flatten {model.name!r} ({type(model).__name__}): only built "
+                "functional or Sequential models (and sub-models of those kinds) can be flattened; "
+                "subclassed models have no layer graph"
+            )
+        usage = model._tensor_usage_count  # pylint: disable=protected-access
+        tensors = {}
+        for ref, value in zip(model.inputs, inputs):
+            tensors[str(id(ref))] = [value] * usage[str(id(ref))]
+        for depth in sorted(model._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
+            for node in model._nodes_by_depth[depth]:  # pylint: disable=protected-access
+                if node.is_input or any(t not in tensors for t in node.flat_input_ids):
+                    continue
+                args, kwargs = node.map_arguments(tensors)
+                layer = node.layer
+                if isinstance(layer, keras.Model):
+                    inner_training = training if training is not None else kwargs.get("training")
+                    flat_in = tf.nest.flatten((args, {k: v for k, v in kwargs.items() if k != "training"}))
+                    flat_in = [t for t in flat_in if keras.backend.is_keras_tensor(t)]
+                    outputs = self.replay(layer, flat_in, inner_training, prefix=layer.name)
+                else:
+                    if training is not None and layer._expects_training_arg:  # pylint: disable=protected-access
+                        kwargs["training"] = training
+                    outputs = self.copy_layer(layer, prefix or model.name)(*args, **kwargs)
+                for out_id, value in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
+                    tensors[out_id] = [value] * usage[out_id]
+        return [tensors[str(id(ref))].pop() for ref in model.outputs]
+
+
+def flatten_model(model):
+    """Return one functional model in which nested functional/Sequential sub-models are inlined.
+
+    Leaf layers are copied (same config, same weights) so the original model is left untouched; a
+    copied layer whose name clashes gets its sub-model's name as a prefix. A sub-model called with
+    ``training=False`` passes that on to each of its layers that takes ``training``. A model with no
+    nested sub-model is returned as it is.
+
+    Args:
+        model: tf_keras functional or Sequential model, built.
+
+    Raises:
+        UnsupportedLayerError: a subclassed model (at the top or nested), or a layer that cannot be copied.
+
+    >>> inner = keras.Sequential([keras.layers.Dense(3, input_shape=(4,))])
+    >>> outer = keras.Sequential([inner, keras.layers.Dense(2)])
+    >>> [type(layer).__name__ for layer in flatten_model(outer).layers]
+    ['InputLayer', 'Dense', 'Dense']
+    """
+    check_model(model, "flatten_model")
+    if not _is_graph_model(model):
+        raise UnsupportedLayerError(
+            f"flatten_model cannot flatten the subclassed model {model.name!r} ({type(model).__name__}); "
+            "rebuild it as a functional or Sequential model"
+        )
+    if not model.built or not getattr(model, "inputs", None):
+        raise UnsupportedLayerError(f"flatten_model needs a built model with known inputs; {model.name!r} is not built")
+    if not _has_nested_model(model):
+        return model
+    flattener = _Flattener()
+    new_inputs = []
+    for ref in model.inputs:
+        name = ref.node.layer.name
+        flattener.names.add(name)
+        new_inputs.append(keras.Input(batch_shape=ref.shape, dtype=ref.dtype, name=name))
+    outputs = flattener.replay(model, new_inputs)
+    flat = keras.Model(
+        new_inputs if len(new_inputs) > 1 else new_inputs[0],
+        outputs if len(outputs) > 1 else outputs[0],
+        name=f"{model.name}_flat",
+    )
+    for copy, original in flattener.copies.values():
+        copy.set_weights(original.get_weights())
+        copy.trainable = original.trainable
+    return flat
+
+
+# ----------------------------------------------------------------------------------------------------
+# Annotation: only what the scheme supports
+# ----------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from tfopt.compress.cluster import INITS, cluster
 from tfopt.compress.distill import Distiller, distill, distillation_loss
 from tfopt.compress.inspect import cluster_counts, m_by_n_ok, sparsity
 from tfopt.compress.prune import prune, pruning_schedule
-from tfopt.compress.quantize import QAT_SCHEMES, flatten_model, load_quantized, quantize_aware, quantize_scheme, save_quantized
+from tfopt._model import flatten_model  # model plumbing (tfopt._model), public here since QAT flattens first
+from tfopt.compress.quantize import QAT_SCHEMES, load_quantized, quantize_aware, quantize_scheme, save_quantized
 from tfopt.compress.transfer import build_transfer_model, fine_tune
 
 __all__ = [

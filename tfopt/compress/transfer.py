@@ -10,8 +10,7 @@ fine-tuning on a small new dataset needs. The base model passed in is never modi
 from __future__ import annotations
 
 from tfopt._keras import check_model, keras
-from tfopt._model import compile_like, count_steps, strategy_scope
-from tfopt.compress.quantize import flatten_model
+from tfopt._model import compile_like, count_steps, flatten_model, strategy_scope
 from tfopt.errors import ConfigError, UnsupportedLayerError, check_range
 from tfopt.options import INT, MAP, NONE, STR, Field, at_least, in_unit, int_list, one_of_or, options_from, positive
 from tfopt.progress import keras_verbose
