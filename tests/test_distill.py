@@ -31,10 +31,11 @@ def _np_log_softmax(z):
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def _np_loss(y, t_logits, s_logits, temperature, alpha):
-    hard = -np.mean(_np_log_softmax(s_logits)[np.arange(len(y)), y])
+def _np_loss(y, t_logits, s_logits, temperature, alpha, w=None):
+    w = np.ones(len(y)) if w is None else w
+    hard = -np.mean(w * _np_log_softmax(s_logits)[np.arange(len(y)), y])
     lt, ls = _np_log_softmax(t_logits / temperature), _np_log_softmax(s_logits / temperature)
-    soft = temperature**2 * np.mean(np.sum(np.exp(lt) * (lt - ls), axis=-1))
+    soft = temperature**2 * np.mean(w * np.sum(np.exp(lt) * (lt - ls), axis=-1))
     return alpha * hard + (1 - alpha) * soft
 
 
@@ -55,6 +56,23 @@ def test_train_step_loss_matches_numpy(temperature, alpha):
     np.testing.assert_allclose(float(total), expected, rtol=1e-5)
     assert not np.allclose(student(x).numpy(), s_logits)  # the step updated the student
     np.testing.assert_array_equal(teacher(x).numpy(), t_logits)
+
+
+def test_class_weighted_batches_weigh_both_losses_as_keras_does():
+    """(x, y, w) batches (balance="class_weight") weigh the hard and the soft loss per example."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(16, 5)).astype("float32")
+    y = rng.integers(0, 3, size=16).astype("int32")
+    w = rng.uniform(0.2, 3.0, size=16).astype("float32")
+    teacher = keras.Sequential([keras.layers.Dense(3, input_shape=(5,))])
+    student = keras.Sequential([keras.layers.Dense(3, input_shape=(5,))])
+    t_logits, s_logits = teacher(x).numpy(), student(x).numpy()
+    distiller = Distiller(student, teacher, temperature=2.0, alpha=0.3)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1))
+    logs = distiller.train_step((tf.constant(x), tf.constant(y), tf.constant(w)))
+    expected = _np_loss(y, t_logits, s_logits, 2.0, 0.3, w)
+    np.testing.assert_allclose(float(logs["loss"]), expected, rtol=1e-5)
+    assert abs(expected - _np_loss(y, t_logits, s_logits, 2.0, 0.3)) > 1e-3  # the weights changed the loss
 
 
 def test_alpha_one_equals_plain_sparse_ce_training(digits):

@@ -38,8 +38,10 @@ def _logits_fn(model, role: str):
     )
 
 
-def distillation_loss(y_true, teacher_logits, student_logits, temperature: float = 4.0, alpha: float = 0.1):
-    """Return ``(total, hard, soft)`` losses, each averaged over the batch.
+def distillation_loss(y_true, teacher_logits, student_logits, temperature: float = 4.0, alpha: float = 0.1,
+                      sample_weight=None):
+    """Return ``(total, hard, soft)`` losses, each averaged over the batch (weighted per example, as Keras
+    weighs a loss, when ``sample_weight`` is given: class-weighted data weighs both terms).
 
     Args:
         y_true: Integer tensor of class ids, shape (batch,) or (batch, 1).
@@ -47,6 +49,7 @@ def distillation_loss(y_true, teacher_logits, student_logits, temperature: float
         student_logits: Float tensor (batch, classes).
         temperature: Float > 0, the softmax temperature of the soft targets.
         alpha: Float in [0, 1], the weight of the hard-label loss.
+        sample_weight: Optional float tensor (batch,), per-example weights (e.g. ``balance="class_weight"``).
 
     >>> total, hard, soft = distillation_loss([0], [[2.0, 0.0]], [[2.0, 0.0]])
     >>> round(float(soft), 6)
@@ -55,11 +58,12 @@ def distillation_loss(y_true, teacher_logits, student_logits, temperature: float
     student_logits = tf.convert_to_tensor(student_logits, tf.float32)
     teacher_logits = tf.convert_to_tensor(teacher_logits, tf.float32)
     y_true = tf.reshape(tf.cast(y_true, tf.int32), [-1])
-    hard = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y_true, student_logits))
+    weight = 1.0 if sample_weight is None else tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+    hard = tf.reduce_mean(weight * tf.nn.sparse_softmax_cross_entropy_with_logits(y_true, student_logits))
     log_p_teacher = tf.nn.log_softmax(teacher_logits / temperature, axis=-1)
     log_p_student = tf.nn.log_softmax(student_logits / temperature, axis=-1)
     kl = tf.reduce_sum(tf.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
-    soft = temperature**2 * tf.reduce_mean(kl)
+    soft = temperature**2 * tf.reduce_mean(weight * kl)
     return alpha * hard + (1.0 - alpha) * soft, hard, soft
 
 
@@ -96,10 +100,11 @@ class Distiller(keras.Model):
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
-    def _distill_losses(self, x, y, training: bool):
+    def _distill_losses(self, x, y, training: bool, sample_weight=None):
         teacher_logits = self._teacher_logits(self.teacher(x, training=False))
         student_logits = self._student_logits(self.student(x, training=training))
-        total, hard, soft = distillation_loss(y, teacher_logits, student_logits, self.temperature, self.alpha)
+        total, hard, soft = distillation_loss(y, teacher_logits, student_logits, self.temperature, self.alpha,
+                                              sample_weight)
         if self.student.losses:
             total += tf.add_n(self.student.losses)
         return total, hard, soft, student_logits
@@ -112,16 +117,16 @@ class Distiller(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, data):
-        x, y = data[0], data[1]
+        x, y, w = keras.utils.unpack_x_y_sample_weight(data)  # (x, y, w) from balance="class_weight"
         with tf.GradientTape() as tape:
-            total, hard, soft, student_logits = self._distill_losses(x, y, training=True)
+            total, hard, soft, student_logits = self._distill_losses(x, y, training=True, sample_weight=w)
         variables = self.student.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
         return self._record(y, total, hard, soft, student_logits)
 
     def test_step(self, data):
-        x, y = data[0], data[1]
-        return self._record(y, *self._distill_losses(x, y, training=False))
+        x, y, w = keras.utils.unpack_x_y_sample_weight(data)
+        return self._record(y, *self._distill_losses(x, y, training=False, sample_weight=w))
 
     def get_config(self):
         return {
