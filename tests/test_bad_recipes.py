@@ -139,7 +139,7 @@ def test_good_recipes_with_aliases_merges_and_limits_load(tmp_path):
 
 
 def test_nesting_limit_is_50_levels():
-    from tfopt.pipeline._yaml import MAX_DEPTH, parse_yaml
+    from tfopt.pipeline.config._yaml import MAX_DEPTH, parse_yaml
 
     value, _ = parse_yaml("x: " + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "\n", "r.yaml")
     assert isinstance(value["x"], list)
@@ -152,14 +152,14 @@ def test_nesting_limit_is_50_levels():
 
 
 def test_merge_keys_override_without_being_duplicates(tmp_path):
-    from tfopt.pipeline._yaml import parse_yaml
+    from tfopt.pipeline.config._yaml import parse_yaml
 
     value, lines = parse_yaml("base: &b {x: 1, y: 2}\nuse: {<<: *b, x: 3}\n", "r.yaml")
     assert value["use"] == {"x": 3, "y": 2} and lines[("use",)] == 2
 
 
 def test_recipe_file_too_long_is_not_read_whole(tmp_path):
-    from tfopt.pipeline._yaml import MAX_BYTES, read_text
+    from tfopt.pipeline.config._yaml import MAX_BYTES, read_text
 
     path = tmp_path / "big.yaml"
     path.write_bytes(b"# " + b"x" * (3 * MAX_BYTES) + b"\n")

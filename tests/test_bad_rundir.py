@@ -17,8 +17,8 @@ from tfopt._keras import keras, tf
 from tfopt.cli import main
 from tfopt.errors import ConfigError
 from tfopt.pipeline import run_recipe, write_report
-from tfopt.pipeline.recipe import merge
-from tfopt.pipeline.rundir import model_damage
+from tfopt.pipeline.config.recipe import merge
+from tfopt.pipeline.report.rundir import model_damage
 from tfopt.train import fit
 
 RECIPE = {

@@ -25,7 +25,8 @@ LAYERS = {
     "tfopt.compress": 3,
     "tfopt.export": 4,
     "tfopt.tune": 5,
-    "tfopt.pipeline": 6,
+    # pipeline/ by concern: configuration, then reading run directories and reporting, then running
+    "tfopt.pipeline.config": 6.0, "tfopt.pipeline.report": 6.1, "tfopt.pipeline.run": 6.2, "tfopt.pipeline": 6.3,
     "tfopt.demo": 7, "tfopt.cli": 7, "tfopt": 7,
 }
 

@@ -11,7 +11,7 @@ import pytest
 from tfopt._io import read_json
 from tfopt.errors import ConfigError
 from tfopt.pipeline import STAGES, run_recipe
-from tfopt.pipeline.recipe import merge
+from tfopt.pipeline.config.recipe import merge
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 QUIET_EVAL = {"runs": 5, "warmup": 1}

@@ -9,7 +9,7 @@ import pytest
 
 from tfopt.errors import ConfigError
 from tfopt.pipeline import load_recipe
-from tfopt.pipeline.recipe import merge
+from tfopt.pipeline.config.recipe import merge
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -205,9 +205,9 @@ def test_data_override_drops_text_options_and_follows_data():
     recipe = load_recipe(text_lstm, data="mnist_rows")
     assert (recipe.data.name, recipe.data.vocab_size, recipe.data.seq_len) == ("mnist_rows", None, None)
     from tfopt.data import load
-    from tfopt.pipeline.context import Context
+    from tfopt.pipeline.run.context import Context
 
-    _, _, info = load("mnist_rows", batch_size=32)
+    info = load("mnist_rows", batch_size=32).info
     model = Context(recipe, Path("unused")).build(recipe.model, info)
     assert model.input_shape == (None, 28, 28) and model.output_shape == (None, 10)
 

@@ -10,8 +10,8 @@ import pytest
 from tfopt._io import read_json
 from tfopt.errors import ConfigError
 from tfopt.pipeline import run_recipe, write_report
-from tfopt.pipeline.plots import front_variants, read_history
-from tfopt.pipeline.results import with_ratios
+from tfopt.pipeline.report.plots import front_variants, read_history
+from tfopt.pipeline.report.results import with_ratios
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -206,7 +206,7 @@ def test_report_recomputes_missing_comparisons_and_a_damaged_predictions_file_is
     assert [r["Δ 95% CI"] for r in rows] == ["[{:+.4f}, {:+.4f}]".format(*v["test_delta_ci95"]) for v in saved["variants"]]
 
     (copy / "04_evaluate" / "predictions.json").write_text('{"variants": {"float32": {"labels": [0, 1], "pred')
-    with caplog.at_level("WARNING", logger="tfopt.pipeline.report"):
+    with caplog.at_level("WARNING", logger="tfopt.pipeline.report.report"):
         assert main(["report", str(copy)]) == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "predictions.json is damaged: not valid JSON" in warnings[0]
@@ -237,7 +237,7 @@ def test_damaged_test_figures_in_results_are_one_line(run, tmp_path, edit, match
 
 
 def test_variants_table_marks_significant_drops_and_gains():
-    from tfopt.pipeline.report import SHORT_COLUMNS, variants_table
+    from tfopt.pipeline.report.report import SHORT_COLUMNS, variants_table
 
     rows = [{"variant": "drop", "mcnemar_p": 0.012, "test_delta": -0.02, "significant_drop": True},
             {"variant": "gain", "mcnemar_p": 3e-6, "test_delta": 0.03, "significant_drop": False},

@@ -258,7 +258,7 @@ def test_bad_balance_is_a_config_error_naming_it_and_the_allowed_values(bad):
 
 def test_recipe_data_balance_is_validated_and_reaches_the_train_split_only(tmp_path):
     from tfopt.pipeline import load_recipe
-    from tfopt.pipeline.context import Context
+    from tfopt.pipeline.run.context import Context
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("name: t\ndata:\n  name: digits\n  balance: smote\nmodel: {builder: mlp}\n")

@@ -16,7 +16,8 @@ from tfopt._keras import keras
 from tfopt._model import compile_like, is_qat, weight_count
 from tfopt.errors import ConfigError
 from tfopt.options import FLOAT, Field, Number, check_value, options_from, signature_default
-from tfopt.pipeline import load_recipe, run_recipe, sections
+from tfopt.pipeline import load_recipe, run_recipe
+from tfopt.pipeline.config import sections
 from tfopt.techniques import (
     TECHNIQUES, StageResult, Technique, get_technique, list_techniques, register_technique, unregister_technique,
 )
@@ -198,7 +199,7 @@ def test_run_set_is_validated_by_the_declarations(tmp_path, capsys, monkeypatch,
 
 
 def test_set_overrides_options():
-    from tfopt.pipeline.recipe import parse_set
+    from tfopt.pipeline.config.recipe import parse_set
 
     overrides = parse_set(["prune.epochs=3", "prune.m_by_n=[2, 4]", "cluster.init=linear"])
     recipe = load_recipe({**RECIPE, "stages": ["train", {"prune": {"target_sparsity": 0.5}}, "cluster"]},
@@ -269,7 +270,7 @@ def test_one_schedule_vocabulary():
 
 
 def test_recipes_and_searches_compile_alike():
-    from tfopt.pipeline.context import Context
+    from tfopt.pipeline.run.context import Context
 
     recipe = load_recipe({**RECIPE, "training": {"optimizer": {"name": "adamw", "weight_decay": 1e-4},
                                                  "learning_rate": 2e-3, "label_smoothing": 0.1,

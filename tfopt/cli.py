@@ -58,7 +58,7 @@ def _cmd_demo(args) -> int:
 
 
 def _print_results(results: dict, run_dir) -> None:
-    from tfopt.pipeline.report import SHORT_COLUMNS, TABLE_NOTE, split_sizes, variants_markdown
+    from tfopt.pipeline.report.report import SHORT_COLUMNS, TABLE_NOTE, split_sizes, variants_markdown
 
     rows = [r for r in results.get("variants") or [] if "accuracy" in r]
     if rows:
@@ -120,7 +120,7 @@ def _cmd_evaluate(args) -> int:
 
 def _overrides(args) -> dict | None:
     """The recipe overrides of ``--epochs`` and ``--set STAGE.OPTION=VALUE``."""
-    from tfopt.pipeline.recipe import parse_set
+    from tfopt.pipeline.config.recipe import parse_set
 
     overrides = parse_set(getattr(args, "set", None) or ())
     if getattr(args, "epochs", None) is not None:
@@ -183,7 +183,7 @@ def _cmd_report(args) -> int:
 def _cmd_tune(args) -> int:
     import os
 
-    from tfopt.pipeline.search import run_search
+    from tfopt.pipeline.run.search import run_search
     from tfopt.tune.distributed import BIND_ENV
 
     if args.bind is not None:

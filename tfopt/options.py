@@ -9,7 +9,7 @@ Two shapes, one vocabulary:
   their arguments there; a Field may take one as its ``check``).
 
 :func:`read_section` checks a mapping against its Fields and records every problem (unknown key, missing
-key, wrong type, value out of range) in a problems collector (``tfopt.pipeline._yaml.Problems``);
+key, wrong type, value out of range) in a problems collector (``tfopt.pipeline.config._yaml.Problems``);
 :func:`check_value` checks one value and raises. :func:`options_from` builds the Fields of a function's
 keyword arguments from its signature, so a technique's options have the defaults its function has.
 
@@ -194,7 +194,7 @@ def read_section(mapping, fields: dict, path: tuple, problems, what: str) -> dic
         problems: Problems collector (``add(path, message)``).
         what: String, the section's name in messages (e.g. "training").
 
-    >>> from tfopt.pipeline._yaml import Problems
+    >>> from tfopt.pipeline.config._yaml import Problems
     >>> p = Problems("r.yaml")
     >>> read_section({"epochs": 0}, {"epochs": Field((INT,), 1, check=lambda v: None if v >= 1 else ">= 1")},
     ...              ("training",), p, "training")

@@ -6,10 +6,10 @@
 >>> write_report("runs/mnist_cnn")["html"]  # doctest: +SKIP
 """
 
-from tfopt.pipeline.recipe import DataSpec, ModelSpec, Recipe, StageSpec, load_recipe  # noqa: I001
-from tfopt.pipeline.report import write_report
-from tfopt.pipeline.runner import run_recipe
-from tfopt.pipeline.stages import STAGES, StageOutput, register_stage
+from tfopt.pipeline.config.recipe import DataSpec, ModelSpec, Recipe, StageSpec, load_recipe  # noqa: I001
+from tfopt.pipeline.report.report import write_report
+from tfopt.pipeline.run.runner import run_recipe
+from tfopt.pipeline.run.stages import STAGES, StageOutput, register_stage
 from tfopt.techniques import StageInputs
 
 __all__ = ["load_recipe", "run_recipe", "write_report", "Recipe", "StageSpec", "DataSpec", "ModelSpec", "STAGES",

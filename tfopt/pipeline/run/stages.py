@@ -18,8 +18,8 @@ from typing import Callable
 
 from tfopt import tune
 from tfopt._io import as_write_error, remove_partial_files
-from tfopt.pipeline.context import Context, apply_determinism
-from tfopt.pipeline.specs import DataSpec, ModelSpec, StageSpec
+from tfopt.pipeline.run.context import Context, apply_determinism
+from tfopt.pipeline.config.specs import DataSpec, ModelSpec, StageSpec
 from tfopt.techniques import StageInputs, StageResult, Technique, get_technique, list_techniques, register_technique
 
 __all__ = ["STAGES", "StageOutput", "register_stage", "stage_inputs", "tune_search"]

@@ -26,12 +26,12 @@ from tfopt._io import atomic_write_text, remove_partial_files, write_json
 from tfopt._keras import derive_seed, set_seed
 from tfopt._lock import RunLock
 from tfopt.errors import ConfigError
-from tfopt.pipeline.context import Context, apply_determinism, save_model
-from tfopt.pipeline.recipe import load_recipe
-from tfopt.pipeline.results import collect_results, versions
-from tfopt.pipeline.rundir import MANIFEST, RESULTS, check_paths, model_damage, read_manifest, refuse_links_out
-from tfopt.pipeline.specs import DataSpec, Recipe
-from tfopt.pipeline.stages import STAGES
+from tfopt.pipeline.run.context import Context, apply_determinism, save_model
+from tfopt.pipeline.config.recipe import load_recipe
+from tfopt.pipeline.report.results import collect_results, versions
+from tfopt.pipeline.report.rundir import MANIFEST, RESULTS, check_paths, model_damage, read_manifest, refuse_links_out
+from tfopt.pipeline.config.specs import DataSpec, Recipe
+from tfopt.pipeline.run.stages import STAGES
 from tfopt.progress import Stages
 from tfopt.techniques import get_technique
 
@@ -329,7 +329,7 @@ def _run_locked(recipe, run_dir: Path, force, overwrite: bool, data, overrides, 
 
     results = collect_results(manifest)
     write_json(run_dir / RESULTS, results)
-    from tfopt.pipeline.report import write_report
+    from tfopt.pipeline.report.report import write_report
 
     write_report(run_dir)
     return results

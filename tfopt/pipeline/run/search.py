@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tfopt.errors import ConfigError
-from tfopt.pipeline.context import Context
-from tfopt.pipeline.recipe import load_recipe
-from tfopt.pipeline.stages import tune_search
+from tfopt.pipeline.run.context import Context
+from tfopt.pipeline.config.recipe import load_recipe
+from tfopt.pipeline.run.stages import tune_search
 
 __all__ = ["run_search"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from tfopt.export import CALIBRATED
 from tfopt.models import FROM_DATA
 from tfopt.options import read_section
-from tfopt.pipeline.sections import QUANTIZATION_NAMES, VARIANT
-from tfopt.pipeline.specs import ModelSpec
+from tfopt.pipeline.config.sections import QUANTIZATION_NAMES, VARIANT
+from tfopt.pipeline.config.specs import ModelSpec
 from tfopt.techniques import TECHNIQUES, get_technique, list_techniques
 
 __all__ = ["check_data", "check_model_section", "check_builder", "check_model_fits_data", "check_model_builds",

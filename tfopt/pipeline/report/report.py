@@ -23,9 +23,9 @@ import yaml
 
 from tfopt._io import atomic_write_text, path_inside, write_json
 from tfopt.errors import ConfigError, ExportError
-from tfopt.pipeline import plots
-from tfopt.pipeline.results import collect_results, fill_comparisons
-from tfopt.pipeline.rundir import MANIFEST, RESULTS, check_paths, read_manifest, read_results, refuse_links_out
+from tfopt.pipeline.report import plots
+from tfopt.pipeline.report.results import collect_results, fill_comparisons
+from tfopt.pipeline.report.rundir import MANIFEST, RESULTS, check_paths, read_manifest, read_results, refuse_links_out
 
 __all__ = ["write_report", "variants_table", "variants_markdown", "markdown_table", "layer_stats", "TABLE_COLUMNS",
            "TABLE_NOTE", "SHORT_COLUMNS", "split_sizes"]

@@ -70,7 +70,7 @@ TRAINING = {
     "jit_compile": Field((BOOL, NONE), None),
     "steps_per_execution": Field((INT, NONE), None, check=at_least(1)),
     # tf.config.experimental.enable_op_determinism(): a resumed run ends with the same numbers as an
-    # uninterrupted one (see tfopt.pipeline.context.apply_determinism)
+    # uninterrupted one (see tfopt.pipeline.run.context.apply_determinism)
     "deterministic": Field((BOOL,), False),
 }
 

@@ -14,7 +14,7 @@ from tfopt._keras import keras, set_seed, tf
 from tfopt._model import count_steps, is_qat
 from tfopt.compress.quantize import save_quantized
 from tfopt.errors import ConfigError
-from tfopt.pipeline.specs import DataSpec, ModelSpec, Recipe
+from tfopt.pipeline.config.specs import DataSpec, ModelSpec, Recipe
 from tfopt.train import compile_from_settings
 
 __all__ = ["Context", "save_model", "load_saved", "apply_determinism"]

@@ -6,7 +6,7 @@ with its key path and line number: ``recipe.yaml:14: stages[2].quantize_aware: .
 
 Implicit stages: when ``stages`` lists neither ``train`` nor ``tune`` and the model comes from a builder,
 a ``train`` stage runs first; when it lists an ``export`` and no ``evaluate`` after it, an ``evaluate``
-stage runs last (every exported variant is measured on the held-out split).
+stage runs last (every exported variant is measured on the validation split, to choose on, and on the test split, to report).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 
 from tfopt.errors import ConfigError
 from tfopt.options import read_section
-from tfopt.pipeline import checks
-from tfopt.pipeline._yaml import Problems, parse_yaml, read_text
-from tfopt.pipeline.sections import DATA, MODEL, STUDENT, TOP, TRAINING, stage_options, stage_types
-from tfopt.pipeline.specs import DataSpec, ModelSpec, Recipe, StageSpec
+from tfopt.pipeline.config import checks
+from tfopt.pipeline.config._yaml import Problems, parse_yaml, read_text
+from tfopt.pipeline.config.sections import DATA, MODEL, STUDENT, TOP, TRAINING, stage_options, stage_types
+from tfopt.pipeline.config.specs import DataSpec, ModelSpec, Recipe, StageSpec
 
 __all__ = ["Recipe", "StageSpec", "DataSpec", "ModelSpec", "load_recipe", "merge", "parse_set"]
 
