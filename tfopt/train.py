@@ -325,7 +325,7 @@ def _run_stage(inputs, options: dict):
         verbose=inputs.verbose, backup_dir=inputs.backup_dir, keep_backup=True, mixed_precision=t["mixed_precision"],
         jit_compile=t["jit_compile"], steps_per_execution=t["steps_per_execution"])
     metrics = {"epochs": epochs, **inputs.held_out(model, val_ds)}
-    return StageResult(model, metrics, f"held-out accuracy {metrics['val_accuracy']:.4f}, "
+    return StageResult(model, metrics, f"val accuracy {metrics['val_accuracy']:.4f}, "
                                        f"{metrics['params']:,} parameters")
 
 

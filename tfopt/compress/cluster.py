@@ -189,7 +189,7 @@ def _run_stage(inputs, o: dict):
     metrics = {"n_clusters": o["n_clusters"], "cluster_counts": counts["layers"],
                "sparsity": sparsity(clustered)["overall"], **inputs.held_out(clustered, val_ds)}
     most = max(counts["layers"].values(), default=0)
-    return StageResult(clustered, metrics, f"<= {most} values per kernel, held-out accuracy "
+    return StageResult(clustered, metrics, f"<= {most} values per kernel, val accuracy "
                                            f"{metrics['val_accuracy']:.4f}")
 
 

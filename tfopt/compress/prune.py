@@ -271,7 +271,7 @@ def _run_stage(inputs, o: dict):
     reached = sparsity(pruned)
     metrics = {"target_sparsity": o["target_sparsity"], "sparsity": reached["overall"],
                "layer_sparsity": reached["layers"], **inputs.held_out(pruned, val_ds)}
-    return StageResult(pruned, metrics, f"sparsity {reached['overall']:.3f}, held-out accuracy "
+    return StageResult(pruned, metrics, f"sparsity {reached['overall']:.3f}, val accuracy "
                                         f"{metrics['val_accuracy']:.4f}")
 
 

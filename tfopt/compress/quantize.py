@@ -317,7 +317,7 @@ def _run_stage(inputs, o: dict):
                                  verbose=inputs.verbose, return_report=True)
     metrics = {"report": report, **inputs.held_out(qat, val_ds)}
     return StageResult(qat, metrics, f"{len(report['quantized'])} layers quantized ({report['scheme']}), "
-                                     f"held-out accuracy {metrics['val_accuracy']:.4f}")
+                                     f"val accuracy {metrics['val_accuracy']:.4f}")
 
 
 _UNSET = "(unset: whether a {} stage came before)"

@@ -183,7 +183,7 @@ def _run_stage(inputs, o: dict):
                       lr_scale=o["lr_scale"], learning_rate=o["learning_rate"], val_ds=val_ds,
                       head_dropout=o["head_dropout"], verbose=inputs.verbose)
     metrics = {"num_classes": num_classes, "data": dict(new_data), **inputs.held_out(model, val_ds)}
-    return StageResult(model, metrics, f"{num_classes} classes, held-out accuracy {metrics['val_accuracy']:.4f}",
+    return StageResult(model, metrics, f"{num_classes} classes, val accuracy {metrics['val_accuracy']:.4f}",
                        data=new_data)
 
 
