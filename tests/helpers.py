@@ -37,3 +37,16 @@ def shuffled_digits(images: bool = True, seed: int = 0):
     x = (data.images[..., None] if images else data.data) / 16.0
     order = np.random.default_rng(seed).permutation(len(data.target))
     return x.astype("float32")[order], data.target.astype("int32")[order]
+
+
+def cli_error_line(capsys, argv, kind: str = "ConfigError") -> str:
+    """Run the ``tfopt`` command with ``argv``: it must exit 2 with exactly one ``tfopt: error: <kind>: ...``
+    line on stderr (no traceback), which is returned."""
+    from tfopt.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"tfopt: error: {kind}: ") and "Traceback" not in err, err
+    return lines[0]
+

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tests.helpers import cli_error_line
 from tfopt._io import read_json, write_json
 from tfopt._keras import keras, tf
 from tfopt.cli import main
@@ -49,15 +50,6 @@ def run(made, tmp_path, monkeypatch):
     shutil.copytree(made / "run", tmp_path / "run", symlinks=True)
     shutil.copy(made / "recipe.yaml", tmp_path / "recipe.yaml")
     return SimpleNamespace(dir=tmp_path / "run", recipe=str(tmp_path / "recipe.yaml"))
-
-
-def _one_line(capsys, argv) -> str:
-    """Run the CLI; it must exit 2 with exactly one ``tfopt: error: ConfigError`` line on stderr."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tfopt: error: ConfigError: "), err
-    return lines[0]
 
 
 def _files(folder: Path) -> dict:
@@ -105,10 +97,10 @@ def _damage_manifest(run_dir: Path, change) -> None:
 def test_damaged_manifest_is_one_line_for_run_and_report(run, capsys, change, words):
     _damage_manifest(run.dir, change)
     before = _files(run.dir)
-    line = _one_line(capsys, ["run", run.recipe, "--run-dir", str(run.dir)])
+    line = cli_error_line(capsys, ["run", run.recipe, "--run-dir", str(run.dir)])
     assert f"manifest.json of the run directory {str(run.dir)!r} is damaged: " in line and words in line
     assert FIXES in line
-    line = _one_line(capsys, ["report", str(run.dir)])
+    line = cli_error_line(capsys, ["report", str(run.dir)])
     assert "manifest.json of the run directory" in line and words in line
     assert _files(run.dir) == before  # nothing written, nothing deleted
 
@@ -117,7 +109,7 @@ def test_manifest_listing_other_stages_is_refused(run, capsys):
     manifest = read_json(run.dir / "manifest.json")
     manifest["stages"][0]["dir"] = "09_train"
     write_json(run.dir / "manifest.json", manifest)
-    line = _one_line(capsys, ["run", run.recipe, "--run-dir", str(run.dir)])
+    line = cli_error_line(capsys, ["run", run.recipe, "--run-dir", str(run.dir)])
     assert "lists the stages ['train', 'export', 'evaluate'] (folders ['09_train', '02_export', '03_evaluate'])" in line
     assert FIXES in line
 
@@ -152,7 +144,7 @@ def test_damaged_results_is_one_line_for_report(run, capsys, change, words):
     else:
         write_json(path, change(read_json(path)))
     before = _files(run.dir)
-    line = _one_line(capsys, ["report", str(run.dir)])
+    line = cli_error_line(capsys, ["report", str(run.dir)])
     assert f"results.json of the run directory {str(run.dir)!r} is damaged: " in line and words in line
     assert "delete it to report from manifest.json" in line
     assert _files(run.dir) == before
@@ -162,11 +154,11 @@ def test_damaged_results_is_one_line_for_report(run, capsys, change, words):
 
 def test_damaged_tflite_and_history_are_one_line_for_report(run, capsys):
     _truncate(run.dir / "02_export" / "float32.tflite")
-    line = _one_line(capsys, ["report", str(run.dir)])
+    line = cli_error_line(capsys, ["report", str(run.dir)])
     assert "02_export/float32.tflite of the run directory" in line and "(variant 'float32') is damaged" in line
     (run.dir / "01_train" / "history.csv").write_bytes(b"epoch,loss\n0,\xff\xfe\n")
     (run.dir / "02_export" / "float32.tflite").unlink()  # a missing file is skipped, as before
-    line = _one_line(capsys, ["report", str(run.dir)])
+    line = cli_error_line(capsys, ["report", str(run.dir)])
     assert "01_train/history.csv of the run directory" in line and "is damaged" in line
 
 

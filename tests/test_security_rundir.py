@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.helpers import cli_error_line
 from tfopt._io import path_inside, read_json, write_json
-from tfopt.cli import main
 from tfopt.errors import ConfigError
 from tfopt.pipeline import run_recipe, write_report
 
@@ -60,15 +60,6 @@ def _edit(path: Path, change) -> None:
     write_json(path, content)
 
 
-def _one_line(capsys, argv) -> str:
-    """Run the CLI; it must exit 2 with exactly one ``tfopt: error: ConfigError`` line on stderr."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tfopt: error: ConfigError: "), err
-    return lines[0]
-
-
 def _intact(victim: Path) -> None:
     assert victim.is_dir() and (victim / "keep.txt").read_text() == "precious"
 
@@ -81,7 +72,7 @@ def _set_dir(value):
 def test_overwrite_never_deletes_a_stage_dir_outside_the_run(run, capsys, entry):
     entry = str(run.victim) if entry == "ABS" else entry
     _edit(run.dir / "manifest.json", _set_dir(entry))
-    line = _one_line(capsys, ["run", run.other, "--run-dir", str(run.dir), "--overwrite"])
+    line = cli_error_line(capsys, ["run", run.other, "--run-dir", str(run.dir), "--overwrite"])
     assert f"manifest.json stages[0].dir={entry!r} {ESCAPE} {str(run.dir)!r}" in line
     _intact(run.victim)
     assert (run.dir / "01_train" / "model.keras").is_file()  # refused before anything was deleted
@@ -91,7 +82,7 @@ def test_overwrite_never_deletes_a_stage_dir_outside_the_run(run, capsys, entry)
 def test_force_never_deletes_a_stage_dir_outside_the_run(run, capsys, entry):
     entry = str(run.victim) if entry == "ABS" else entry
     _edit(run.dir / "manifest.json", _set_dir(entry))
-    line = _one_line(capsys, ["run", run.recipe, "--run-dir", str(run.dir), "--force", "train"])
+    line = cli_error_line(capsys, ["run", run.recipe, "--run-dir", str(run.dir), "--force", "train"])
     assert f"stages[0].dir={entry!r} {ESCAPE}" in line and str(run.dir) in line
     _intact(run.victim)
 
@@ -105,11 +96,11 @@ def test_api_refuses_the_same_with_the_entry_named(run):
 
 def test_model_and_variant_paths_outside_are_refused_on_resume(run, capsys):
     _edit(run.dir / "manifest.json", lambda m: m["stages"][0]["outputs"].update(model="../../victim/keep.txt"))
-    line = _one_line(capsys, ["run", run.recipe, "--run-dir", str(run.dir)])
+    line = cli_error_line(capsys, ["run", run.recipe, "--run-dir", str(run.dir)])
     assert "stages[0].outputs.model='../../victim/keep.txt' " + ESCAPE in line
     _edit(run.dir / "manifest.json", lambda m: m["stages"][0]["outputs"].update(model="01_train/model.keras"))
     _edit(run.dir / "manifest.json", lambda m: m["stages"][1]["metrics"]["variants"][0].update(path=str(run.victim)))
-    line = _one_line(capsys, ["run", run.recipe, "--run-dir", str(run.dir)])
+    line = cli_error_line(capsys, ["run", run.recipe, "--run-dir", str(run.dir)])
     assert "stages[1].metrics.variants[0].path=" in line and ESCAPE in line
     _intact(run.victim)
 
@@ -119,7 +110,7 @@ def test_symlinked_stage_dir_is_refused_for_force_and_overwrite(run, capsys):
     (run.dir / "01_train").symlink_to(run.victim, target_is_directory=True)
     for argv in (["run", run.recipe, "--run-dir", str(run.dir), "--force", "train"],
                  ["run", run.other, "--run-dir", str(run.dir), "--overwrite"]):
-        line = _one_line(capsys, argv)
+        line = cli_error_line(capsys, argv)
         assert f"stages[0].dir='01_train' {ESCAPE}" in line and str(run.victim) in line
         _intact(run.victim)
     assert (run.dir / "01_train").is_symlink()
@@ -127,7 +118,7 @@ def test_symlinked_stage_dir_is_refused_for_force_and_overwrite(run, capsys):
 
 def test_symlink_deeper_in_the_run_is_refused_on_resume(run, capsys):
     (run.dir / "01_train" / "backup").symlink_to(run.victim, target_is_directory=True)
-    line = _one_line(capsys, ["run", run.recipe, "--run-dir", str(run.dir), "--force", "train"])
+    line = cli_error_line(capsys, ["run", run.recipe, "--run-dir", str(run.dir), "--force", "train"])
     assert f"symlink='01_train/backup' {ESCAPE}" in line
     _intact(run.victim)
 
@@ -150,7 +141,7 @@ def test_overwrite_removes_symlinks_not_what_they_point_to(run):
 def test_report_refuses_a_variant_path_outside(run, capsys):
     (run.victim / "secret.tflite").write_bytes(b"not yours")
     _edit(run.dir / "results.json", lambda r: r["variants"][0].update(path="../../victim/secret.tflite"))
-    line = _one_line(capsys, ["report", str(run.dir)])
+    line = cli_error_line(capsys, ["report", str(run.dir)])
     assert f"results.json variants[0].path='../../victim/secret.tflite' {ESCAPE} {str(run.dir)!r}" in line
     _intact(run.victim)
 
@@ -158,7 +149,7 @@ def test_report_refuses_a_variant_path_outside(run, capsys):
 def test_report_refuses_a_history_path_outside(run, capsys):
     (run.victim / "history.csv").write_text("epoch,loss\n0,1.0\n")
     _edit(run.dir / "manifest.json", lambda m: m["stages"][0]["outputs"].update(history=str(run.victim / "history.csv")))
-    line = _one_line(capsys, ["report", str(run.dir)])
+    line = cli_error_line(capsys, ["report", str(run.dir)])
     assert "manifest.json stages[0].outputs.history=" in line and ESCAPE in line
 
 
@@ -167,14 +158,14 @@ def test_report_refuses_symlinks_leading_out(run, capsys):
     shutil.copy(exported, run.victim / "float32.tflite")
     exported.unlink()
     exported.symlink_to(run.victim / "float32.tflite")
-    line = _one_line(capsys, ["report", str(run.dir)])
+    line = cli_error_line(capsys, ["report", str(run.dir)])
     assert "variants[0].path='02_export/float32.tflite' " + ESCAPE in line
     exported.unlink()
     shutil.copy(run.victim / "float32.tflite", exported)
     shutil.rmtree(run.dir / "report")
     (run.dir / "report").symlink_to(run.victim, target_is_directory=True)
     before = sorted(p.name for p in run.victim.iterdir())
-    line = _one_line(capsys, ["report", str(run.dir)])
+    line = cli_error_line(capsys, ["report", str(run.dir)])
     assert f"symlink='report' {ESCAPE}" in line
     assert sorted(p.name for p in run.victim.iterdir()) == before  # no figure written into it
     with pytest.raises(ConfigError, match="symlink='report' leads outside"):
@@ -185,7 +176,7 @@ def test_a_symlinked_manifest_leading_out_is_not_read(run, capsys):
     write_json(run.victim / "manifest.json", read_json(run.dir / "manifest.json"))
     (run.dir / "manifest.json").unlink()
     (run.dir / "manifest.json").symlink_to(run.victim / "manifest.json")
-    line = _one_line(capsys, ["report", str(run.dir)])
+    line = cli_error_line(capsys, ["report", str(run.dir)])
     assert f"file='manifest.json' {ESCAPE}" in line
 
 
