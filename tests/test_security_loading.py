@@ -354,18 +354,10 @@ def test_clean_files_in_every_format_still_load(tmp_path):
 
 
 # ---------------------------------------------------------------- broken model files: one line naming path and kind
-def _real_keras(tmp_path) -> bytes:
+def _real_model_bytes(tmp_path, suffix: str) -> bytes:
+    """The bytes of a small, clean model saved as ``suffix`` (".keras" or ".h5")."""
     inp = keras.Input((4,))
-    path = tmp_path / "real.keras"
-    keras.Model(inp, keras.layers.Dense(2)(inp)).save(path)
-    data = path.read_bytes()
-    path.unlink()
-    return data
-
-
-def _real_h5(tmp_path) -> bytes:
-    inp = keras.Input((4,))
-    path = tmp_path / "real.h5"
+    path = tmp_path / f"real{suffix}"
     keras.Model(inp, keras.layers.Dense(2)(inp)).save(path)
     data = path.read_bytes()
     path.unlink()
@@ -391,13 +383,13 @@ BROKEN = [
     ("empty .keras", "m.keras", lambda p, t: p.write_bytes(b""), "is empty"),
     ("garbage .keras", "m.keras", lambda p, t: p.write_bytes(b"this is not a model\x00\x01" * 10),
      "not a Keras model file"),
-    ("truncated .keras", "m.keras", lambda p, t: p.write_bytes(_real_keras(t)[:600]), "truncated or damaged zip"),
+    ("truncated .keras", "m.keras", lambda p, t: p.write_bytes(_real_model_bytes(t, ".keras")[:600]), "truncated or damaged zip"),
     ("zip without config.json", "m.keras", lambda p, t: _zip_without_config(p), "no config.json"),
     ("zip with bad config.json", "m.keras", lambda p, t: _zip_bad_json(p), "config.json is not valid JSON"),
-    (".keras zip named .h5", "m.h5", lambda p, t: p.write_bytes(_real_keras(t)), "name does not end in .keras"),
+    (".keras zip named .h5", "m.h5", lambda p, t: p.write_bytes(_real_model_bytes(t, ".keras")), "name does not end in .keras"),
     ("empty .h5", "m.h5", lambda p, t: p.write_bytes(b""), "is empty"),
     ("garbage .h5", "m.h5", lambda p, t: p.write_bytes(b"\x00" * 100), "not a Keras model file"),
-    ("truncated .h5", "m.h5", lambda p, t: p.write_bytes(_real_h5(t)[:3000]), "damaged HDF5"),
+    ("truncated .h5", "m.h5", lambda p, t: p.write_bytes(_real_model_bytes(t, ".h5")[:3000]), "damaged HDF5"),
     ("weights-only .h5", "m.weights.h5", lambda p, t: _weights_only_h5(p), "no model config"),
     ("directory without saved_model.pb", "folder", lambda p, t: p.mkdir(), "not a SavedModel"),
 ]
