@@ -432,11 +432,14 @@ def render_markdown(results: dict) -> str:
         "Data: mnist_5k, 3,200 train / 800 validation / 1,000 fixed test digits (the test digits are the same "
         "for every seed). **Select on validation, report on test**: every choice (the best compression variant, "
         "the searches' best trials, Hyperband's comparison point) is made on the 800 validation digits; every "
-        "reported accuracy is the exported TFLite file's (or, for the distillation students, the Keras "
-        "model's) accuracy on the 1,000 test digits, with n and a 95% Wilson interval. A difference from a "
+        "reported accuracy is the exported TFLite file's (or, for the distillation students and the searches' best "
+        "models, the Keras model's) accuracy on the 1,000 test digits, with n and a 95% Wilson interval. A difference from a "
         "baseline is paired on the same test digits: the test Δ in points with its 95% paired-bootstrap "
         "interval and the exact McNemar p-value (▼ a significant drop, ▲ a significant gain, p < 0.05). "
-        "On 1,000 digits one point is 10 digits, and a Δ of about ±0.5 point is usually inside the noise.",
+        "Significance is the exact test's; near p = 0.05 the bootstrap interval may exclude 0 while the test does "
+        "not call the drop significant (or the reverse). A goal \"within N points\" is met on the point estimate "
+        "of the test Δ; its interval and p stand beside it. On 1,000 digits one point is 10 digits, and a Δ of "
+        "about ±0.5 point is usually inside the noise.",
         "",
         f"Run {results['date']} on {cpu_line(m)}, {m['platform']}; "
         f"TensorFlow {v.get('tensorflow')}, tf_keras {v.get('tf_keras')}, tfmot {v.get('tfmot')}, "
