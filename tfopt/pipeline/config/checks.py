@@ -132,11 +132,16 @@ def check_model_fits_data(spec, data_v, path: tuple, problems) -> None:
 def check_model_builds(spec, data_v, path: tuple, problems) -> None:
     """Build the model once when the data is embedded (its shape is known), so that builder arguments that
     cannot work (a kernel larger than its input, a model too large for this machine, l2: .inf, ...) are
-    refused with the recipe's other problems, before a run starts. A tfds set is checked after loading."""
-    from tfopt import models
+    refused with the recipe's other problems, before a run starts. A tfds set, and every multi-worker run (whose
+    strategy must exist before TensorFlow's runtime starts), is checked by the runner before it writes anything."""
+    from tfopt import distribute, models
     from tfopt.errors import ConfigError
 
     if spec is None or not spec.builder or data_v is None or not isinstance(data_v.get("name"), str):
+        return
+    if distribute.parse_tf_config() is not None:
+        # a multi-worker run: building a model would start TensorFlow's runtime before the strategy exists
+        # ("Collective ops must be configured at program startup"); the runner builds it, before writing anything
         return
     known = embedded_shape(data_v["name"])
     if known is None or spec.builder not in models.list_models():
