@@ -190,7 +190,16 @@ def test_permission_lost_on_the_manifest_is_one_line_and_the_run_resumes(tmp_pat
     assert _epochs(run) == [0, 1]  # the trained epochs were kept (BackupAndRestore), not trained again
 
 
-def test_ctrl_c_swallowed_inside_the_converter_still_stops_the_export(tmp_path, monkeypatch):
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler in this process for the test (the suite may run with SIGINT ignored, as a
+    background job of a non-interactive shell does), restored afterwards."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_swallowed_inside_the_converter_still_stops_the_export(tmp_path, monkeypatch, python_ctrl_c):
     """TensorFlow may turn Ctrl-C into an ordinary error (or swallow it) and convert another way: it must stop."""
     from tfopt._keras import keras, tf
     from tfopt.export import to_tflite
@@ -228,9 +237,17 @@ def test_ctrl_c_swallowed_inside_the_converter_still_stops_the_export(tmp_path, 
 
 
 # ---------------------------------------------------------------- subprocesses: Ctrl-C
+def _ctrl_c_reaches_it() -> None:
+    """In the child: Ctrl-C's default disposition, as a command started from a terminal has. A test run started
+    in the background by a non-interactive shell (CI may be) inherits SIGINT ignored, and Python then never turns
+    it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args, cwd: Path, fault: str | None = None, sig: str | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tfopt.cli", *map(str, args)], cwd=cwd, env=_env(fault, sig),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_reaches_it)
 
 
 def _finish(proc: subprocess.Popen) -> tuple:
