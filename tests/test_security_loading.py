@@ -353,6 +353,25 @@ def test_clean_files_in_every_format_still_load(tmp_path):
                                rtol=1e-6)
 
 
+@pytest.mark.parametrize("application", ["MobileNetV3Small", "EfficientNetB0"])
+def test_models_nobody_here_wrote_are_not_refused(tmp_path, application):
+    """Keras applications (TF op layers, hard-swish, Rescaling/Normalization) and a user's nested functional
+    model with attention and a GRU pass safe mode in both formats and load back with the same outputs."""
+    app = getattr(keras.applications, application)(weights=None, input_shape=(32, 32, 3), classes=4)
+    inp = keras.Input((6, 4))
+    inner = keras.Model(inp, keras.layers.GRU(4)(keras.layers.MultiHeadAttention(2, 2)(inp, inp)))
+    outer = keras.Input((6, 4))
+    user = keras.Model(outer, keras.layers.Dense(3)(inner(outer)))
+    rng = np.random.default_rng(0)
+    for model, x in ((app, rng.random((1, 32, 32, 3), dtype="float32")), (user, rng.random((1, 6, 4), dtype="float32"))):
+        want = model.predict(x, verbose=0)
+        for suffix, kind in ((".keras", "keras"), (".h5", "h5")):
+            path = tmp_path / f"{model.name}{suffix}"
+            model.save(path)
+            assert check_model_file(path) == kind
+            np.testing.assert_allclose(tfopt.load_model(path).predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------- broken model files: one line naming path and kind
 def _real_model_bytes(tmp_path, suffix: str) -> bytes:
     """The bytes of a small, clean model saved as ``suffix`` (".keras" or ".h5")."""
