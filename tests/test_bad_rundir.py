@@ -83,8 +83,8 @@ MANIFESTS = [
 ]
 
 
-def _damage_manifest(run_dir: Path, change) -> None:
-    path = run_dir / "manifest.json"
+def _damage(path: Path, change) -> None:
+    """Damage a run directory's JSON file: truncate it (None), replace its bytes, or edit its content."""
     if change is None:
         _truncate(path)
     elif isinstance(change, bytes):
@@ -95,7 +95,7 @@ def _damage_manifest(run_dir: Path, change) -> None:
 
 @pytest.mark.parametrize("change,words", [c[1:] for c in MANIFESTS], ids=[c[0] for c in MANIFESTS])
 def test_damaged_manifest_is_one_line_for_run_and_report(run, capsys, change, words):
-    _damage_manifest(run.dir, change)
+    _damage(run.dir / "manifest.json", change)
     before = _files(run.dir)
     line = cli_error_line(capsys, ["run", run.recipe, "--run-dir", str(run.dir)])
     assert f"manifest.json of the run directory {str(run.dir)!r} is damaged: " in line and words in line
@@ -137,12 +137,7 @@ RESULTS = [
 @pytest.mark.parametrize("change,words", [c[1:] for c in RESULTS], ids=[c[0] for c in RESULTS])
 def test_damaged_results_is_one_line_for_report(run, capsys, change, words):
     path = run.dir / "results.json"
-    if change is None:
-        _truncate(path)
-    elif isinstance(change, bytes):
-        path.write_bytes(change)
-    else:
-        write_json(path, change(read_json(path)))
+    _damage(path, change)
     before = _files(run.dir)
     line = cli_error_line(capsys, ["report", str(run.dir)])
     assert f"results.json of the run directory {str(run.dir)!r} is damaged: " in line and words in line
