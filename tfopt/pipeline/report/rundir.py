@@ -175,6 +175,16 @@ def check_paths(content: dict, run_dir, name: str) -> None:
             path_inside(run_dir, row["path"], f"{name} variants[{j}].path")
 
 
+def _read_checked(run_dir, name: str, shape, paths: bool) -> dict:
+    """``run_dir/name`` parsed, its shape checked against ``shape`` and (``paths``) every path in it inside."""
+    run_dir = Path(run_dir)
+    content = _load(run_dir, name)
+    _shape(content, run_dir, name, shape)
+    if paths:
+        check_paths(content, run_dir, name)
+    return content
+
+
 def read_manifest(run_dir, paths: bool = True) -> dict:
     """``run_dir/manifest.json``, checked: its shape, and (``paths``) every path in it inside ``run_dir``.
 
@@ -191,12 +201,7 @@ def read_manifest(run_dir, paths: bool = True) -> dict:
 
     >>> manifest = read_manifest("runs/mnist_cnn")  # doctest: +SKIP
     """
-    run_dir = Path(run_dir)
-    manifest = _load(run_dir, MANIFEST)
-    _shape(manifest, run_dir, MANIFEST, _manifest_shape)
-    if paths:
-        check_paths(manifest, run_dir, MANIFEST)
-    return manifest
+    return _read_checked(run_dir, MANIFEST, _manifest_shape, paths)
 
 
 def read_results(run_dir, paths: bool = True) -> dict:
@@ -214,12 +219,7 @@ def read_results(run_dir, paths: bool = True) -> dict:
 
     >>> results = read_results("runs/mnist_cnn")  # doctest: +SKIP
     """
-    run_dir = Path(run_dir)
-    results = _load(run_dir, RESULTS)
-    _shape(results, run_dir, RESULTS, _results_shape)
-    if paths:
-        check_paths(results, run_dir, RESULTS)
-    return results
+    return _read_checked(run_dir, RESULTS, _results_shape, paths)
 
 
 def refuse_links_out(run_dir) -> None:
