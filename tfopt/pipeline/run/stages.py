@@ -44,12 +44,6 @@ def stage_inputs(ctx: Context, spec: StageSpec, stage_dir: Path) -> StageInputs:
         strategy=ctx.strategy)
 
 
-def _clear_partial_files(ctx: Context, stage_dir: Path) -> None:
-    # the runner holds the run directory's lock: no other process writes in these folders
-    remove_partial_files(stage_dir)
-    remove_partial_files(ctx.run_dir, recursive=False)
-
-
 def _write_fault(err: Exception, ctx: Context, stage_dir: Path):
     """The WriteError for ``err`` (None when it is no full disk, read-only folder or missing permission)."""
     fault = as_write_error(err, near=stage_dir)
@@ -63,11 +57,14 @@ def _runner(name: str) -> Callable:
     """The runner of technique ``name``'s stages: ``(ctx, spec, stage_dir) -> StageOutput``."""
 
     def run(ctx: Context, spec: StageSpec, stage_dir: Path) -> StageOutput:
-        _clear_partial_files(ctx, stage_dir)
+        # under the run lock (no other process writes here): what a killed writer left in the stage's folder goes
+        # first, and what a failed one left goes before the error is raised (the runner clears the run
+        # directory's top once, before its first write)
+        remove_partial_files(stage_dir)
         try:
             return get_technique(name).run(stage_inputs(ctx, spec, stage_dir), spec.options)
         except BaseException as err:
-            _clear_partial_files(ctx, stage_dir)
+            remove_partial_files(stage_dir)
             fault = _write_fault(err, ctx, stage_dir) if isinstance(err, Exception) else None
             if fault is None:
                 raise
