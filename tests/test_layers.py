@@ -18,7 +18,7 @@ ROOT = pathlib.Path(tfopt.__file__).parent
 LAYERS = {
     "tfopt.errors": 0, "tfopt._io": 0, "tfopt._faults": 0, "tfopt._lock": 0, "tfopt._registry": 0,
     "tfopt.progress": 0, "tfopt._keras": 0, "tfopt._private": 0, "tfopt.options": 0, "tfopt.techniques": 0,
-    "tfopt._model": 0, "tfopt.stats": 0,
+    "tfopt._model": 0, "tfopt.stats": 0, "tfopt.flops": 0,
     "tfopt.data": 1, "tfopt.models": 1, "tfopt.losses": 1, "tfopt.optimizers": 1, "tfopt.regularizers": 1,
     "tfopt.schedules": 1, "tfopt.distribute": 1, "tfopt.saving": 1, "tfopt.checkpoints": 1,
     "tfopt.train": 2,
