@@ -112,22 +112,39 @@ def _recurrent_macs(layer, x) -> int:
     return steps * gates * (int(x[-1]) + units) * units
 
 
+def _own_nodes(model) -> list:
+    """The calls of layers that belong to ``model``'s own graph (a layer shared with another model, as tfmot's
+    strip and clone leave them, has other models' calls in its ``inbound_nodes`` too)."""
+    by_depth = getattr(model, "_nodes_by_depth", None)  # pylint: disable=protected-access (as _model.flatten_model)
+    if by_depth:
+        return [node for depth in sorted(by_depth) for node in by_depth[depth]]
+    return [node for layer in model.layers for node in layer.inbound_nodes]
+
+
 def _walk(model, prefix: str, out: dict):
-    for layer in model.layers:
+    for node in _own_nodes(model):
+        layer = node.layer
+        if getattr(node, "is_input", False) or type(layer).__name__ == "InputLayer":
+            continue
         name = f"{prefix}{layer.name}"
         if isinstance(layer, keras.Model):
             _walk(layer, f"{name}/", out)
             continue
         wrapped = type(layer).__name__.startswith(("Prune", "Quantize", "Cluster")) and hasattr(layer, "layer")
         counted = layer.layer if wrapped else layer  # tfmot's wrappers count what they wrap
-        total = 0
-        for node in layer.inbound_nodes:
-            try:
-                total += _layer_macs(counted, node)
-            except (AttributeError, IndexError, TypeError, ValueError):
-                total += 0  # a layer whose shapes are not static (e.g. a None sequence length) counts 0
-        if total:
-            out[name] = out.get(name, 0) + total
+        try:
+            macs = _layer_macs(counted, node)
+        except (AttributeError, IndexError, TypeError, ValueError):
+            macs = 0  # a layer whose shapes are not static (e.g. a None sequence length) counts 0
+        if macs:
+            out[name] = out.get(name, 0) + macs
+
+
+def _order(model, prefix: str, order: dict):
+    for layer in model.layers:
+        order.setdefault(f"{prefix}{layer.name}", len(order))
+        if isinstance(layer, keras.Model):
+            _order(layer, f"{prefix}{layer.name}/", order)
 
 
 def flops_by_layer(model) -> dict[str, int]:
@@ -145,7 +162,9 @@ def flops_by_layer(model) -> dict[str, int]:
     check_model(model, "flops")
     out: dict[str, int] = {}
     _walk(model, "", out)
-    return out
+    order = {}
+    _order(model, "", order)
+    return dict(sorted(out.items(), key=lambda item: order.get(item[0], len(order))))
 
 
 def flops(model) -> int:

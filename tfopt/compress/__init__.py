@@ -9,28 +9,35 @@ checks what it reached, and returns a plain model that saves, loads and converts
 >>> qat = tfopt.compress.quantize_aware(pruned, train_ds, preserve_sparsity=True)  # doctest: +SKIP
 """
 
+from tfopt.compress.channels import IMPORTANCES, channel_groups, prune_channels
 from tfopt.compress.cluster import INITS, cluster
 from tfopt.compress.distill import Distiller, distill, distillation_loss
 from tfopt.compress.inspect import cluster_counts, m_by_n_ok, sparsity
 from tfopt.compress.prune import prune, pruning_schedule
 from tfopt._model import flatten_model  # model plumbing (tfopt._model), public here since QAT flattens first
+from tfopt.flops import flops, flops_by_layer  # counted in tfopt.flops (below compress), public here beside what lowers them
 from tfopt.compress.quantize import QAT_SCHEMES, load_quantized, quantize_aware, quantize_scheme, save_quantized
 from tfopt.compress.transfer import build_transfer_model, fine_tune
 
 __all__ = [
+    "IMPORTANCES",
     "INITS",
     "QAT_SCHEMES",
     "Distiller",
     "build_transfer_model",
+    "channel_groups",
     "cluster",
     "cluster_counts",
     "distill",
     "distillation_loss",
     "fine_tune",
     "flatten_model",
+    "flops",
+    "flops_by_layer",
     "load_quantized",
     "m_by_n_ok",
     "prune",
+    "prune_channels",
     "pruning_schedule",
     "quantize_aware",
     "quantize_scheme",
