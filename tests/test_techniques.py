@@ -23,7 +23,8 @@ from tfopt.techniques import (
 )
 from tfopt.tune import training as tune_training
 
-BUILT_IN = ("train", "tune", "prune", "cluster", "quantize_aware", "distill", "fine_tune", "export", "evaluate")
+BUILT_IN = ("train", "tune", "prune_channels", "factorize", "prune", "cluster", "quantize_aware", "distill", "fine_tune",
+            "export", "evaluate")
 
 
 # ---------------------------------------------------------------- a technique of the user's own (this module)
@@ -109,7 +110,9 @@ def test_derived_tables_are_the_registry(scale):
     assert set(sections.MODEL_STAGES) == set(BUILT_IN) - {"export", "evaluate"} | {"scale_weights"}
     keys = {k for t in TECHNIQUES.values() for k in t.tune_keys}
     assert set(tfopt.tune.COMPRESSION_KEYS) == keys == {"target_sparsity", "prune_epochs", "n_clusters",
-                                                        "cluster_epochs", "quantization"}
+                                                        "cluster_epochs", "quantization", "channel_fraction",
+                                                        "channel_epochs", "channel_importance", "factorize_energy",
+                                                        "factorize_epochs"}
     assert "scale_weights" in tfopt.pipeline.STAGES
 
 
@@ -222,7 +225,7 @@ def test_tuner_chain_applies_techniques_in_tune_order(monkeypatch):
 
     for name in ("prune", "cluster"):
         monkeypatch.setitem(TECHNIQUES, name, dataclasses.replace(TECHNIQUES[name], apply=recorder(name)))
-    assert [t.name for t in tune_training.chain()] == ["prune", "cluster"]
+    assert [t.name for t in tune_training.chain()] == ["prune_channels", "factorize", "prune", "cluster"]
     settings = {"n_clusters": 8, "cluster_epochs": 2, "target_sparsity": 0.5, "prune_epochs": 3}
     tune_training.compress("model", None, settings)
     assert calls == [("prune", {"target_sparsity": 0.5, "epochs": 3}),
@@ -234,7 +237,7 @@ def test_tuner_chain_applies_techniques_in_tune_order(monkeypatch):
     shrink = Technique("shrink", {"keep": Field((FLOAT,), 1.0)}, _run_scale, tune_keys={"shrink_keep": "keep"},
                        tune_order=15, apply=recorder("shrink"))
     monkeypatch.setitem(TECHNIQUES, "shrink", shrink)
-    assert [t.name for t in tune_training.chain()] == ["prune", "shrink", "cluster"]
+    assert [t.name for t in tune_training.chain()] == ["prune_channels", "factorize", "prune", "shrink", "cluster"]
     assert "shrink_keep" in tfopt.tune.COMPRESSION_KEYS
 
 

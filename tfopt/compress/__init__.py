@@ -12,6 +12,7 @@ checks what it reached, and returns a plain model that saves, loads and converts
 from tfopt.compress.channels import IMPORTANCES, channel_groups, prune_channels
 from tfopt.compress.cluster import INITS, cluster
 from tfopt.compress.distill import Distiller, distill, distillation_loss
+from tfopt.compress.lowrank import factorize
 from tfopt.compress.inspect import cluster_counts, m_by_n_ok, sparsity
 from tfopt.compress.prune import prune, pruning_schedule
 from tfopt._model import flatten_model  # model plumbing (tfopt._model), public here since QAT flattens first
@@ -30,6 +31,7 @@ __all__ = [
     "cluster_counts",
     "distill",
     "distillation_loss",
+    "factorize",
     "fine_tune",
     "flatten_model",
     "flops",
