@@ -6,8 +6,8 @@
 
 from tfopt.export.evaluate import (PREDICTIONS, compare, compare_with_baseline, evaluate, evaluate_splits, latency,
                                     read_predictions, write_predictions)
-from tfopt.export.tflite import (CALIBRATED, QUANTIZATION_NAMES, QUANTIZATIONS, VARIANT, TFLiteModel, interpreter,
+from tfopt.export.tflite import (CALIBRATED, CRASH_PRONE, QUANTIZATION_NAMES, QUANTIZATIONS, VARIANT, TFLiteModel, interpreter,
                                   tflite_weights, to_tflite, weight_stats)
 
-__all__ = ["CALIBRATED", "PREDICTIONS", "QUANTIZATION_NAMES", "QUANTIZATIONS", "VARIANT", "TFLiteModel", "compare", "compare_with_baseline", "evaluate", "evaluate_splits",
+__all__ = ["CALIBRATED", "CRASH_PRONE", "PREDICTIONS", "QUANTIZATION_NAMES", "QUANTIZATIONS", "VARIANT", "TFLiteModel", "compare", "compare_with_baseline", "evaluate", "evaluate_splits",
            "interpreter", "latency", "read_predictions", "tflite_weights", "to_tflite", "weight_stats", "write_predictions"]

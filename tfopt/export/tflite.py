@@ -17,10 +17,12 @@ from tfopt._io import atomic_write_bytes
 from tfopt._keras import check_model, keras, tf
 from tfopt._model import is_qat, weight_count
 from tfopt.errors import ConfigError, DataError, ExportError
+from tfopt.export import _guard
+from tfopt.export._guard import CRASH_PRONE
 from tfopt.options import LIST, NONE, STR, Field, at_least, options_from, safe_name
 from tfopt.techniques import StageResult, Technique, register_technique
 
-__all__ = ["QUANTIZATIONS", "CALIBRATED", "QUANTIZATION_NAMES", "VARIANT", "TFLiteModel", "to_tflite", "interpreter",
+__all__ = ["QUANTIZATIONS", "CALIBRATED", "CRASH_PRONE", "QUANTIZATION_NAMES", "VARIANT", "TFLiteModel", "to_tflite", "interpreter",
            "tflite_weights", "weight_stats"]
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,19 @@ def _representative(data, num_samples: int):
         return None
     if callable(data) and not isinstance(data, tf.data.Dataset):
         return data
+    return calibration(representative_samples(data, num_samples))
+
+
+def representative_samples(data, num_samples: int) -> list:
+    """The calibration samples ``to_tflite`` would hand the converter, as a list of ``[x]`` lists.
+
+    Args:
+        data: tf.data.Dataset of (x, y) or x batches, a NumPy array of inputs, or a generator function
+            yielding ``[x]`` (all of whose items are taken).
+        num_samples: Integer, how many samples to take from a dataset or array.
+    """
+    if callable(data) and not isinstance(data, tf.data.Dataset):
+        return [[np.asarray(x) for x in item] for item in data()]
     if isinstance(data, tf.data.Dataset):
         batches = (b[0] if isinstance(b, tuple) else b for b in data.as_numpy_iterator())
     else:
@@ -178,18 +193,24 @@ def _representative(data, num_samples: int):
     samples = []
     for batch in batches:
         for row in np.asarray(batch, np.float32):
-            samples.append(row)
+            samples.append([row[None]])
             if len(samples) >= num_samples:
                 break
         if len(samples) >= num_samples:
             break
     if not samples:
         raise DataError("representative_data yielded no sample")
+    return samples
+
+
+def calibration(samples: list):
+    """A generator function over ``samples`` (lists of ``[x]``) for the converter, with the fault hook points
+    ``calibrate:<k>``."""
 
     def gen():
-        for i, row in enumerate(samples):
+        for i, item in enumerate(samples):
             _faults.reached(f"calibrate:{i}")
-            yield [row[None]]
+            yield list(item)
 
     return gen
 
@@ -272,56 +293,17 @@ def _fixed_batch_converter(model):
     return tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
 
 
-def to_tflite(
-    model,
-    quantization: str | None = None,
-    representative_data=None,
-    path=None,
-    io_dtype: str = "float32",
-    num_samples: int = 200,
-    sparse: bool = False,
-) -> TFLiteModel:
-    """Convert a tf_keras model to TFLite.
-
-    Args:
-        model: tf_keras model (plain, pruned-and-stripped, clustered, or QAT).
-        quantization: None (float32), "dynamic" (int8 weights), "float16", "int8" (full integer; needs
-            ``representative_data`` unless the model is quantization-aware) or "int16x8".
-        representative_data: tf.data.Dataset of (x, y) or x batches, a NumPy array of inputs, or a generator
-            function yielding ``[x]``; used to calibrate activation ranges.
-        path: Optional path; when given the flatbuffer is written there atomically.
-        io_dtype: String, "float32", "int8" or "uint8": the input/output type of a full-int8 model.
-        num_samples: Integer, how many representative samples to calibrate on.
-        sparse: Bool, also encode sparse weights (``Optimize.EXPERIMENTAL_SPARSITY``) for XNNPACK.
+def _convert(model, quantization, rep, io_dtype, qat, sparse) -> tuple[bytes, list]:
+    """The conversion itself, in this process: each converter path in turn, TF select ops last.
 
     Returns:
-        A :class:`TFLiteModel`.
-
-    >>> tfl = to_tflite(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]), quantization="dynamic")
-    >>> tfl.quantization
-    'dynamic'
+        ``(flatbuffer bytes, notes)``.
     """
-    check_model(model, "to_tflite")
-    if quantization not in QUANTIZATIONS:
-        raise ConfigError(f"quantization={quantization!r} is not allowed; allowed: {', '.join(map(repr, QUANTIZATIONS))}")
-    if io_dtype not in IO_DTYPES:
-        raise ConfigError(f"io_dtype={io_dtype!r} is not allowed; allowed: {', '.join(IO_DTYPES)}")
-    if io_dtype != "float32" and quantization not in CALIBRATED:
-        raise ConfigError(f"io_dtype={io_dtype!r} needs quantization='int8' or 'int16x8', not {quantization!r}")
-    qat = is_qat(model)
-    if quantization in CALIBRATED and representative_data is None and not qat:
-        raise ConfigError(
-            f"quantization={quantization!r} needs representative_data (a tf.data.Dataset or array of inputs) "
-            "to calibrate activation ranges, unless the model is quantization-aware (tfopt.compress.quantize_aware)"
-        )
-    rep = _representative(representative_data, num_samples) if quantization in CALIBRATED else None
-
     notes = []
     attempts = [("keras", lambda: tf.lite.TFLiteConverter.from_keras_model(model))]
     fixed = ("fixed batch 1", lambda: _fixed_batch_converter(model))
     attempts.insert(0 if _has_rnn(model) else 1, fixed)
     errors = []
-    content = None
     with _interrupts_kept() as stop_if_interrupted:
         for select_ops in (False, True):
             for how, make in attempts:
@@ -345,14 +327,80 @@ def to_tflite(
                 if how != "keras":
                     notes.append(f"converted with a {how} concrete function")
                 if select_ops:
-                    notes.append("needs TF select ops (SELECT_TF_OPS): run with the Flex delegate")
+                    notes.append(SELECT_OPS_NOTE)
                     log.warning("to_tflite fell back to SELECT_TF_OPS: %s", errors)
-                break
-            if content is not None:
-                break
-    if content is None:
-        raise ExportError("TFLite conversion failed: " + " | ".join(errors))
-    result = TFLiteModel(content=content, quantization=quantization if not (qat and quantization is None) else "int8", notes=notes)
+                return content, notes
+    raise ExportError("TFLite conversion failed: " + " | ".join(errors))
+
+
+SELECT_OPS_NOTE = "needs TF select ops (SELECT_TF_OPS): run with the Flex delegate"
+
+
+def to_tflite(
+    model,
+    quantization: str | None = None,
+    representative_data=None,
+    path=None,
+    io_dtype: str = "float32",
+    num_samples: int = 200,
+    sparse: bool = False,
+    isolate: bool | None = None,
+) -> TFLiteModel:
+    """Convert a tf_keras model to TFLite.
+
+    A conversion the TFLite converter is known to crash on (:data:`tfopt.export.CRASH_PRONE`: a recurrent
+    layer with int8 or int16x8 calibration) runs in a child process, so a crash cannot take this process
+    down: it comes back as an ExportError naming the layers and the quantizations that work.
+
+    Args:
+        model: tf_keras model (plain, pruned-and-stripped, clustered, or QAT).
+        quantization: None (float32), "dynamic" (int8 weights), "float16", "int8" (full integer; needs
+            ``representative_data`` unless the model is quantization-aware) or "int16x8".
+        representative_data: tf.data.Dataset of (x, y) or x batches, a NumPy array of inputs, or a generator
+            function yielding ``[x]``; used to calibrate activation ranges.
+        path: Optional path; when given the flatbuffer is written there atomically.
+        io_dtype: String, "float32", "int8" or "uint8": the input/output type of a full-int8 model.
+        num_samples: Integer, how many representative samples to calibrate on.
+        sparse: Bool, also encode sparse weights (``Optimize.EXPERIMENTAL_SPARSITY``) for XNNPACK.
+        isolate: Bool or None, convert in a child process (True), in this one (False), or as
+            :data:`CRASH_PRONE` decides (None). The child costs a fresh Python and TensorFlow start.
+
+    Returns:
+        A :class:`TFLiteModel`.
+
+    >>> tfl = to_tflite(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]), quantization="dynamic")
+    >>> tfl.quantization
+    'dynamic'
+    """
+    check_model(model, "to_tflite")
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"quantization={quantization!r} is not allowed; allowed: {', '.join(map(repr, QUANTIZATIONS))}")
+    if io_dtype not in IO_DTYPES:
+        raise ConfigError(f"io_dtype={io_dtype!r} is not allowed; allowed: {', '.join(IO_DTYPES)}")
+    if io_dtype != "float32" and quantization not in CALIBRATED:
+        raise ConfigError(f"io_dtype={io_dtype!r} needs quantization='int8' or 'int16x8', not {quantization!r}")
+    if isolate not in (None, True, False):
+        raise ConfigError(f"isolate={isolate!r} is not allowed; allowed: None (as CRASH_PRONE decides), True, False")
+    qat = is_qat(model)
+    if quantization in CALIBRATED and representative_data is None and not qat:
+        raise ConfigError(
+            f"quantization={quantization!r} needs representative_data (a tf.data.Dataset or array of inputs) "
+            "to calibrate activation ranges, unless the model is quantization-aware (tfopt.compress.quantize_aware)"
+        )
+    converted = "int8" if qat and quantization is None else quantization  # a QAT model converts to int8
+    hazards = _guard.crash_prone_layers(model, converted)
+    if isolate or (isolate is None and hazards):
+        samples = representative_samples(representative_data, num_samples) \
+            if quantization in CALIBRATED and representative_data is not None else None
+        content, notes = _guard.convert_in_child(
+            model, dict(quantization=quantization, io_dtype=io_dtype, num_samples=num_samples, sparse=sparse),
+            samples, hazards, converted, QUANTIZATIONS)
+        if SELECT_OPS_NOTE in notes:
+            log.warning("to_tflite fell back to SELECT_TF_OPS (in the child process)")
+    else:
+        rep = _representative(representative_data, num_samples) if quantization in CALIBRATED else None
+        content, notes = _convert(model, quantization, rep, io_dtype, qat, sparse)
+    result = TFLiteModel(content=content, quantization=converted, notes=notes)
     if path is not None:
         result.save(path)
     return result
