@@ -108,3 +108,31 @@ def test_model_without_clusterable_layer_raises():
     flat_only = keras.Sequential([keras.layers.Flatten(input_shape=(8, 8, 1)), keras.layers.Activation("relu")])
     with pytest.raises(UnsupportedLayerError, match="no clusterable layer"):
         cluster(flat_only, train, verbose=0)
+
+
+def test_a_clustered_nested_model_saves_and_loads_back_as_keras_and_h5(tmp_path):
+    """strip_clustering leaves the layers of nested sub-models with weights named "kernel:0": two in one sub-model
+    made .h5 saving fail ("name already exists"); cluster returns a model whose weights have their layers' names."""
+    from tfopt.saving import load_model
+
+    train, _, x_val, _ = digits()
+    backbone_in = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv1")(backbone_in)
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv2")(h)
+    backbone = keras.Model(backbone_in, keras.layers.Flatten(name="flat")(h), name="backbone")
+    head = keras.Sequential([keras.layers.Dense(16, activation="relu", name="dense_a"),
+                             keras.layers.Dense(16, activation="relu", name="dense_b")], name="head")
+    inp = keras.Input((8, 8, 1))
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(head(backbone(inp))))
+    clustered = cluster(model, train, n_clusters=4, init="linear", verbose=0)
+
+    names = [w.name for w in clustered.weights]
+    assert len(set(names)) == len(names) and "conv2/kernel:0" in names and "dense_b/kernel:0" in names
+    counts = cluster_counts(clustered)["layers"]
+    for suffix in (".keras", ".h5"):
+        path = tmp_path / f"clustered{suffix}"
+        clustered.save(path)
+        loaded = load_model(path)
+        np.testing.assert_allclose(loaded.predict(x_val[:16], verbose=0), clustered.predict(x_val[:16], verbose=0),
+                                   atol=1e-6)
+        assert cluster_counts(loaded)["layers"] == counts

@@ -170,6 +170,10 @@ def cluster(
                 verbose=keras_verbose(verbose))
     stripped = tfmot.clustering.keras.strip_clustering(wrapped)
     with strategy_scope(strategy):
+        # strip_clustering rebuilds the layers of nested sub-models with weights named "kernel:0", not
+        # "<layer>/kernel:0": two in one sub-model and .h5 saving fails ("name already exists"). A clone builds
+        # every layer again under its own name.
+        stripped = private_copy(stripped, "cluster")
         compile_like(stripped, model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
     _check(stripped, clustered, n_clusters, per_channel, before, preserve_sparsity)
     return stripped
