@@ -134,6 +134,7 @@ def load_data(settings: Settings, batch_size: int = BATCH, augment=None):
 BASELINES = {
     "cnn": ({"name": "cnn", "filters": (32, 64), "dense": (128,), "dropout": 0.25}, 8, 2),
     "lenet-300-100": ({"name": "mlp", "units": (300, 100)}, 20, 3),
+    "resnet-8": ({"name": "resnet", "blocks": (1, 1, 1), "width": 0.25}, 8, 2),  # widths 16/32/64, 3 basic blocks
 }
 
 
@@ -147,7 +148,7 @@ def compile_demo(model, epochs: int, steps_per_epoch: int):
 
 
 def baseline(arch: str, settings: Settings):
-    """The trained baseline ``arch`` ("cnn" or "lenet-300-100"), trained once per process with the demo recipe."""
+    """The trained baseline ``arch`` (a key of BASELINES), trained once per process with the demo recipe."""
 
     def make():
         kwargs, full, quick = BASELINES[arch]

@@ -18,7 +18,7 @@ from benchmarks import common
 __all__ = ["FIGURES", "run_all", "main"]
 
 # figure name -> module under benchmarks/ with a ``run(settings) -> figure dict``
-FIGURES = ("compression", "latency", "training_overhead", "input_pipeline", "distillation", "search",
+FIGURES = ("compression", "latency", "structured", "training_overhead", "input_pipeline", "distillation", "search",
            "constrained_search")
 
 

@@ -157,3 +157,16 @@ def test_constrained_search_budget_and_space():
     full = Space.parse(space())
     assert full.params["quantization"].values == ["int8", "dynamic"] and full.fixed["optimizer"] == "adamw"
     assert Space.parse(space(quick=True)).fixed["quantization"] == "int8"
+
+
+def test_structured_choice_is_the_fastest_within_half_a_point_on_validation():
+    from benchmarks import structured
+
+    def row(name, kind, drop, speed):
+        return {"variant": name, "kind": kind, "val_drop_points": drop, "speedup": {"median": speed}}
+
+    rows = [row("base", "baseline", 0.0, 1.0), row("a", "structured", 0.5, 2.0), row("b", "structured", 0.625, 3.0),
+            row("c", "combined", 0.25, 4.0), row("d", "magnitude", 0.0, 5.0)]
+    assert structured.choose(rows, ("structured",))["variant"] == "a"  # b loses 5 digits of 800 on validation
+    assert structured.choose(rows, ("structured", "combined"))["variant"] == "c"
+    assert structured.choose(rows[:1], ("structured",)) is None
