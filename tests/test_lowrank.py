@@ -110,26 +110,35 @@ def test_convolutions_keep_strides_padding_and_dilation():
     assert report["flops_after"] == flops(small) < report["flops_before"] == flops(model)
 
 
-def test_target_flops_is_reached_greedily():
+def test_target_flops_is_reached_with_one_energy_for_every_layer():
     rng = np.random.default_rng(2)
-    model = _convnet(rng)
+    model, x = _convnet(rng), rng.random((4, 12, 12, 3)).astype("float32")
+    # the kernels' own ranks (3, 5, 4) give 10,532 of 41,088 multiply-adds: a budget above that loses nothing
     small, report = factorize(model, target_flops=0.5, min_size=0, epochs=0, return_report=True)
-    assert flops(small) == report["flops_after"] <= 0.5 * flops(model)
-    assert report["method"] == "target_flops" and report["layers"]
-    # the greedy takes free savings first: c2's kernel has rank 5, so ranks down to 5 lose no energy
-    assert report["layers"]["c2"]["kept_energy"] == pytest.approx(1.0)
-    with pytest.raises(CompressionError, match=r"target_flops=0.01 is out of reach: every factorizable layer at "
-                                               r"rank 1 leaves 0\.\d+ of the model's"):
+    assert (report["method"], report["energy"]) == ("target_flops", 1.0)
+    assert {name: v["rank"] for name, v in report["layers"].items()} == {"c1": 3, "c2": 5, "c3": 4}
+    np.testing.assert_allclose(_outputs(small, x), _outputs(model, x), atol=1e-4)
+    for target in (0.2, 5_000):  # a fraction of the model's multiply-adds, or a whole count of them
+        small, report = factorize(model, target_flops=target, min_size=0, epochs=0, return_report=True)
+        assert flops(small) == report["flops_after"] <= (target * flops(model) if target < 1 else target)
+        assert report["energy"] < 1.0
+        for name, layer in report["layers"].items():  # every layer at the rank of that one energy
+            kernel = model.get_layer(name).kernel.numpy().astype("float64")
+            singular = np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False)
+            assert layer["rank"] == rank_for_energy(singular, report["energy"])
+    with pytest.raises(CompressionError, match=r"target_flops=0.01 \(411 multiply-adds\) is out of reach: every "
+                                               r"factorizable layer at rank 1 leaves [\d,]+ \(0\.\d+\) of the model's"):
         factorize(model, target_flops=0.01, min_size=0, epochs=0)
 
 
 def test_the_result_saves_loads_and_converts(tmp_path):
     rng = np.random.default_rng(3)
     model, x = _convnet(rng), rng.random((4, 12, 12, 3)).astype("float32")
-    small = factorize(model, rank={"c1": 2, "c2": 4, "c3": 3}, epochs=0)
+    small = factorize(model, rank={"c1": 2, "c2": 4, "c3": 3, "logits": 4}, epochs=0)
     small.save(tmp_path / "small.keras")
     loaded = load_model(tmp_path / "small.keras")  # safe mode: plain Dense/Conv layers only
     assert [layer.name for layer in loaded.layers] == [layer.name for layer in small.layers]
+    assert {"c1_lowrank", "c2_lowrank", "c3_lowrank", "logits_lowrank"} <= {layer.name for layer in loaded.layers}
     np.testing.assert_allclose(_outputs(loaded, x), _outputs(small, x), atol=1e-6)
     np.testing.assert_allclose(to_tflite(small).predict(x), _outputs(small, x), atol=1e-4)
 
@@ -167,8 +176,11 @@ def test_bad_values_are_named():
         factorize(model, rank=17, layers=["wide"], epochs=0)
     with pytest.raises(ConfigError, match=r"rank=40 fits no layer; allowed per layer: wide <= 11, mid <= 21"):
         factorize(model, rank=40, min_size=0, epochs=0)
-    with pytest.raises(ConfigError, match=r"target_flops=1.0 is out of range; allowed: 0 < target_flops < 1"):
-        factorize(model, target_flops=1.0, epochs=0)
+    with pytest.raises(ConfigError, match=r"target_flops=0 is out of range; allowed: 0 < target_flops"):
+        factorize(model, target_flops=0, epochs=0)
+    with pytest.raises(ConfigError, match=r"target_flops=1.5 is out of range; allowed: a fraction 0 < target_flops "
+                                          r"< 1 of the model's multiply-adds, or a whole count of them"):
+        factorize(model, target_flops=1.5, epochs=0)
     with pytest.raises(ConfigError, match=r"give rank=4 or target_flops=0.5, not both"):
         factorize(model, rank=4, target_flops=0.5, epochs=0)
     with pytest.raises(ConfigError, match=r"epochs=1 fine-tunes on train_ds, which is None"):
@@ -216,6 +228,8 @@ RECIPE = {"name": "lowrank", "seed": 0, "data": {"name": "digits"},
 def test_recipe_stage_validates_and_runs(tmp_path):
     with pytest.raises(ConfigError, match=r"energy=1.5 is out of range; allowed: 0 < value <= 1"):
         load_recipe({**RECIPE, "stages": ["train", {"factorize": {"energy": 1.5}}]})
+    with pytest.raises(ConfigError, match=r"target_flops=2.5 is out of range; allowed: a fraction"):
+        load_recipe({**RECIPE, "stages": ["train", {"factorize": {"target_flops": 2.5}}]})
     with pytest.raises(ConfigError, match=r"'factorize' after 'prune' loses it"):
         load_recipe({**RECIPE, "stages": ["train", {"prune": {"target_sparsity": 0.5}}, "factorize"]})
     with pytest.raises(ConfigError, match=r"'factorize' after 'quantize_aware' is not supported"):
@@ -230,3 +244,20 @@ def test_recipe_stage_validates_and_runs(tmp_path):
     assert flops(saved) == metrics["flops_after"]
     x = np.random.default_rng(0).random((2, 8, 8, 1)).astype("float32")
     assert np.isfinite(saved(tf.constant(x)).numpy()).all()
+
+
+def test_search_trials_apply_it_from_their_space_keys():
+    from tfopt.tune import spaces
+    from tfopt.tune import training as tune_training
+
+    validators = spaces.compression_keys()
+    assert validators["factorize_energy"](0.8) == 0.8 and validators["factorize_energy"](None) is None  # None: off
+    with pytest.raises(ConfigError, match=r"factorize_energy=1.5 is out of range; allowed: 0 < value <= 1"):
+        validators["factorize_energy"](1.5)
+    rng = np.random.default_rng(6)
+    model = _mlp(rng)
+    model.compile(optimizer="adam", loss="mse")
+    chain = [t.name for t in tune_training.chain()]
+    assert chain.index("factorize") < chain.index("prune")  # factors first: pruning them keeps the zeros
+    small = tune_training.compress(model, None, {"factorize_energy": 1.0, "factorize_epochs": 0})
+    assert small.get_layer("mid_lowrank").units == 3  # "mid" has 1,920 weights; "wide" is below min_size
