@@ -1305,6 +1305,111 @@ NOTEBOOKS["08_distributed_training"] = [
     """),
 ]
 
+NOTEBOOKS["09_structured_compression"] = [
+    md("""
+    # 09 · Structured compression: fewer channels, smaller matrices, less time
+
+    **What it buys:** speed on every CPU. Magnitude pruning leaves every multiply in place (a pruned float32
+    file runs at the baseline's speed); `prune_channels` removes whole filters and neurons and *rebuilds a
+    smaller model*, and `factorize` replaces a kernel by two thin ones (truncated SVD). Fewer multiply-adds
+    (`tfopt.compress.flops`) is the only speed-up that holds on any machine; quantization's depends on the CPU.
+    BENCHMARKS.md ("structured") measures the latency ratios with validation-chosen variants; this notebook
+    asserts only what holds on any CPU.
+    """),
+    code(SETUP),
+    md("## A baseline CNN on `mnist_5k`"),
+    code(TRAIN_BASELINE),
+    md("""
+    ## What prunes together
+
+    `channel_groups` reads the layer graph: a producer (Conv, Dense) starts a group of channels, BatchNorm and
+    activations carry it, a residual `Add` ties groups, Flatten -> Dense maps each channel to its positions.
+    Groups touching the model's input or output (the logits) are kept whole. Multiply-adds per layer:
+    """),
+    code("""
+    graph = tfopt.compress.channel_groups(base)
+    print([(g.producers, g.size) for g in graph.prunable()])
+    print("kept whole:", graph.frozen_reasons())
+    pd.Series(tfopt.compress.flops_by_layer(base), name="multiply-adds")
+    """),
+    md("""
+    ## Remove half of the channels, fine-tune
+
+    `fraction=0.5` removes half of the prunable channels, ranked together across layers by the mean |weight| of
+    each filter (normalised per group); `steps=2` prunes in two rounds with fine-tuning between.
+    `importance="taylor"` (first-order loss change on data) and `"bn"` (BatchNorm scales) are the alternatives,
+    `target_flops=0.3` asks for a multiply-add budget instead.
+    """),
+    code("""
+    small, report = tfopt.compress.prune_channels(base, train_ds, fraction=0.5, steps=2, epochs=2, val_ds=val_ds,
+                                                  verbose=0, return_report=True)
+    small_acc = small.evaluate(test_ds, verbose=0)[1]
+    print(f"multiply-adds {report['flops']['before']:,} -> {report['flops']['after']:,} "
+          f"({report['flops']['ratio']}x fewer); parameters {report['params']['before']:,} -> "
+          f"{report['params']['after']:,}; test accuracy {small_acc:.4f} (baseline {base_acc:.4f})")
+    pd.DataFrame(report["channels"]).T
+    """),
+    code("""
+    assert report["flops"]["ratio"] > 2  # half the channels in and out: ~4x fewer multiply-adds
+    assert small.get_layer("logits").units == 10  # the output is kept whole
+    assert small_acc > 0.9  # chance is 0.1
+    """),
+    md("""
+    ## Then factorize what is still large
+
+    `factorize(energy=0.9)` keeps, per kernel, the fewest singular values holding 90% of its energy, and splits
+    the layer in two only where that rank saves multiply-adds.
+    """),
+    code("""
+    thin, low = tfopt.compress.factorize(small, train_ds, energy=0.9, epochs=1, verbose=0, return_report=True)
+    thin_acc = thin.evaluate(test_ds, verbose=0)[1]
+    print(f"multiply-adds {low['flops_before']:,} -> {low['flops_after']:,}; test accuracy {thin_acc:.4f}")
+    print({name: layer["rank"] for name, layer in low["layers"].items()}, "skipped:", low["skipped"])
+    assert tfopt.compress.flops(thin) <= tfopt.compress.flops(small)
+    assert thin_acc > 0.9
+    """),
+    md("""
+    ## Ship it: the same TFLite exports, measured
+
+    Each model as float32 and full-int8 TFLite, its accuracy measured with LiteRT on the test digits, its
+    latency at batch 1 on one thread. The rebuilt model is plain Keras: it converts like any other, and its
+    TFLite outputs match Keras.
+    """),
+    code("""
+    sample = next(iter(test_ds))[0][:1].numpy()
+    rows = {}
+    for name, model in {"baseline": base, "channels -50%": small, "+ factorize": thin}.items():
+        for q in (None, "int8"):
+            lite = tfopt.export.to_tflite(model, q, representative_data=train_ds if q else None)
+            m = tfopt.export.evaluate(lite, test_ds, runs=100)
+            rows[f"{name}, {q or 'float32'}"] = {"multiply-adds": tfopt.compress.flops(model), "gzip bytes": m["gzip_bytes"],
+                                                  "test accuracy": round(m["accuracy"], 4),
+                                                  "p50 µs": round(m["latency_us_p50"], 1)}
+            if q is None:
+                np.testing.assert_allclose(lite.predict(sample), model(sample, training=False), atol=1e-4)
+    table = pd.DataFrame(rows).T
+    table["speed-up"] = (table["p50 µs"].iloc[0] / table["p50 µs"]).round(2)  # on this CPU, this run
+    table
+    """),
+    md("""
+    ## On a model nobody here wrote
+
+    `tf_keras.applications` models are graphs of the same layers: MobileNetV2's inverted residuals tie the
+    projection convolutions of each stage into one group through their `Add`s. The report names what it had
+    to keep whole and why.
+    """),
+    code("""
+    mobilenet = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, classes=10,
+                                               classifier_activation=None)
+    lean, mreport = tfopt.compress.prune_channels(mobilenet, fraction=0.3, epochs=0, verbose=0, return_report=True)
+    print(f"MobileNetV2 multiply-adds {mreport['flops']['before']:,} -> {mreport['flops']['after']:,}")
+    print("kept whole:", mreport["kept_whole"])
+    lean.save(work / "mobilenet_lean.keras")
+    again = tfopt.saving.load_model(work / "mobilenet_lean.keras")
+    assert again.count_params() == lean.count_params() < mobilenet.count_params()
+    """),
+]
+
 # ==== END OF SOURCES ====
 
 

@@ -29,6 +29,7 @@ TECHNIQUES = (
     "06_distillation_and_transfer",
     "07_tuning",
     "08_distributed_training",
+    "09_structured_compression",
 )
 
 

@@ -12,7 +12,7 @@ checks what it reached, and returns a plain model that saves, loads and converts
 from tfopt.compress.channels import IMPORTANCES, channel_groups, prune_channels
 from tfopt.compress.cluster import INITS, cluster
 from tfopt.compress.distill import Distiller, distill, distillation_loss
-from tfopt.compress.lowrank import factorize
+from tfopt.compress.lowrank import FACTORIZABLE, factorize, rank_for_energy
 from tfopt.compress.inspect import cluster_counts, m_by_n_ok, sparsity
 from tfopt.compress.prune import prune, pruning_schedule
 from tfopt._model import flatten_model  # model plumbing (tfopt._model), public here since QAT flattens first
@@ -21,6 +21,7 @@ from tfopt.compress.quantize import QAT_SCHEMES, load_quantized, quantize_aware,
 from tfopt.compress.transfer import build_transfer_model, fine_tune
 
 __all__ = [
+    "FACTORIZABLE",
     "IMPORTANCES",
     "INITS",
     "QAT_SCHEMES",
@@ -43,6 +44,7 @@ __all__ = [
     "pruning_schedule",
     "quantize_aware",
     "quantize_scheme",
+    "rank_for_energy",
     "save_quantized",
     "sparsity",
 ]

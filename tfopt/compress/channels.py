@@ -392,7 +392,7 @@ def _run_stage(inputs, o: dict):
         max_fraction=o["max_fraction"], min_channels=o["min_channels"], round_to=o["round_to"],
         learning_rate=o["learning_rate"], callbacks=inputs.history(), strategy=inputs.strategy,
         verbose=inputs.verbose, return_report=True)
-    metrics = {"flops_before": report["flops"]["before"], "flops": report["flops"]["after"],
+    metrics = {"flops_before": report["flops"]["before"], "flops_after": report["flops"]["after"],
                "flops_ratio": report["flops"]["ratio"], "params_before": report["params"]["before"],
                "channels": report["channels"], "kept_whole": report["kept_whole"],
                **inputs.held_out(small, val_ds)}
