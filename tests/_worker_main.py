@@ -6,6 +6,9 @@ so these checks run in fresh processes:
 * ``mirrored OUT``: two logical CPUs; trains the same model with the same global batch on one device and
   mirrored over two (SGD, no dropout, op determinism), then prunes and QAT-fine-tunes under both; writes
   the weights and numbers to ``OUT`` (.npz + .json).
+* ``user_data OUT``: two logical CPUs; trains tfopt's MLP with SGD on tfopt's own pipelines (``load("digits")``,
+  whose last batch is partial, and ``from_arrays`` of 1,280 rows: 20 full batches), one device and mirrored,
+  each run from freshly loaded data as a new process would; writes the largest weight differences to OUT.json.
 * ``worker OUT --workers A,B --index I --run-dir D --epochs E [--slow S]``: one multi-worker task training
   via ``tfopt.train.fit``; writes its final weights to ``OUT.npz`` and facts to ``OUT.json``; a callback
   writes ``D/progress-I.txt`` ("epoch batch") at each batch and sleeps ``S`` seconds per batch.
@@ -91,6 +94,48 @@ def mirrored(out: str) -> None:
     Path(out + ".json").write_text(json.dumps(facts))
 
 
+def user_data(out: str) -> None:
+    from tfopt._keras import tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import numpy as np
+
+    import tfopt
+    from tfopt._keras import keras, set_seed
+
+    x, y, _ = _digits(n=None)
+    loaders = {
+        "load": lambda: tfopt.data.load("digits", batch_size=GLOBAL_BATCH, seed=0),
+        "from_arrays": lambda: tfopt.data.from_arrays(x[:1280], y[:1280], batch_size=GLOBAL_BATCH, seed=0,
+                                                      val_data=(x[1280:1540], y[1280:1540]), test_data=(x[1540:], y[1540:])),
+    }
+    facts = {}
+    for name, loader in loaders.items():
+        weights = {}
+        for strategy in ("default", "mirrored"):
+            set_seed(0)
+            train, _, _, info = loader()  # afresh: a second pass over one dataset draws its next shuffle
+            model = tfopt.models.build("mlp", input_shape=info.input_shape, num_classes=info.num_classes)
+            model.compile(keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          ["accuracy"])
+            start = model.get_weights()
+            tfopt.train.fit(model, train, epochs=2, strategy=tfopt.distribute.get_strategy(strategy), verbose=0)
+            weights[strategy] = model.get_weights()
+            facts[f"{name}_{strategy}_moved"] = max(float(np.abs(a - b).max()) for a, b in zip(start, weights[strategy]))
+        facts[f"{name}_max_difference"] = max(
+            float(np.abs(a - b).max()) for a, b in zip(weights["default"], weights["mirrored"]))
+        facts[f"{name}_last_batch"] = info.n_train % GLOBAL_BATCH
+    # a second model of other shapes under the same process's mirrored strategy (its all-reduces must not meet the
+    # first model's: one MirroredStrategy per device list)
+    small = tfopt.models.build("mlp", input_shape=(8, 8, 1), num_classes=10, units=(16,))
+    small.compile(keras.optimizers.SGD(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    tfopt.train.fit(small, loaders["load"]()[0].take(2), strategy=tfopt.distribute.get_strategy("mirrored"), verbose=0)
+    facts["same_strategy_object"] = tfopt.distribute.get_strategy("mirrored") is tfopt.distribute.get_strategy("mirrored")
+    facts["replicas"] = tfopt.distribute.get_strategy("mirrored").num_replicas_in_sync
+    Path(out + ".json").write_text(json.dumps(facts))
+
+
 def worker(out: str, workers: str, index: int, run_dir: str, epochs: int, slow: float, timeout: float) -> None:
     from tfopt import distribute
 
@@ -124,7 +169,7 @@ def worker(out: str, workers: str, index: int, run_dir: str, epochs: int, slow: 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=("mirrored", "worker"))
+    parser.add_argument("mode", choices=("mirrored", "user_data", "worker"))
     parser.add_argument("out")
     parser.add_argument("--workers", default="")
     parser.add_argument("--index", type=int, default=0)
@@ -135,6 +180,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.mode == "mirrored":
         mirrored(args.out)
+    elif args.mode == "user_data":
+        user_data(args.out)
     else:
         worker(args.out, args.workers, args.index, args.run_dir, args.epochs, args.slow, args.timeout)
     return 0

@@ -6,6 +6,8 @@
 * ``scale_batch_size`` / ``check_batch_size`` / ``scale_learning_rate``: the global batch is the
   per-replica batch times the number of replicas; the rate may follow it (Goyal et al. 2017, "Accurate,
   Large Minibatch SGD": linear scaling, or the square-root rule).
+* ``even_batches``: every global batch (a partial last one too) split evenly over the replicas and weighted,
+  so a step's gradient under N replicas is the one-device gradient of the same batch.
 * ``set_mixed_precision`` / ``device_prefetch``: settings that keep an accelerator busy.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import os
 import socket
@@ -36,15 +39,19 @@ __all__ = [
     "scale_batch_size",
     "check_batch_size",
     "scale_learning_rate",
+    "even_batches",
     "device_prefetch",
     "describe",
 ]
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "one_device")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # rule -> factor applied to the learning rate for n replicas (Goyal et al. 2017; "sqrt" keeps the noise scale).
 LR_RULES = {None: lambda n: 1.0, "linear": lambda n: float(n), "sqrt": math.sqrt}
 DEFAULT_TIMEOUT = 120.0
+_MIRRORED: dict = {}  # device names -> the process's one MirroredStrategy over them (see get_strategy)
 
 
 # ------------------------------------------------------------------------------------------ TF_CONFIG
@@ -276,7 +283,10 @@ def get_strategy(name="auto", devices=None, timeout: float = DEFAULT_TIMEOUT):
             GPUs, one-device for one GPU, and the default strategy on CPU. "mirrored" without GPUs mirrors
             over the logical CPU devices (how multi-device code is tested without GPUs). "multi_worker"
             reads ``TF_CONFIG`` (see ``tf_config_for``).
-        devices: Optional list of device names for "mirrored" / "one_device".
+        devices: Optional list of device names for "mirrored" / "one_device". "mirrored" gives the same
+            strategy object for the same devices within a process: every new MirroredStrategy numbers its
+            all-reduces from the same start, so a second one's collectives can meet the first one's and abort
+            ("Shape mismatch in the collective instance 100").
         timeout: Float, seconds multi-worker training waits for a peer (TCP reachability, registration,
             and each collective: ``CommunicationOptions(timeout_seconds=timeout)``) before failing.
 
@@ -304,9 +314,12 @@ def get_strategy(name="auto", devices=None, timeout: float = DEFAULT_TIMEOUT):
         device = (devices or [None])[0] or (_gpus()[0].name if _gpus() else "/cpu:0")
         return tf.distribute.OneDeviceStrategy(device)
     if name == "mirrored":
-        if devices is None and not _gpus():
-            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices=devices)
+        if devices is None:
+            devices = [d.name for d in (_gpus() or tf.config.list_logical_devices("CPU"))]
+        key = tuple(devices)
+        if key not in _MIRRORED:
+            _MIRRORED[key] = tf.distribute.MirroredStrategy(devices=list(key))
+        return _MIRRORED[key]
     return _multi_worker(timeout)
 
 
@@ -377,6 +390,72 @@ def scale_learning_rate(learning_rate: float, strategy=None, rule: str | None = 
         raise ConfigError(f"rule={rule!r} is not allowed; allowed: {', '.join(map(repr, LR_RULES))}")
     check_range("learning_rate", learning_rate, 0, low_open=True)
     return float(learning_rate) * LR_RULES[rule](replicas(strategy))
+
+
+def _batch_rows(element):
+    """The row count of a batch: the first dimension of its first tensor."""
+    first = tf.nest.flatten(element)[0]
+    return tf.shape(first, out_type=tf.int64)[0] if not isinstance(first, tf.RaggedTensor) else first.nrows()
+
+
+def even_batches(dataset, strategy=None):
+    """``dataset`` whose every batch splits evenly over the replicas of ``strategy``, weighted so that a training
+    step's gradient is the one-device gradient of the same global batch (a partial last batch included).
+
+    Keras averages the loss over each replica's own rows, divides it by the number of replicas ``n`` and sums
+    the replicas' gradients: the one-device mean only when every replica gets the same number of rows. So a
+    batch of ``b`` rows is padded to ``t``, the smallest multiple of ``n`` that is at least the epoch's largest
+    batch so far, by repeating its rows with sample weight 0, and its real rows get weight ``t / b`` (times their
+    own weight, e.g. ``balance="class_weight"``): each replica's weighted mean over ``t / n`` rows, divided by
+    ``n`` and summed, is the mean over the ``b`` real rows. A batch of ``t`` rows (every full batch when the
+    global batch is a multiple of ``n``) is unchanged and gets weight 1: exactly the one-device loss. The
+    batches keep their order and nothing iterates ``dataset`` ahead. Equality holds for losses that average
+    over the batch (Keras' default reduction). Not equal: BatchNormalization (each replica's statistics, the
+    repeated rows included), dropout (other masks per replica), and an epoch's train metrics, which count the
+    repeated rows of a padded batch (Keras' ``metrics`` ignore sample weights).
+
+    Args:
+        dataset: tf.data.Dataset of ``(x, y)`` or ``(x, y, sample_weight)`` batches (dense or ragged tensors).
+        strategy: Strategy, name, replica count or None; one replica returns ``dataset`` unchanged.
+
+    Returns:
+        A tf.data.Dataset of ``(x, y, sample_weight)`` batches, or ``dataset`` itself when there is one replica
+        or its elements are not such tuples (logged: partial batches then weigh their rows unevenly).
+
+    >>> ds = tf.data.Dataset.from_tensor_slices(([1.0, 2.0, 3.0], [0, 1, 0])).batch(2)
+    >>> [w.numpy().tolist() for _, _, w in even_batches(ds, 2)]
+    [[1.0, 1.0], [2.0, 0.0]]
+    """
+    n = replicas(strategy)
+    if n == 1:
+        return dataset
+    if not isinstance(dataset, tf.data.Dataset):
+        raise ConfigError(f"even_batches needs a tf.data.Dataset, got {type(dataset).__name__}")
+    spec = dataset.element_spec
+    dense = all(isinstance(s, (tf.TensorSpec, tf.RaggedTensorSpec)) for s in tf.nest.flatten(spec))
+    if not (isinstance(spec, tuple) and len(spec) in (2, 3) and dense):
+        log.warning("even_batches: elements are not (x, y[, sample_weight]) tuples of dense tensors (%s); a batch "
+                    "that does not split evenly over the %d replicas weighs its rows unevenly", spec, n)
+        return dataset
+
+    def scaled(weights, scale):
+        shape = tf.concat([[-1], tf.ones([tf.rank(weights) - 1], tf.int32)], 0)
+        return weights * tf.reshape(tf.cast(scale, weights.dtype), shape)
+
+    def pad(largest, element):
+        rows = _batch_rows(element[1])
+        largest = tf.maximum(largest, rows)
+        target = (largest + n - 1) // n * n
+        scale = tf.where(tf.range(target) < rows, tf.cast(target, tf.float32) / tf.cast(rows, tf.float32), 0.0)
+        index = tf.range(target) % rows
+        element = tf.cond(tf.equal(rows, target), lambda: element,
+                          lambda: tf.nest.map_structure(lambda t: tf.gather(t, index), element))
+        if len(element) == 2:
+            return largest, (*element, scale)
+        x, y, weights = element
+        return largest, (x, y, tf.nest.map_structure(lambda w: scaled(w, scale), weights))
+
+    return dataset.scan(tf.constant(0, tf.int64), pad)
 
 
 # ------------------------------------------------------------------------------------ accelerators

@@ -98,13 +98,16 @@ def _replicate(model, strategy=None, policy=None, jit_compile=None, steps_per_ex
     return clone
 
 
-def _batch_size(dataset):
-    """Integer or None, the size of the first batch of ``dataset``."""
+def _static_batch_size(dataset):
+    """Integer or None, the batch size ``dataset``'s element spec states (None when only the data knows it).
+
+    Never iterates ``dataset``: an iterator draws a reshuffling dataset's next shuffle seed, so a peek here
+    would shift every epoch of the training that follows by one shuffle (what made mirrored training differ
+    from one device on tfopt's own pipelines).
+    """
     spec = tf.nest.flatten(dataset.element_spec)[0]
     if spec.shape.rank and spec.shape[0] is not None:
         return int(spec.shape[0])
-    for batch in dataset.take(1):
-        return int(tf.nest.flatten(batch)[0].shape[0])
     return None
 
 
@@ -165,10 +168,14 @@ def fit(
 ):
     """Train ``model`` (compiled, or compiled here with Adam and sparse cross-entropy) like ``model.fit``.
 
-    Under a strategy the datasets hold GLOBAL batches (``distribute.scale_batch_size``), split evenly over
-    the replicas. In multi-worker training only the chief writes ``run_dir``; other workers write to a
-    temporary directory removed at the end (Keras convention), except the BackupAndRestore state, which
-    every worker keeps under ``run_dir/backup`` (all workers must see the chief's: a shared filesystem).
+    Under a strategy the datasets hold GLOBAL batches (``distribute.scale_batch_size``), split over the
+    replicas; a batch that does not split evenly (the partial last one) is padded with zero-weight rows and
+    weighted (``distribute.even_batches``), so N replicas train like one device on the same batches, up to
+    float32 summation order (no dropout or BatchNormalization: those see each replica's rows). ``train_ds`` is
+    never iterated before training (a peek would draw a reshuffling dataset's next shuffle). In multi-worker
+    training only the chief writes ``run_dir``; other workers write to a temporary directory removed at the
+    end (Keras convention), except the BackupAndRestore state, which every worker keeps under
+    ``run_dir/backup`` (all workers must see the chief's: a shared filesystem).
 
     Args:
         model: tf_keras model; if not compiled, it is compiled with Adam(1e-3), sparse categorical
@@ -221,8 +228,8 @@ def fit(
 
     if strategy is not None:
         strategy = distribute.get_strategy(strategy)
-        if strategy.num_replicas_in_sync > 1:
-            distribute.check_batch_size(_batch_size(train_ds), strategy)
+        if strategy.num_replicas_in_sync > 1 and _static_batch_size(train_ds) is not None:
+            distribute.check_batch_size(_static_batch_size(train_ds), strategy)
         _check_xla(strategy, jit_compile if jit_compile is not None else model._jit_compile)
     trained = model
     if mixed_precision is not None or (strategy is not None and not in_strategy(model, strategy)):
@@ -243,8 +250,9 @@ def fit(
         all_callbacks = run_callbacks(write_dir, monitor, backup_dir=Path(backup_dir or Path(run_dir) / "backup"),
                                       keep_backup=keep_backup, train_ds=same_data) + all_callbacks
     try:
-        history = trained.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=all_callbacks,
-                              verbose=keras_verbose(verbose))
+        # replicas average their own rows: pad and weigh the batches that do not split evenly (the partial last one)
+        history = trained.fit(distribute.even_batches(train_ds, strategy), validation_data=val_ds, epochs=epochs,
+                              callbacks=all_callbacks, verbose=keras_verbose(verbose))
     finally:
         # tf_keras trap: BackupAndRestore deletes model._training_state at the end of training, and the
         # next fit() on the same model then fails with AttributeError. Put the attribute back.
