@@ -2,9 +2,12 @@
 
 Every loader returns :class:`Splits` ``(train, val, test, info)``: datasets of ``(x, y)`` batches (x float32,
 or int32 token ids; y int32 labels of shape [B]), cached, prefetched, train reshuffled each epoch from
-``seed``, val and test in a fixed order; and a frozen :class:`DatasetInfo`. The test split is fixed: the
-same examples whatever the seed (drawn with a constant seed, or the dataset's own test split), so
-validation can choose checkpoints, variants and settings while test reports them. Class balancing
+``seed``, val and test in a fixed order; and a frozen :class:`DatasetInfo`. Each pass over train draws the
+next shuffle (tf.data's per-iterator seed), so a second ``fit`` on the same train dataset continues the
+sequence: load again to repeat a run. As for every tf.data shuffle, the order also depends on TensorFlow's
+global seed (``tfopt.set_seed``) at load time. The test split is fixed: the same examples whatever the
+seed (drawn with a constant seed, or the dataset's own test split), so validation can choose checkpoints,
+variants and settings while test reports them. Class balancing
 (``balance=``) changes train only. Nothing here downloads.
 """
 
