@@ -163,3 +163,13 @@ def test_nothing_to_prune_and_wrapped_models_are_refused():
     wrapped = tfmot.sparsity.keras.prune_low_magnitude(model)
     with pytest.raises(CompressionError, match="plain model"):
         prune_channels(wrapped, fraction=0.5, epochs=0)
+
+
+def test_recipe_without_a_goal_is_refused_at_its_line(tmp_path):
+    from tfopt.pipeline import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("name: c\ndata: {name: digits}\nmodel: {builder: mlp}\nstages:\n  - train\n"
+                    "  - prune_channels: {epochs: 1}\n")
+    with pytest.raises(ConfigError, match="r.yaml:6.*give exactly one of fraction .* or target_flops"):
+        load_recipe(path)

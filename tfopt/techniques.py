@@ -67,6 +67,9 @@ class Technique:
         tune_order: Integer, its place in a trial's compression chain (lower first).
         apply: Callable ``(model, train_ds, strategy=None, verbose=0, **options) -> model`` for a search's
             trials (options named as in ``tune_keys``' values), or None when searches do not apply it.
+        check: Callable ``(options dict) -> str or None``: a problem between options (e.g. "give exactly one
+            of a and b"), reported at the stage's file:line before anything runs; None when each option's own
+            check is enough.
     """
 
     name: str
@@ -85,6 +88,7 @@ class Technique:
     tune_keys: dict = dataclasses.field(default_factory=dict)
     tune_order: int = 0
     apply: Callable | None = None
+    check: Callable | None = None
 
 
 @dataclasses.dataclass

@@ -407,6 +407,14 @@ def _apply(model, train_ds, fraction, epochs=1, importance="l1", strategy=None, 
                           strategy=strategy, verbose=verbose)
 
 
+def _one_goal(o: dict) -> str | None:
+    """Exactly one of fraction and target_flops (the pipeline reports it at the stage's line)."""
+    if (o.get("fraction") is None) == (o.get("target_flops") is None):
+        return ("give exactly one of fraction (the share of channels to remove) or target_flops (the multiply-adds "
+                f"to keep); got fraction={o.get('fraction')!r}, target_flops={o.get('target_flops')!r}")
+    return None
+
+
 _AFTER_WEIGHTS = ("'prune_channels' rebuilds the model and fine-tunes it without masks, which loses {}; remove channels "
                   "first, then prune or cluster the weights")
 
@@ -428,4 +436,4 @@ TECHNIQUE = register_technique(Technique(
     refuses_after={"pruned": _AFTER_WEIGHTS.format("the pruned zeros"),
                    "clustered": _AFTER_WEIGHTS.format("the clusters")},
     tune_keys={"channel_fraction": "fraction", "channel_epochs": "epochs", "channel_importance": "importance"},
-    tune_order=3, apply=_apply))
+    tune_order=3, apply=_apply, check=_one_goal))

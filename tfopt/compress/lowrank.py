@@ -507,4 +507,5 @@ TECHNIQUE = register_technique(Technique(
     _run_stage, summary="low-rank factorization (truncated SVD) of Dense/Conv kernels into two thinner layers, "
                         "then fine-tuning",
     function=factorize, refuses_after={"pruned": _DESTROYS.format("prune"), "clustered": _DESTROYS.format("cluster")},
-    tune_keys={"factorize_energy": "energy", "factorize_epochs": "epochs"}, tune_order=5, apply=_apply))
+    tune_keys={"factorize_energy": "energy", "factorize_epochs": "epochs"}, tune_order=5, apply=_apply,
+    check=lambda o: "give rank or target_flops, not both" if o.get("rank") is not None and o.get("target_flops") is not None else None))

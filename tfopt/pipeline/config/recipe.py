@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tfopt.errors import ConfigError
 from tfopt.options import read_section
+from tfopt.techniques import get_technique
 from tfopt.pipeline.config import checks
 from tfopt.pipeline.config._yaml import Problems, parse_yaml, read_text
 from tfopt.pipeline.config.sections import DATA, MODEL, STUDENT, TOP, TRAINING, stage_options, stage_types
@@ -216,7 +217,11 @@ def _read_stages(raw_stages, model_v, problems) -> list:
             problems.add(("stages", i), f"unknown stage {stage_type!r}; allowed: {', '.join(stage_types())}")
             continue
         values = read_section(options, all_options[stage_type], path, problems, f"stage {stage_type!r}")
-        if values is not None:
+        problem = get_technique(stage_type).check(values) if values is not None and get_technique(
+            stage_type).check else None
+        if problem:
+            problems.add(path, problem)
+        elif values is not None:
             items.append((stage_type, values, path))
     types = [t for t, _, _ in items]
     from_builder = model_v is not None and model_v.get("path") is None
