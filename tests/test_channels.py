@@ -76,7 +76,7 @@ def test_layers_option_prunes_only_the_named_groups():
     assert (small.get_layer(first).units, small.get_layer(second).units) == (32, 8)
 
 
-@pytest.mark.parametrize("app", ["MobileNetV2", "ResNet50"])
+@pytest.mark.parametrize("app", ["MobileNetV2", "ResNet50", "EfficientNetB0", "MobileNetV3Small", "DenseNet121"])
 def test_keras_applications_shrink_save_load_and_match_in_tflite(app, tmp_path):
     model = getattr(keras.applications, app)(input_shape=(32, 32, 3), weights=None, classes=10,
                                              classifier_activation=None)
@@ -173,3 +173,28 @@ def test_recipe_without_a_goal_is_refused_at_its_line(tmp_path):
                     "  - prune_channels: {epochs: 1}\n")
     with pytest.raises(ConfigError, match="r.yaml:6.*give exactly one of fraction .* or target_flops"):
         load_recipe(path)
+
+
+def test_squeeze_excite_tf_ops_and_concatenate_prune_exactly():
+    """Multiply ties an SE branch to its input, Reshape((1, 1, C)) follows the channels, TF-op layers (x * 2.0,
+    tf.nn.relu6) carry them, Concatenate stacks two groups: removing dead channels changes nothing."""
+    from tfopt._keras import tf
+
+    x = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="a")(x)
+    se = keras.layers.GlobalAveragePooling2D()(a)
+    se = keras.layers.Reshape((1, 1, 8))(se)
+    se = keras.layers.Conv2D(4, 1, activation="relu", name="se_reduce")(se)
+    se = keras.layers.Conv2D(8, 1, activation="sigmoid", name="se_expand")(se)
+    a = keras.layers.Multiply()([a, se])
+    a = tf.nn.relu6(a * 2.0)
+    b = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="b")(x)
+    y = keras.layers.Concatenate()([a, b])
+    y = keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(y))
+    model = _kill(keras.Model(x, y))
+    groups = {tuple(sorted(g.producers)) for g in channel_groups(model).prunable()}
+    assert {("a", "se_expand"), ("b",), ("se_reduce",)} == groups
+    small = prune_channels(model, fraction=0.45, epochs=0, verbose=0)
+    data = np.random.default_rng(0).random((4, 8, 8, 3), dtype="float32")
+    np.testing.assert_allclose(small(data), model(data), atol=1e-5)
+    assert small.get_layer("a").filters < 8 and small.get_layer("b").filters < 6

@@ -136,32 +136,32 @@ def _select(graph, scores, fraction, target_macs, max_fraction, min_channels, ro
     ``fraction`` of the prunable channels are gone or the estimated multiply-adds reach ``target_macs``."""
     groups = {g.gid: g for g in graph.prunable() if only is None or set(g.producers) & only}
     floor = {gid: max(min_channels, math.ceil(g.size * (1 - max_fraction))) for gid, g in groups.items()}
-    kept = {gid: g.size for gid, g in groups.items()}
-    order = sorted((float(scores[gid][c]), gid, c) for gid in groups for c in range(groups[gid].size))
-    removed = {gid: set() for gid in groups}
-    total = sum(g.size for g in groups.values())
-    goal = int(round(fraction * total)) if fraction is not None else None
-    macs = graph.estimate_macs(kept)
-    count = 0
-    for _, gid, c in order:
-        if goal is not None and count >= goal:
-            break
-        if target_macs is not None and macs <= target_macs:
-            break
-        if kept[gid] - 1 < floor[gid]:
-            continue
-        kept[gid] -= 1
-        removed[gid].add(c)
-        count += 1
-        if target_macs is not None:
-            macs = graph.estimate_macs(kept)
+    left = {gid: g.size for gid, g in groups.items()}
+    sequence = []  # group of each removal, lowest score first, never below a group's floor
+    for _, gid, _ in sorted((float(scores[gid][c]), gid, c) for gid in groups for c in range(groups[gid].size)):
+        if left[gid] > floor[gid]:
+            left[gid] -= 1
+            sequence.append(gid)
+
+    def kept_after(n):
+        counts = {gid: g.size for gid, g in groups.items()}
+        for gid in sequence[:n]:
+            counts[gid] -= 1
+        return counts
+
+    if fraction is not None:
+        n = min(len(sequence), int(round(fraction * sum(g.size for g in groups.values()))))
+    else:  # the fewest removals that bring the estimate to the target (it falls as removals grow)
+        low, high = 0, len(sequence)
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (mid + 1, high) if graph.estimate_macs(kept_after(mid)) > target_macs else (low, mid)
+        n = low
     result = {}
-    for gid, g in groups.items():
-        want = min(g.size, max(kept[gid], min_channels))
+    for gid, want in kept_after(n).items():
         if round_to > 1:
-            want = min(g.size, int(math.ceil(want / round_to) * round_to))
-        best = np.argsort(-scores[gid], kind="stable")[:want]
-        result[gid] = np.sort(best)
+            want = min(groups[gid].size, int(math.ceil(want / round_to) * round_to))
+        result[gid] = np.sort(np.argsort(-scores[gid], kind="stable")[:want])
     return result
 
 
