@@ -115,7 +115,7 @@ CASES = [
     ("fine_tune 1 class", lambda: compress.fine_tune(_cnn(), 1, DS), ConfigError, ["num_classes", "1"]),
     # export
     ("int8 without data", lambda: export.to_tflite(_cnn(), "int8"), ConfigError, ["representative_data"]),
-    ("unknown quantization", lambda: export.to_tflite(_cnn(), "int4"), ConfigError, ["int4", "dynamic"]),
+    ("unknown quantization", lambda: export.to_tflite(_cnn(), "int3"), ConfigError, ["int3", "dynamic"]),
     ("int8 io without int8", lambda: export.to_tflite(_cnn(), "float16", io_dtype="int8"), ConfigError, ["io_dtype"]),
     ("missing model file", lambda: tfopt.load_model("/nonexistent/model.keras"), ConfigError, ["/nonexistent/model.keras"]),
 ]

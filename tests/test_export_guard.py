@@ -52,7 +52,7 @@ def test_gru_int8_is_an_export_error_naming_the_layer_and_the_alternatives(priva
         to_tflite(model, "int8", representative_data=_rows())
     message = str(err.value)
     assert "\n" not in message
-    assert "quantization='dynamic', 'float16' or None (float32) instead" in message
+    assert "quantization='dynamic', 'float16', 'int4', 'int4_weight_only' or None (float32) instead" in message
     assert model.predict(_rows(2), verbose=0).shape == (2, 10)  # this process is alive and well
     assert _left_in(private_tmp) == []
 
@@ -73,7 +73,8 @@ def test_a_crash_in_the_child_is_reported_cleanly(private_tmp, monkeypatch):
     monkeypatch.setenv("TFOPT_FAULT", "calibrate:0")  # the child kills itself (SIGKILL) calibrating sample 0
     with pytest.raises(ExportError, match=r"^TFLite conversion with quantization='int8' crashed the converter "
                                           r"\(the child process converting it died of SIGKILL\); convert with "
-                                          r"quantization='dynamic', 'float16', 'int16x8' or None \(float32\) instead"):
+                                          r"quantization='dynamic', 'float16', 'int16x8', 'int4', .* or None "
+                                          r"\(float32\) instead"):
         to_tflite(_dense_model(), "int8", representative_data=_rows(8, (6,)), isolate=True)
     assert _left_in(private_tmp) == []
 
@@ -120,7 +121,7 @@ def test_a_model_that_cannot_be_saved_for_the_child_is_an_export_error(private_t
     inp = keras.Input((28, 28))
     model = keras.Model(inp, keras.layers.GRU(4, name="gru")(Unsavable()(inp)))
     with pytest.raises(ExportError, match=r"runs in a child process, which needs the model saved, and saving it "
-                                          r"failed \(TypeError: .*quantization='dynamic', 'float16' or None"):
+                                          r"failed \(TypeError: .*quantization='dynamic', 'float16', 'int4', 'int4_weight_only' or None"):
         to_tflite(model, "int8", representative_data=_rows())
     assert _left_in(private_tmp) == []
 

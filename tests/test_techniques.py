@@ -98,7 +98,8 @@ def test_allowed_values_come_from_the_library():
     assert get_technique("tune").options["algorithm"].choices == tuple(tfopt.tune.ORACLES)
     assert sections.TRAINING["augment"].choices == tuple(tfopt.data.AUGMENTATIONS)
     assert sections.TRAINING["strategy"].choices == tuple(distribute.STRATEGIES)
-    assert tuple(sections.VARIANT["quantization"].choices) == ("float32", "dynamic", "float16", "int8", "int16x8")
+    assert tuple(sections.VARIANT["quantization"].choices) == ("float32", "dynamic", "float16", "int8", "int16x8", "int4",
+                                                                "int4_weight_only", "int4_block32")
     check_value("quantization", get_technique("export").tune_keys["quantization"], "int16x8")  # tune too
 
 

@@ -7,7 +7,8 @@
 from tfopt.export.evaluate import (PREDICTIONS, compare, compare_with_baseline, evaluate, evaluate_splits, latency,
                                     read_predictions, write_predictions)
 from tfopt.export.tflite import (CALIBRATED, CRASH_PRONE, QUANTIZATION_NAMES, QUANTIZATIONS, VARIANT, TFLiteModel, interpreter,
-                                  tflite_weights, to_tflite, weight_stats)
+                                  tflite_weight_bits, tflite_weights, to_tflite, weight_stats)
+from tfopt.export.int4 import INT4_QUANTIZATIONS, quantize_tflite
 
-__all__ = ["CALIBRATED", "CRASH_PRONE", "PREDICTIONS", "QUANTIZATION_NAMES", "QUANTIZATIONS", "VARIANT", "TFLiteModel", "compare", "compare_with_baseline", "evaluate", "evaluate_splits",
-           "interpreter", "latency", "read_predictions", "tflite_weights", "to_tflite", "weight_stats", "write_predictions"]
+__all__ = ["CALIBRATED", "CRASH_PRONE", "INT4_QUANTIZATIONS", "PREDICTIONS", "QUANTIZATION_NAMES", "QUANTIZATIONS", "VARIANT", "TFLiteModel", "compare", "compare_with_baseline", "evaluate", "evaluate_splits",
+           "interpreter", "latency", "quantize_tflite", "read_predictions", "tflite_weight_bits", "tflite_weights", "to_tflite", "weight_stats", "write_predictions"]

@@ -43,16 +43,19 @@ class CrashRule:
         layers: Tuple of layer classes (a wrapper whose ``.layer`` is one counts too).
         quantizations: Tuple of quantization names (as ``to_tflite`` takes them; a QAT model converts as "int8").
         why: String, what was measured, for the error message.
+        works: Tuple of the quantizations measured to convert such a model (named in the error message).
     """
 
     layers: tuple
     quantizations: tuple
     why: str
+    works: tuple = ()
 
 
 CRASH_PRONE = (
     CrashRule((keras.layers.RNN, keras.layers.Bidirectional), ("int8", "int16x8"),
-              "the TFLite converter (TF 2.21) segfaults calibrating GRU and SimpleRNN layers"),
+              "the TFLite converter (TF 2.21) segfaults calibrating GRU and SimpleRNN layers",
+              works=("dynamic", "float16", "int4", "int4_weight_only", None)),
 )
 _CHILD = "import sys; from tfopt.export._child import main; sys.exit(main(sys.argv[1]))"
 _ERRORS = {cls.__name__: cls for cls in (ExportError, ConfigError, DataError)}  # what a child's error comes back as
@@ -104,9 +107,9 @@ def _named(q) -> str:
 
 
 def _alternatives(hazards, quantization, quantizations) -> str:
-    risky = {q for _, rule in hazards for q in rule.quantizations}
+    """The quantizations to name instead: those every hazard's rule measured to work (all others when none)."""
     ok = [_named(q) for q in sorted(quantizations, key=lambda q: q is None)  # float32 last: it gives up the most
-          if q != quantization and q not in risky]
+          if q != quantization and all(q in rule.works for _, rule in hazards)]
     return ", ".join(ok[:-1]) + f" or {ok[-1]}" if len(ok) > 1 else "".join(ok)
 
 

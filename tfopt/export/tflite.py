@@ -19,15 +19,16 @@ from tfopt._model import is_qat, weight_count
 from tfopt.errors import ConfigError, DataError, ExportError
 from tfopt.export import _guard
 from tfopt.export._guard import CRASH_PRONE
-from tfopt.options import LIST, NONE, STR, Field, at_least, options_from, safe_name
+from tfopt.export.int4 import INT4_QUANTIZATIONS, layer_bits_problem, quantize_tflite
+from tfopt.options import LIST, MAP, NONE, STR, Field, at_least, options_from, safe_name
 from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["QUANTIZATIONS", "CALIBRATED", "CRASH_PRONE", "QUANTIZATION_NAMES", "VARIANT", "TFLiteModel", "to_tflite", "interpreter",
-           "tflite_weights", "weight_stats"]
+           "tflite_weights", "tflite_weight_bits", "weight_stats"]
 
 log = logging.getLogger(__name__)
 
-QUANTIZATIONS = (None, "dynamic", "float16", "int8", "int16x8")
+QUANTIZATIONS = (None, "dynamic", "float16", "int8", "int16x8", *INT4_QUANTIZATIONS)  # int4*: the LiteRT quantizer
 CALIBRATED = ("int8", "int16x8")  # quantizations that calibrate activation ranges on representative data
 # a recipe's name of each quantization: "float32" is None (no quantization)
 QUANTIZATION_NAMES = {"float32" if q is None else q: q for q in QUANTIZATIONS}
@@ -336,6 +337,27 @@ def _convert(model, quantization, rep, io_dtype, qat, sparse) -> tuple[bytes, li
 SELECT_OPS_NOTE = "needs TF select ops (SELECT_TF_OPS): run with the Flex delegate"
 
 
+def _check_int4(model, quantization, layer_bits, sparse) -> None:
+    """ConfigError for what an int4 quantization cannot take (and for layer_bits without one)."""
+    if layer_bits is not None and quantization not in INT4_QUANTIZATIONS:
+        raise ConfigError(f"layer_bits needs an int4 quantization ({', '.join(map(repr, INT4_QUANTIZATIONS))}), "
+                          f"not quantization={quantization!r}")
+    if quantization not in INT4_QUANTIZATIONS:
+        return
+    if is_qat(model):
+        raise ConfigError(f"quantization={quantization!r} needs a float model: a quantization-aware model converts "
+                          "to int8 with its learned ranges; convert the model from before quantize_aware")
+    if sparse:
+        raise ConfigError(f"sparse=True does not go with quantization={quantization!r} (the LiteRT quantizer needs "
+                          "dense float weights); gzip the file to get the zeros' worth")
+    if layer_bits:
+        names = {layer.name for layer in _all_layers(model)}
+        unknown = [name for name in layer_bits if name not in names]
+        if unknown:
+            raise ConfigError(f"layer_bits names {', '.join(map(repr, unknown))}, not a layer of the model; layers: "
+                              f"{', '.join(sorted(names))}")
+
+
 def to_tflite(
     model,
     quantization: str | None = None,
@@ -344,6 +366,7 @@ def to_tflite(
     io_dtype: str = "float32",
     num_samples: int = 200,
     sparse: bool = False,
+    layer_bits: dict | None = None,
     isolate: bool | None = None,
 ) -> TFLiteModel:
     """Convert a tf_keras model to TFLite.
@@ -355,13 +378,17 @@ def to_tflite(
     Args:
         model: tf_keras model (plain, pruned-and-stripped, clustered, or QAT).
         quantization: None (float32), "dynamic" (int8 weights), "float16", "int8" (full integer; needs
-            ``representative_data`` unless the model is quantization-aware) or "int16x8".
+            ``representative_data`` unless the model is quantization-aware), "int16x8", or int4 weights
+            through the LiteRT quantizer (:mod:`tfopt.export.int4`): "int4" (per channel, integer compute),
+            "int4_weight_only" (per channel, float compute) or "int4_block32" (per block of 32 inputs).
         representative_data: tf.data.Dataset of (x, y) or x batches, a NumPy array of inputs, or a generator
             function yielding ``[x]``; used to calibrate activation ranges.
         path: Optional path; when given the flatbuffer is written there atomically.
         io_dtype: String, "float32", "int8" or "uint8": the input/output type of a full-int8 model.
         num_samples: Integer, how many representative samples to calibrate on.
         sparse: Bool, also encode sparse weights (``Optimize.EXPERIMENTAL_SPARSITY``) for XNNPACK.
+        layer_bits: Dict or None, with an int4 quantization: layer name -> 4, 8 or None (left float), e.g.
+            ``{"conv1": 8}`` keeps the first convolution at 8 bits.
         isolate: Bool or None, convert in a child process (True), in this one (False), or as
             :data:`CRASH_PRONE` decides (None). The child costs a fresh Python and TensorFlow start.
 
@@ -379,6 +406,7 @@ def to_tflite(
         raise ConfigError(f"io_dtype={io_dtype!r} is not allowed; allowed: {', '.join(IO_DTYPES)}")
     if io_dtype != "float32" and quantization not in CALIBRATED:
         raise ConfigError(f"io_dtype={io_dtype!r} needs quantization='int8' or 'int16x8', not {quantization!r}")
+    _check_int4(model, quantization, layer_bits, sparse)
     if isolate not in (None, True, False):
         raise ConfigError(f"isolate={isolate!r} is not allowed; allowed: None (as CRASH_PRONE decides), True, False")
     qat = is_qat(model)
@@ -393,13 +421,19 @@ def to_tflite(
         samples = representative_samples(representative_data, num_samples) \
             if quantization in CALIBRATED and representative_data is not None else None
         content, notes = _guard.convert_in_child(
-            model, dict(quantization=quantization, io_dtype=io_dtype, num_samples=num_samples, sparse=sparse),
+            model, dict(quantization=quantization, io_dtype=io_dtype, num_samples=num_samples, sparse=sparse,
+                        layer_bits=layer_bits),
             samples, hazards, converted, QUANTIZATIONS)
         if SELECT_OPS_NOTE in notes:
             log.warning("to_tflite fell back to SELECT_TF_OPS (in the child process)")
     else:
         rep = _representative(representative_data, num_samples) if quantization in CALIBRATED else None
-        content, notes = _convert(model, quantization, rep, io_dtype, qat, sparse)
+        int4 = quantization in INT4_QUANTIZATIONS  # the LiteRT quantizer rewrites the float file
+        content, notes = _convert(model, None if int4 else quantization, rep, io_dtype, qat, sparse)
+        if int4:
+            content, more = quantize_tflite(content, quantization, layer_bits,
+                                            layers={layer.name for layer in _all_layers(model)})
+            notes += more
     result = TFLiteModel(content=content, quantization=converted, notes=notes)
     if path is not None:
         result.save(path)
@@ -409,8 +443,9 @@ def to_tflite(
 def tflite_weights(content: bytes) -> dict:
     """The constant weight tensors of a flatbuffer, read back from the file: name -> NumPy array.
 
-    Integer tensors are returned as stored (int8 values), which is what sparsity and cluster counts of the
-    shipped file must be measured on.
+    Integer tensors are returned as stored (int8 values; int4 values unpacked into int8 arrays, in [-8, 7]:
+    :func:`tflite_weight_bits` tells which), which is what sparsity and cluster counts of the shipped file must
+    be measured on.
     """
     it = interpreter(content)
     produced, consumed = set(), set()
@@ -432,17 +467,45 @@ def tflite_weights(content: bytes) -> dict:
     return weights
 
 
+# bits per value of each TFLite tensor type that holds weights (schema TensorType names)
+_TYPE_BITS = {"INT2": 2, "INT4": 4, "INT8": 8, "UINT8": 8, "INT16": 16, "FLOAT16": 16, "FLOAT32": 32}
+
+
+def tflite_weight_bits(content: bytes) -> dict:
+    """How many bits the file spends on each value of each tensor: name -> bits (4 for int4, 8 for int8, ...).
+
+    The interpreter hands int4 tensors back unpacked as int8 arrays (values in [-8, 7]); the file's own tensor
+    types tell them apart.
+
+    Args:
+        content: Bytes, the flatbuffer.
+
+    >>> tflite_weight_bits(to_tflite(keras.Sequential([keras.layers.Dense(2, input_shape=(3,), name="d")])).content)
+    ... # doctest: +ELLIPSIS
+    {...: 32...}
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    names = {code: name for name, code in vars(schema.TensorType).items() if not name.startswith("_")}
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    return {tensor.name.decode("utf-8", "replace"): _TYPE_BITS.get(names.get(tensor.type), 0)
+            for subgraph in model.subgraphs for tensor in subgraph.tensors}
+
+
 def weight_stats(content: bytes, min_size: int = 256) -> dict:
-    """Sparsity and distinct values per output channel of the int8 kernels stored in a TFLite file: what
-    pruning and clustering left in the shipped model, read back from the file itself.
+    """Sparsity and distinct values of the integer (int8 and int4) kernels stored in a TFLite file: what pruning,
+    clustering and quantization left in the shipped model, read back from the file itself.
 
     Args:
         content: Bytes, the flatbuffer.
         min_size: Integer, kernels with fewer weights are left out (biases, tiny layers).
 
     Returns:
-        ``{"sparsity": zero fraction over the int8 kernels, "max_values_per_channel": int, "kernels": n}``;
-        None values when the file has no readable int8 kernel (e.g. float files or sparse-encoded tensors).
+        ``{"sparsity": zero fraction over the integer kernels, "max_values_per_channel": int,
+        "max_values_per_kernel": int, "kernels": n, "bits": {"int4": n4, "int8": n8}}`` (the stored integer
+        values, counted per output channel and per kernel; kernels by storage type); None values and ``{}``
+        when the file has no readable integer kernel (e.g. float files or sparse-encoded tensors).
 
     >>> weight_stats(to_tflite(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])).content)["kernels"]
     0
@@ -451,14 +514,22 @@ def weight_stats(content: bytes, min_size: int = 256) -> dict:
         weights = tflite_weights(content)
     except ExportError:  # sparse-encoded files may not be readable tensor by tensor
         weights = {}
-    kernels = [w for w in weights.values() if w.dtype == np.int8 and w.size >= min_size]
+    kernels = {name: w for name, w in weights.items() if w.dtype == np.int8 and w.size >= min_size}
     if not kernels:
-        return {"sparsity": None, "max_values_per_channel": None, "kernels": 0}
-    zeros = sum(int((k == 0).sum()) for k in kernels)
-    total = sum(k.size for k in kernels)
+        return {"sparsity": None, "max_values_per_channel": None, "max_values_per_kernel": None, "kernels": 0,
+                "bits": {}}
+    stored = tflite_weight_bits(content)
+    bits = {}
+    for name in kernels:
+        kind = f"int{stored.get(name, 8)}"
+        bits[kind] = bits.get(kind, 0) + 1
+    zeros = sum(int((k == 0).sum()) for k in kernels.values())
+    total = sum(k.size for k in kernels.values())
     # TFLite stores kernels output-channel first (FULLY_CONNECTED: [out, in]; CONV_2D: [out, h, w, in]).
-    per_channel = max(int(np.unique(row).size) for k in kernels for row in k.reshape(k.shape[0], -1))
-    return {"sparsity": zeros / total, "max_values_per_channel": per_channel, "kernels": len(kernels)}
+    per_channel = max(int(np.unique(row).size) for k in kernels.values() for row in k.reshape(k.shape[0], -1))
+    per_kernel = max(int(np.unique(k).size) for k in kernels.values())
+    return {"sparsity": zeros / total, "max_values_per_channel": per_channel, "max_values_per_kernel": per_kernel,
+            "kernels": len(kernels), "bits": dict(sorted(bits.items()))}
 
 
 # ---------------------------------------------------------------- the "export" technique (a recipe stage)
@@ -466,10 +537,12 @@ def weight_stats(content: bytes, min_size: int = 256) -> dict:
 # the keys of one export variant: its name (the file's), the stage whose model it converts, and to_tflite's options
 VARIANT = {
     "name": Field((STR,), required=True, check=safe_name),
-    **options_from(to_tflite, ["quantization", "model", "io_dtype", "sparse"],
+    **options_from(to_tflite, ["quantization", "model", "io_dtype", "sparse", "layer_bits"],
                    quantization={"kinds": (STR, NONE), "default": "float32", "choices": tuple(QUANTIZATION_NAMES)},
                    model=Field((STR, NONE), None, help="the stage whose model it converts (unset: the latest)"),
-                   io_dtype={"choices": tuple(IO_DTYPES)}),
+                   io_dtype={"choices": tuple(IO_DTYPES)},
+                   layer_bits=Field((MAP, NONE), None, check=layer_bits_problem,
+                                    help="int4 variants: {layer name: 4, 8 or null (float)}")),
 }
 
 
@@ -482,7 +555,8 @@ def _run_stage(inputs, o: dict):
         train_ds, _, _ = inputs.load(data)
         quant = v["tflite_quantization"]
         tfl = to_tflite(model, quant, representative_data=train_ds if quant in CALIBRATED else None,
-                        io_dtype=v["io_dtype"], num_samples=o["num_samples"], sparse=v["sparse"])
+                        io_dtype=v["io_dtype"], num_samples=o["num_samples"], sparse=v["sparse"],
+                        layer_bits=v.get("layer_bits"))
         _faults.reached(f"export:{v['name']}")
         path = tfl.save(Path(inputs.stage_dir) / f"{v['name']}.tflite")
         params, nonzero = weight_count(model)
@@ -501,7 +575,7 @@ TECHNIQUE = register_technique(Technique(
                                 help="[{name, model, quantization, io_dtype, sparse}, ...]"),
                  baseline=Field((STR, NONE), None, help="the variant others are compared with (unset: the first)"),
                  num_samples={"check": at_least(1), "help": "representative samples for int8/int16x8 calibration"}),
-    _run_stage, summary="convert models to TFLite files (float32, dynamic, float16, int8, int16x8)",
+    _run_stage, summary="convert models to TFLite files (float32, dynamic, float16, int8, int16x8, int4)",
     function=to_tflite, makes_model=False, trains=False, sets=("exported",),
     tune_keys={"quantization": Field((STR, NONE), None, choices=tuple(q for q in QUANTIZATIONS if q),
                                      help="the quantization of the trial's TFLite file")}))

@@ -1,0 +1,174 @@
+"""4-bit weights through the LiteRT quantizer: to_tflite(model, "int4" | "int4_weight_only" | "int4_block32",
+layer_bits=...), measured with LiteRT on real digits and read back from the file."""
+
+import logging
+
+import numpy as np
+import pytest
+
+import tfopt
+from tfopt._keras import keras
+from tfopt.compress import cluster, prune
+from tfopt.errors import ConfigError, ExportError
+from tfopt.export import (QUANTIZATIONS, VARIANT, evaluate, quantize_tflite, tflite_weight_bits, tflite_weights,
+                          to_tflite, weight_stats)
+from tfopt.cli import main
+from tfopt.options import check_value
+from tfopt.techniques import get_technique
+
+_CACHE = {}
+
+
+def _digits():
+    if "data" not in _CACHE:
+        _CACHE["data"] = tfopt.data.load("digits", batch_size=32)
+    return _CACHE["data"]
+
+
+def _mlp():
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Flatten(name="flat")(inp)
+    h = keras.layers.Dense(64, activation="relu", name="hidden")(h)
+    return keras.Model(inp, keras.layers.Dense(10, name="logits")(h))
+
+
+def _trained_mlp():
+    """A small MLP after 3 epochs on the digits (weights cached across tests)."""
+    train_ds, *_ = _digits()
+    model = _mlp()
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  ["accuracy"])
+    if "weights" not in _CACHE:
+        model.fit(train_ds, epochs=3, verbose=0)
+        _CACHE["weights"] = [w.copy() for w in model.get_weights()]
+    model.set_weights(_CACHE["weights"])
+    return model
+
+
+def _kernel_bits(content) -> dict:
+    """Bits per value of each kernel (the weight input of each FULLY_CONNECTED/CONV op), by Keras layer name."""
+    bits = tflite_weight_bits(content)
+    return {name.split("/")[-2]: b for name, b in bits.items() if name.count("/") >= 2 and name.endswith(
+        ("MatMul", "Conv2D"))}
+
+
+def test_the_int4_quantizations_are_in_the_registry_recipes_tune_and_the_cli(tmp_path, capsys):
+    int4s = {"int4", "int4_weight_only", "int4_block32"}
+    assert int4s <= set(QUANTIZATIONS)
+    assert int4s <= set(VARIANT["quantization"].choices)
+    assert int4s <= set(get_technique("export").tune_keys["quantization"].choices)
+    _trained_mlp().save(tmp_path / "m.keras")
+    assert main(["export", str(tmp_path / "m.keras"), "--quantization", "int4", "--data", "digits"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert set(_kernel_bits((tmp_path / "m.int4.tflite").read_bytes()).values()) == {4}
+
+
+@pytest.mark.parametrize("quantization", ["int4", "int4_weight_only"])
+def test_int4_files_are_accurate_on_test_digits_and_smaller(quantization):
+    _, _, test_ds, _ = _digits()
+    model = _trained_mlp()
+    f32 = evaluate(to_tflite(model), test_ds, runs=0)
+    tfl = to_tflite(model, quantization)
+    i4 = evaluate(tfl, test_ds, runs=0)
+    assert tfl.quantization == quantization
+    assert f32["accuracy"] > 0.8  # 3 epochs; ~0.93 measured
+    assert i4["accuracy"] > 0.5 and i4["accuracy"] >= f32["accuracy"] - 0.1  # chance is 0.1
+    assert i4["bytes"] < f32["bytes"] / 3  # 4 bits where float32 spent 32 (scales, biases and the graph stay)
+    assert set(_kernel_bits(tfl.content).values()) == {4}
+    assert weight_stats(tfl.content, min_size=64)["bits"] == {"int4": 2}
+
+
+def test_layer_bits_keep_chosen_layers_at_8_bits_or_float():
+    model = _trained_mlp()
+    assert _kernel_bits(to_tflite(model, "int4", layer_bits={"logits": 8}).content) == {"hidden": 4, "logits": 8}
+    assert _kernel_bits(to_tflite(model, "int4", layer_bits={"hidden": None}).content) == {"hidden": 32, "logits": 4}
+    _, _, test_ds, _ = _digits()
+    mixed = to_tflite(model, "int4_weight_only", layer_bits={"hidden": 8})
+    assert _kernel_bits(mixed.content) == {"hidden": 8, "logits": 4}
+    assert evaluate(mixed, test_ds, runs=0)["accuracy"] > 0.5
+
+
+def test_block_wise_int4_quantizes_a_zero_channel_per_channel_and_runs_in_xnnpack(caplog):
+    """A fully pruned output channel gives its blocks the scale 0, which XNNPACK refuses (and the builtin kernels
+    turn into wrong outputs): that op is quantized per channel instead."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((64,))
+    hidden = keras.layers.Dense(32, activation="relu", name="pruned")(inp)
+    model = keras.Model(inp, keras.layers.Dense(32, name="dense")(hidden))
+    kernel, bias = model.get_layer("pruned").get_weights()
+    kernel[:, 3] = 0  # output channel 3: all zeros
+    model.get_layer("pruned").set_weights([kernel, bias])
+    x = np.random.default_rng(0).random((8, 64), dtype=np.float32)
+    with caplog.at_level(logging.WARNING, logger="tfopt.export.tflite"):
+        tfl = to_tflite(model, "int4_block32")
+        out = tfl.predict(x)
+    assert tfl.notes == ["quantized per channel instead of per block of 32 (a block of zeros would get the scale 0): "
+                         "FULLY_CONNECTED 'pruned'"]
+    assert not any("could not prepare" in r.message for r in caplog.records)  # XNNPACK took it
+    assert np.isfinite(out).all() and np.abs(out - model.predict(x, verbose=0)).max() < 0.5
+    assert tflite_weights(tfl.content)["model/pruned/MatMul"][3].tolist() == [0] * 64
+    assert _kernel_bits(tfl.content) == {"pruned": 4, "dense": 4}  # the other Dense is block-wise
+
+
+def test_a_model_the_quantizer_cannot_handle_is_an_export_error_naming_the_op():
+    inp = keras.Input((64,))
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(keras.layers.Dense(40, name="d40")(inp)))
+    with pytest.raises(ExportError, match=r"the LiteRT quantizer cannot quantize the FULLY_CONNECTED op of layer "
+                                          r"'logits' \(kernel model/logits/MatMul\) with quantization='int4_block32': "
+                                          r"ValueError: .*not divisible by block size 32.*; use quantization='int4' "
+                                          r"\(per channel\), or leave that layer float with layer_bits=\{'logits': None\}"):
+        to_tflite(model, "int4_block32")
+    tfl = to_tflite(model, "int4_block32", layer_bits={"logits": None})  # what the message says works
+    assert _kernel_bits(tfl.content) == {"d40": 4, "logits": 32}
+
+
+def test_a_clustered_model_keeps_at_most_16_values_per_kernel_in_the_int4_file():
+    """Pruned, clustered to 16 values per kernel, int4 per channel: read back from the file, each kernel holds at
+    most 16 values, every pruned weight is still 0, and no channel holds more values than its clusters."""
+    train_ds, _, test_ds, _ = _digits()
+    pruned = prune(_trained_mlp(), train_ds, 0.8, epochs=2, verbose=0)
+    clustered = cluster(pruned, train_ds, n_clusters=16, preserve_sparsity=True, verbose=0)
+    tfl = to_tflite(clustered, "int4")
+    stats = weight_stats(tfl.content, min_size=64)
+    assert stats["bits"] == {"int4": 2} and stats["max_values_per_kernel"] <= 16
+    stored = tflite_weights(tfl.content)
+    for layer in ("hidden", "logits"):
+        kernel = clustered.get_layer(layer).kernel.numpy().T  # as TFLite stores it: [out, in]
+        codes = stored[f"model/{layer}/MatMul"]
+        assert np.unique(kernel).size <= 16
+        assert np.array_equal(codes[kernel == 0], np.zeros(int((kernel == 0).sum()), np.int8))  # zeros stay zeros
+        assert all(np.unique(c).size <= np.unique(k).size for c, k in zip(codes, kernel))  # codes never split
+    assert stats["sparsity"] >= 0.75
+    assert evaluate(tfl, test_ds, runs=0)["accuracy"] > 0.3  # measured, never assumed; chance is 0.1
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"quantization": "int4", "layer_bits": {"nope": 8}}, ConfigError, r"layer_bits names 'nope', not a layer of the "
+                                                                        r"model; layers: flat, hidden, "),
+    ({"quantization": "int4", "layer_bits": {"hidden": 3}}, ConfigError, r"layer_bits\['hidden'\]=3 is not allowed; "
+                                                                         r"allowed: a layer name mapped to 4, 8 or None"),
+    ({"quantization": "int4", "layer_bits": {"flat": 8}}, ConfigError, r"layer_bits names 'flat', which has no weight "
+                                                                       r"op in the TFLite file"),
+    ({"quantization": "dynamic", "layer_bits": {"hidden": 8}}, ConfigError, r"layer_bits needs an int4 quantization"),
+    ({"quantization": "int4", "sparse": True}, ConfigError, r"sparse=True does not go with quantization='int4'"),
+    ({"quantization": "int4", "io_dtype": "int8"}, ConfigError, r"io_dtype='int8' needs quantization='int8'"),
+    ({"quantization": "int3"}, ConfigError, r"quantization='int3' is not allowed; allowed: .*'int4'"),
+])
+def test_bad_int4_arguments_are_config_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        to_tflite(_mlp(), **kwargs)
+
+
+def test_quantize_tflite_takes_a_float_file_and_refuses_other_quantizations():
+    content = to_tflite(_mlp()).content
+    quantized, notes = quantize_tflite(content, "int4_weight_only")
+    assert notes == [] and set(_kernel_bits(quantized).values()) == {4}
+    with pytest.raises(ConfigError, match=r"quantization='int8' is not allowed here; allowed: 'int4', "):
+        quantize_tflite(content, "int8")
+
+
+def test_recipe_variants_check_layer_bits():
+    assert check_value("layer_bits", VARIANT["layer_bits"], {"conv1": 8, "dense": None}) == {"conv1": 8, "dense": None}
+    for bad in ({"conv1": 2}, {"conv1": 4.0}, {"conv1": True}):
+        with pytest.raises(ConfigError, match=r"layer_bits=.* allowed: a mapping of layer name to 4, 8 or None"):
+            check_value("layer_bits", VARIANT["layer_bits"], bad)

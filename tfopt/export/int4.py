@@ -1,0 +1,253 @@
+"""4-bit weights in the TFLite file, through the LiteRT quantizer (``litert_quantizer``), with per-layer bit widths.
+
+The TFLite converter stores at least 8 bits per weight; the LiteRT team's post-training quantizer rewrites a float
+``.tflite`` file with int4 weights (and float activations). :data:`INT4_QUANTIZATIONS` names what tfopt offers:
+
+* ``"int4"``: int4 weights, one scale per output channel; activations quantized on the fly at run time
+  (``recipe.dynamic_wi4_afp32``);
+* ``"int4_weight_only"``: int4 weights per channel, dequantized to float before each op (float compute);
+* ``"int4_block32"``: int4 weights with one scale per block of 32 inputs for Dense and embedding kernels
+  (convolutions per channel). A block of 32 zeros (pruning makes them) gets the scale 0, which LiteRT's XNNPACK delegate refuses
+  and the builtin kernels turn into NaN: an op holding such a block is quantized per channel instead (a note says
+  which).
+
+``layer_bits`` sets a layer's bits apart from the rest: 4, 8, or None (left float).
+
+>>> sorted(INT4_QUANTIZATIONS)
+['int4', 'int4_block32', 'int4_weight_only']
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from tfopt.errors import ConfigError, ExportError
+
+__all__ = ["INT4_QUANTIZATIONS", "LAYER_BITS", "layer_bits_problem", "quantize_tflite"]
+
+
+@dataclass(frozen=True)
+class _Scheme:
+    mode: str  # "dynamic" (integer compute) or "weight_only" (float compute)
+    granularity: str  # a litert_quantizer QuantGranularity value
+    block: int = 0  # inputs per scale for block-wise, 0 for channel-wise
+
+
+INT4_QUANTIZATIONS = {
+    "int4": _Scheme("dynamic", "CHANNELWISE"),
+    "int4_weight_only": _Scheme("weight_only", "CHANNELWISE"),
+    "int4_block32": _Scheme("dynamic", "BLOCKWISE_32", 32),
+}
+LAYER_BITS = (4, 8, None)  # what a layer_bits value may be: int4, int8, or left float
+# the ops whose constant weights the quantizer stores in fewer bits
+_WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "EMBEDDING_LOOKUP", "BATCH_MATMUL",
+               "CONV_2D_TRANSPOSE")
+_CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE")
+
+
+@dataclass
+class _WeightOp:
+    name: str  # the TFLite op, e.g. "FULLY_CONNECTED"
+    scope: str  # the quantizer's name for it: its output tensors' names, ";"-joined (the model's output's, last)
+    kernel: str  # the weight tensor's name: "model/<layer>/MatMul", "model/<sub-model>/<layer>/Conv2D"
+    weights: np.ndarray | None  # the float kernel, as stored (output channel first for FULLY_CONNECTED)
+
+    @property
+    def layer(self) -> str:
+        """The Keras layer the op came from, as its kernel's name (else its output's) says."""
+        for names in (self.kernel, self.scope):
+            parts = names.split(";")[0].split("/")
+            if len(parts) > 1:
+                return parts[-2]
+        return self.scope.split(";")[0]
+
+    def of(self, layer: str) -> bool:
+        """Whether the op computes Keras layer ``layer`` (by its kernel's name, else by its outputs')."""
+        pattern = r"(^|[/;])" + re.escape(layer) + "/"
+        return bool(re.search(pattern, self.kernel) or ("/" not in self.kernel and re.search(pattern, self.scope)))
+
+
+def _weight_ops(content: bytes) -> list:
+    from litert_quantizer.utils import tfl_flatbuffer_utils as fb
+
+    model = fb.read_model(bytearray(content))
+    found = []
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            name = fb.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
+            name = getattr(name, "value", name)
+            if name not in _WEIGHT_OPS:
+                continue
+            kernel, weights = "", None
+            for index in list(op.inputs)[1:2]:  # the weight operand of every op above
+                if index >= 0:
+                    kernel = fb.get_tensor_name(subgraph.tensors[index])
+                    data = fb.get_tensor_data(subgraph.tensors[index], model.buffers)
+                    weights = None if data is None or data.dtype != np.float32 else np.array(data)
+            found.append(_WeightOp(name, fb.get_op_scope(op, subgraph.tensors), kernel, weights))
+    return found
+
+
+def _op_regex(op: _WeightOp) -> str:
+    return "^" + re.escape(op.scope) + "$"
+
+
+def _zero_block(op: _WeightOp, block: int) -> bool:
+    """Whether a block-wise quantization of ``op`` would meet a block of zeros (and give it the scale 0)."""
+    if op.weights is None or op.name not in ("FULLY_CONNECTED", "EMBEDDING_LOOKUP") or op.weights.ndim != 2:
+        return False
+    rows, cols = op.weights.shape
+    if cols % block:
+        return False  # not block-wise quantizable at all: the quantizer says so
+    return bool((np.abs(op.weights.reshape(rows, cols // block, block)).max(axis=-1) == 0).any())
+
+
+def _bits_allowed(bits) -> bool:
+    return bits is None or (type(bits) is int and bits in LAYER_BITS)
+
+
+def layer_bits_problem(layer_bits) -> str | None:
+    """None when ``layer_bits`` is None or a mapping of layer names to 4, 8 or None; else what is allowed.
+
+    >>> layer_bits_problem({"conv1": 8, "logits": None}) is None, layer_bits_problem({"conv1": 2})
+    (True, 'a mapping of layer name to 4, 8 or None (left float)')
+    """
+    if layer_bits is None or (isinstance(layer_bits, dict) and all(
+            isinstance(layer, str) and _bits_allowed(bits) for layer, bits in layer_bits.items())):
+        return None
+    return "a mapping of layer name to 4, 8 or None (left float)"
+
+
+def _check_layer_bits(layer_bits, ops: list, quantization: str) -> dict:
+    if layer_bits is None:
+        return {}
+    if not isinstance(layer_bits, dict):
+        raise ConfigError(f"layer_bits={layer_bits!r} is not allowed; allowed: {layer_bits_problem(layer_bits)}")
+    for layer, bits in layer_bits.items():
+        if not isinstance(layer, str) or not _bits_allowed(bits):
+            raise ConfigError(f"layer_bits[{layer!r}]={bits!r} is not allowed; allowed: a layer name mapped to 4, 8 "
+                              "or None (left float)")
+        if not any(op.of(layer) for op in ops):
+            known = sorted({op.layer for op in ops})
+            raise ConfigError(f"layer_bits names {layer!r}, which has no weight op in the TFLite file for "
+                              f"quantization={quantization!r} to quantize; layers with weight ops: {', '.join(known)}")
+    return dict(layer_bits)
+
+
+def _entries(scheme: _Scheme, ops: list, layer_bits: dict, channelwise_ops: list) -> list:
+    """``[(regex, bits, granularity)]``: the scheme everywhere, then the ops of each layer in ``layer_bits``, then
+    the per-channel fallbacks (the quantizer takes the last entry that matches an op's outputs' names)."""
+    return [(".*", 4, scheme.granularity),
+            *((_op_regex(op), bits, scheme.granularity) for layer, bits in layer_bits.items()
+              for op in ops if op.of(layer)),
+            *((_op_regex(op), bits, "CHANNELWISE") for op, bits in channelwise_ops)]
+
+
+def _recipe(scheme: _Scheme, entries: list):
+    """The quantizer's recipe for ``entries`` (see :func:`_entries`); bits None leaves the op float."""
+    from litert_quantizer import qtyping
+    from litert_quantizer.algorithm_manager import AlgorithmName
+    from litert_quantizer.recipe_manager import RecipeManager
+
+    manager = RecipeManager()
+    every_op = qtyping.TFLOperationName.ALL_SUPPORTED
+    add_config = manager.add_dynamic_config if scheme.mode == "dynamic" else manager.add_weight_only_config
+    for regex, bits, granularity in entries:
+        if bits is None:
+            manager.add_quantization_config(regex, every_op, None, AlgorithmName.NO_QUANTIZE)
+        else:
+            add_config(regex, every_op, bits, qtyping.QuantGranularity(granularity))
+            if granularity != "CHANNELWISE":  # convolutions have no block-wise kernel: these stay per channel
+                for conv in _CONV_OPS:
+                    try:
+                        add_config(regex, qtyping.TFLOperationName(conv), bits, qtyping.QuantGranularity.CHANNELWISE)
+                    except ValueError:  # not in the quantizer's policy (dynamic DEPTHWISE_CONV_2D): stays float
+                        pass
+    return manager.get_quantization_recipe()
+
+
+def _quantize(content: bytes, recipe) -> bytes:
+    from litert_quantizer import Quantizer
+
+    result = Quantizer(bytearray(content), recipe).quantize(enable_progress_report=False)
+    return bytes(result.quantized_model)
+
+
+def _bits_of(op: _WeightOp, layer_bits: dict):
+    bits = 4
+    for layer, value in layer_bits.items():  # the last matching entry wins, as in the recipe
+        if op.of(layer):
+            bits = value
+    return bits
+
+
+def quantize_tflite(content: bytes, quantization: str = "int4", layer_bits=None, layers=None) -> tuple[bytes, list]:
+    """Rewrite a float TFLite flatbuffer with int4 (or per-layer int8) weights using the LiteRT quantizer.
+
+    Args:
+        content: Bytes, a float32 TFLite flatbuffer (``to_tflite(model).content``).
+        quantization: String, one of :data:`INT4_QUANTIZATIONS`.
+        layer_bits: Dict or None, Keras layer name -> 4, 8 or None (left float), overriding the 4 bits of the
+            rest; a layer is found by its name in the ops' tensor names (``model/<layer>/...``).
+        layers: Collection of the Keras model's layer names, or None; an error suggests ``layer_bits`` only for
+            these (an op inside a recurrent layer's loop is named ``while/...``, not by its layer).
+
+    Returns:
+        ``(flatbuffer bytes, notes)``: notes say which ops were quantized per channel instead of per block.
+
+    Raises:
+        ConfigError: an unknown quantization, or a layer_bits entry that is not allowed or names no weight op.
+        ExportError: the quantizer cannot handle the model; the message names the op that fails.
+
+    >>> from tfopt.export import to_tflite
+    >>> from tfopt._keras import keras
+    >>> model = keras.Sequential([keras.layers.Dense(64, input_shape=(256,), name="dense")])
+    >>> content, notes = quantize_tflite(to_tflite(model).content, "int4")
+    >>> round(len(to_tflite(model).content) / len(content))  # 4 bits a weight instead of 32
+    7
+    """
+    if quantization not in INT4_QUANTIZATIONS:
+        raise ConfigError(f"quantization={quantization!r} is not allowed here; allowed: "
+                          f"{', '.join(map(repr, INT4_QUANTIZATIONS))}")
+    scheme = INT4_QUANTIZATIONS[quantization]
+    ops = _weight_ops(content)
+    layer_bits = _check_layer_bits(layer_bits, ops, quantization)
+    notes = []
+    channelwise = []
+    if scheme.block:
+        channelwise = [(op, _bits_of(op, layer_bits)) for op in ops if _bits_of(op, layer_bits) is not None
+                       and _zero_block(op, scheme.block)]
+        if channelwise:
+            notes.append(f"quantized per channel instead of per block of {scheme.block} (a block of zeros would get "
+                         f"the scale 0): {', '.join(f'{op.name} {op.layer!r}' for op, _ in channelwise)}")
+    recipe = _recipe(scheme, _entries(scheme, ops, layer_bits, channelwise))
+    try:
+        return _quantize(content, recipe), notes
+    except Exception as err:  # noqa: BLE001 - the quantizer raises ValueError, RuntimeError, KeyError...
+        raise _failure(content, ops, scheme, layer_bits, channelwise, quantization, err, layers) from err
+
+
+def _failure(content, ops, scheme, layer_bits, channelwise, quantization, err, layers) -> ExportError:
+    """An ExportError naming the first op the quantizer fails on alone (each weight op is tried by itself)."""
+    fallback = {op.scope for op, _ in channelwise}
+    reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+    for op in ops:
+        bits = _bits_of(op, layer_bits)
+        if bits is None:
+            continue
+        granularity = "CHANNELWISE" if op.scope in fallback else scheme.granularity
+        try:
+            _quantize(content, _recipe(scheme, [(_op_regex(op), bits, granularity)]))
+        except Exception as op_err:  # noqa: BLE001
+            reason = " ".join(f"{type(op_err).__name__}: {op_err}".split())[:300]
+            alternatives = "quantization='int4' (per channel)" if scheme.block else "quantization='dynamic' (int8)"
+            float_layer = f", or leave that layer float with layer_bits={{{op.layer!r}: None}}" \
+                if layers is None or op.layer in layers else ""
+            return ExportError(
+                f"the LiteRT quantizer cannot quantize the {op.name} op of layer {op.layer!r} (kernel {op.kernel}) "
+                f"with quantization={quantization!r}: {reason}; use {alternatives}{float_layer}")
+    return ExportError(f"the LiteRT quantizer failed on this model with quantization={quantization!r}: {reason}; "
+                       "use quantization='dynamic' (int8 weights) instead")
