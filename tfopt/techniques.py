@@ -162,15 +162,17 @@ class StageInputs:
 
     @staticmethod
     def held_out(model, val_ds) -> dict:
-        """``val_loss``, ``val_accuracy``, ``params`` and ``nonzero_params`` of ``model`` on ``val_ds``."""
+        """``val_loss``, ``val_accuracy``, ``params``, ``nonzero_params`` and ``flops`` (multiply-adds per
+        example) of ``model`` on ``val_ds``."""
         from tfopt._model import weight_count
+        from tfopt.flops import flops
 
         values = model.evaluate(val_ds, verbose=0, return_dict=True)
         params, nonzero = weight_count(model)
         return {"val_loss": float(values.get("loss", float("nan"))),
                 "val_accuracy": float(values.get("accuracy", values.get("sparse_categorical_accuracy",
                                                                          float("nan")))),
-                "params": params, "nonzero_params": nonzero}
+                "params": params, "nonzero_params": nonzero, "flops": flops(model)}
 
 
 TECHNIQUES: dict[str, Technique] = {}

@@ -31,7 +31,7 @@ from tfopt._model import compile_like, flatten_model, is_qat, strategy_scope, we
 from tfopt.compress.channel_graph import ChannelGraph, analyse
 from tfopt.errors import CompressionError, ConfigError, check_choice
 from tfopt.flops import flops, flops_by_layer
-from tfopt.options import FLOAT, INT, LIST, NONE, at_least, in_unit, options_from, positive
+from tfopt.options import FLOAT, INT, LIST, NONE, Field, at_least, in_unit, options_from, positive
 from tfopt.progress import keras_verbose
 from tfopt.techniques import StageResult, Technique, register_technique
 
@@ -401,9 +401,9 @@ def _run_stage(inputs, o: dict):
                                        f"{metrics['val_accuracy']:.4f}")
 
 
-def _apply(model, train_ds, fraction, epochs=1, importance="l1", strategy=None, verbose=0):
-    """A search trial's channel pruning."""
-    return prune_channels(model, train_ds, fraction=fraction, epochs=epochs, importance=importance,
+def _apply(model, train_ds, channel_fraction, epochs=1, importance="l1", strategy=None, verbose=0):
+    """A search trial's channel pruning (``channel_fraction`` in (0, 1); 0 turns it off before this is called)."""
+    return prune_channels(model, train_ds, fraction=channel_fraction, epochs=epochs, importance=importance,
                           strategy=strategy, verbose=verbose)
 
 
@@ -435,5 +435,7 @@ TECHNIQUE = register_technique(Technique(
     function=prune_channels,
     refuses_after={"pruned": _AFTER_WEIGHTS.format("the pruned zeros"),
                    "clustered": _AFTER_WEIGHTS.format("the clusters")},
-    tune_keys={"channel_fraction": "fraction", "channel_epochs": "epochs", "channel_importance": "importance"},
+    tune_keys={"channel_fraction": Field((FLOAT, NONE), None, check=in_unit(),
+                                         help="share of channels removed in a trial; 0 or null: no channel pruning"),
+               "channel_epochs": "epochs", "channel_importance": "importance"},
     tune_order=3, apply=_apply, check=_one_goal))

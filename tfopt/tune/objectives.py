@@ -10,6 +10,7 @@ metric                  direction  measured by
 ``accuracy``, ``loss``  max, min   the last training epoch (``fit`` history)
 ``params``              min        ``model.count_params()``
 ``nonzero_params``      min        the number of non-zero weights (what pruning removes)
+``flops``               min        multiply-adds per example (``tfopt.flops``: what channel pruning removes)
 ``tflite_bytes``        min        the exported TFLite flatbuffer (quantization from the space)
 ``tflite_gzip_bytes``   min        the flatbuffer after gzip -9 (what zeros and clusters buy)
 ``tflite_accuracy``     max        the TFLite model run by LiteRT over ``val_ds``
@@ -52,6 +53,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "loss": ("min", "keras"),
     "params": ("min", "model"),
     "nonzero_params": ("min", "model"),
+    "flops": ("min", "model"),
     "tflite_bytes": ("min", "export"),
     "tflite_gzip_bytes": ("min", "export"),
     "tflite_accuracy": ("max", "tflite_eval"),

@@ -9,6 +9,7 @@ import numpy as np
 from tfopt import schedules
 from tfopt._keras import check_model, keras, tf
 from tfopt._model import strategy_scope, weight_count
+from tfopt.flops import flops
 from tfopt.errors import ConfigError
 from tfopt.techniques import TECHNIQUES
 
@@ -124,7 +125,9 @@ def compress(model, train_ds, compression: dict, strategy=None, verbose=0):
         keys = technique.tune_keys
         if not compression.get(next(iter(keys))):
             continue
-        options = {target: compression[key] for key, target in keys.items() if key in compression}
+        # a key declared by an option's name passes that option; a key declared with a Field of its own, itself
+        options = {target if isinstance(target, str) else key: compression[key] for key, target in keys.items()
+                   if key in compression}
         options.update({option: state in states for option, state in technique.preserves.items()})
         model = technique.apply(model, train_ds, strategy=strategy, verbose=verbose, **options)
         states |= set(technique.sets)
@@ -137,6 +140,7 @@ def measure(model, train_ds, val_ds, compression: dict, needs: set, latency_runs
     results = model.evaluate(val_ds, verbose=0, return_dict=True)
     metrics = {f"val_{k}": float(v) for k, v in results.items()}
     metrics["params"], metrics["nonzero_params"] = weight_count(model)
+    metrics["flops"] = flops(model)
     if needs & {"export", "tflite_eval"}:
         from tfopt.export import CALIBRATED, evaluate, to_tflite
 

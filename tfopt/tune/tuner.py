@@ -41,6 +41,7 @@ from tfopt.tune.results import SIDECAR
 __all__ = ["TfoptTuner", "WEIGHTS", "TRAINED_WEIGHTS", "search_stage"]
 
 WEIGHTS = "model_weights.h5"
+RESHAPED_MODEL = "model.keras"  # a trial whose compression changed the architecture (prune_channels, factorize)
 TRAINED_WEIGHTS = "trained_weights.h5"
 
 
@@ -107,7 +108,13 @@ class TfoptTuner(base_tuner.BaseTuner):
             return training.compile_model(model, train_cfg, s["steps_per_epoch"], s["max_epochs"])
 
     def load_model(self, trial):
-        """The trial's model rebuilt and loaded with the weights it was scored with."""
+        """The trial's model rebuilt and loaded with the weights it was scored with (or, when its compression
+        changed the architecture, the model file it saved, loaded in safe mode)."""
+        reshaped = os.path.join(self.get_trial_dir(trial.trial_id), RESHAPED_MODEL)
+        if os.path.isfile(reshaped):
+            from tfopt.saving import load_model
+
+            return load_model(reshaped)
         model = self.build(trial.hyperparameters)
         model.load_weights(os.path.join(self.get_trial_dir(trial.trial_id), WEIGHTS))
         return model
@@ -153,6 +160,9 @@ class TfoptTuner(base_tuner.BaseTuner):
         if keep(metrics):
             with atomic_path(folder / WEIGHTS, suffix=".h5") as tmp:  # a kill or a full disk leaves no half-written file
                 model.save_weights(tmp)
+            if [w.shape for w in model.weights] != [w.shape for w in trained.weights]:
+                with atomic_path(folder / RESHAPED_MODEL, suffix=".keras") as tmp:
+                    model.save(tmp)
             if model is not trained:
                 with atomic_path(folder / TRAINED_WEIGHTS, suffix=".h5") as tmp:
                     trained.save_weights(tmp)

@@ -66,6 +66,7 @@ TABLE_COLUMNS = (
     ("Δ 95% CI", "test_delta_ci95", _signed_interval),
     ("McNemar p", "mcnemar_p", _p_value),
     ("params", "params", "{:,}"),
+    ("multiply-adds", "flops", "{:,}"),
     ("bytes", "bytes", "{:,}"),
     ("gzip bytes", "gzip_bytes", "{:,}"),
     ("p50 µs", "latency_us_p50", "{:.1f}"),

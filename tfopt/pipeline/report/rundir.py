@@ -22,7 +22,7 @@ MANIFEST = "manifest.json"
 RESULTS = "results.json"
 
 # the variant-table columns the report formats as numbers
-_NUMBER_COLUMNS = ("accuracy", "params", "bytes", "gzip_bytes", "latency_us_p50", "latency_us_p90", "gzip_x_smaller",
+_NUMBER_COLUMNS = ("accuracy", "params", "flops", "bytes", "gzip_bytes", "latency_us_p50", "latency_us_p90", "gzip_x_smaller",
                    "speedup_p50", "accuracy_delta", "test_accuracy", "test_n", "val_accuracy", "test_delta", "mcnemar_p")
 # ... and the intervals ([low, high]) and the test confusion matrix it formats
 _INTERVAL_COLUMNS = ("accuracy_ci95", "test_accuracy_ci95", "val_accuracy_ci95", "test_delta_ci95")
