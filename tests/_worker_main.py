@@ -107,8 +107,9 @@ def user_data(out: str) -> None:
     x, y, _ = _digits(n=None)
     loaders = {
         "load": lambda: tfopt.data.load("digits", batch_size=GLOBAL_BATCH, seed=0),
-        "from_arrays": lambda: tfopt.data.from_arrays(x[:1280], y[:1280], batch_size=GLOBAL_BATCH, seed=0,
-                                                      val_data=(x[1280:1540], y[1280:1540]), test_data=(x[1540:], y[1540:])),
+        "from_arrays": lambda: tfopt.data.from_arrays(
+            x[:1280], y[:1280], batch_size=GLOBAL_BATCH, seed=0, val_data=(x[1280:1540], y[1280:1540]),
+            test_data=(x[1540:], y[1540:])),
     }
     facts = {}
     for name, loader in loaders.items():
