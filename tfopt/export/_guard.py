@@ -185,6 +185,13 @@ def convert_in_child(model, options: dict, samples, hazards, quantization, quant
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def _outcome(folder: Path, code: int, hazards, quantization, quantizations) -> tuple[bytes, list]:
     if code == 0 and (folder / "result.tflite").is_file():
         notes = json.loads((folder / "result.json").read_text())["notes"]
@@ -194,7 +201,7 @@ def _outcome(folder: Path, code: int, hazards, quantization, quantizations) -> t
     if code == -signal.SIGINT:
         raise KeyboardInterrupt("interrupted during TFLite conversion")
     if code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+        name = _signal_name(-code)
         layers = "; ".join(dict.fromkeys(label for label, _ in hazards))
         why = "; ".join(dict.fromkeys(rule.why for _, rule in hazards))
         cause = f" on the model's {layers} ({why})" if hazards else ""
