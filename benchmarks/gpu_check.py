@@ -304,14 +304,14 @@ def _versions() -> dict:
 
 def check(settings: dict, output: Path, smoke: bool, gpus: list, smi: list, started: float) -> dict:
     """Run the plan and write ``output`` after each run; returns the result."""
-    from benchmarks.throughput import forward_flops
     from tfopt import models
+    from tfopt.flops import flops as multiply_adds
     from tfopt._io import write_json
     from tfopt._keras import tf
 
     kwargs = {k: v for k, v in MODEL.items() if k != "builder"}
     probe = models.build(MODEL["builder"], **kwargs, **settings["model"])
-    flops = forward_flops(probe)
+    flops = 2 * multiply_adds(probe)  # one multiply-add = 2 FLOPs
     n = settings["batch"] * 8  # 8 distinct batches, repeated
     x, y = synthetic_cifar(n, seed=0)
     x_eval, y_eval = synthetic_cifar(32 if smoke else 512, seed=1)
@@ -330,8 +330,8 @@ def check(settings: dict, output: Path, smoke: bool, gpus: list, smi: list, star
         "model": {**{k: list(v) if isinstance(v, tuple) else v for k, v in {**MODEL, **settings["model"]}.items()},
                   "name": probe.name, "params": int(probe.count_params()), "forward_flops_per_image": flops,
                   "train_flops_per_image": 3 * flops,
-                  "flops_source": "benchmarks.throughput.forward_flops: 2 x multiply-adds of Conv2D, "
-                                  "DepthwiseConv2D and Dense from layer shapes; training = 3 x forward"},
+                  "flops_source": "2 x tfopt.flops.flops (multiply-adds per image of the layers that multiply "
+                                  "by weights, from layer shapes); training = 3 x forward"},
         "plan": {**settings, "data": f"synthetic CIFAR-shaped, {n} images (8 batches repeated), "
                                      "a fixed pattern per class + noise"},
         "tolerance": {**TOLERANCE, "against": "one_device float32 without XLA; held-out synthetic images"},
