@@ -73,7 +73,7 @@ def list_models(pattern: str = "*") -> list[str]:
         pattern: String, a shell-style pattern such as ``"res*"``.
 
     >>> list_models("res*")
-    ['resnet']
+    ['resnet', 'resnet50']
     """
     return sorted(n for n in _BUILDERS if fnmatch.fnmatchcase(n, pattern))
 

@@ -1,0 +1,237 @@
+"""The Transformer and ViT builders: trained on real data, exported to TFLite (dynamic, int8) and run in LiteRT,
+under tfmot pruning and QAT, distilled, saved and loaded in safe mode; and their argument errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tfopt
+from tfopt._keras import keras, tf, tfmot
+from tfopt.errors import ConfigError
+from tfopt.models import AddPositionEmbedding, build, build_for
+from tests.helpers import run_model_saving_test, run_serialization_test
+
+CHANCE = 0.1  # ten digits
+# What the models reach here (2 epochs; tokens 6): ViT 0.68, rows 0.67, digit tokens 0.8-0.9 (Keras and LiteRT
+# float, dynamic and int8 within 2 points); the bar leaves a wide margin above chance.
+ABOVE_CHANCE = 0.45
+ENCODER = dict(num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64, dropout=0.0)
+
+
+def _fit(model, train_ds, epochs: int, learning_rate: float):
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(train_ds, epochs=epochs, verbose=0)
+    return model
+
+
+def _accuracy(model, test_ds) -> float:
+    return float(model.evaluate(test_ds, verbose=0)[1])
+
+
+@pytest.fixture(scope="module")
+def vit_mnist():
+    """A small ViT trained 2 epochs on mnist_5k (7x7 patches: 16 tokens): (model, train_ds, test_ds)."""
+    tfopt.set_seed(0)
+    train_ds, _, test_ds, info = tfopt.data.load("mnist_5k", batch_size=64)
+    model = build_for("vit", info, patch_size=7, **ENCODER)
+    return _fit(model, train_ds, 2, 1e-3), train_ds, test_ds
+
+
+@pytest.fixture(scope="module")
+def rows_transformer():
+    """A Transformer over row-wise MNIST (28 tokens of 28 features) trained 2 epochs: (model, train_ds, test_ds)."""
+    tfopt.set_seed(0)
+    train_ds, _, test_ds, info = tfopt.data.load("mnist_rows", batch_size=64)
+    model = build_for("transformer", info, **ENCODER)
+    return _fit(model, train_ds, 2, 1e-3), train_ds, test_ds
+
+
+@pytest.fixture(scope="module")
+def token_transformer():
+    """A Transformer over token ids trained 6 epochs: scikit-learn's 8x8 digits as 64 tokens whose ids are the
+    pixel intensities 0..16 (a real task on ids: the Embedding, not a projection): (model, train_ds, test_ds)."""
+    from sklearn.datasets import load_digits
+
+    tfopt.set_seed(0)
+    digits = load_digits()
+    ids = digits.images.reshape(-1, 64).astype("int32")
+    train_ds, _, test_ds, info = tfopt.data.from_arrays(ids, digits.target.astype("int32"), batch_size=32,
+                                                        kind="tokens")
+    assert (info.vocab_size, info.seq_len) == (17, 64)
+    model = build_for("transformer", info, **ENCODER)
+    assert model.input.dtype == tf.int32
+    return _fit(model, train_ds, 6, 3e-3), train_ds, test_ds
+
+
+def _id_samples(train_ds, n: int = 100):
+    """Representative data of token ids as a generator function yielding ``[ids]`` int32 batches of one."""
+    rows = np.concatenate([x for x, _ in train_ds.as_numpy_iterator()])[:n]
+
+    def gen():
+        for row in rows:
+            yield [row[None].astype(np.int32)]
+
+    return gen
+
+
+# ------------------------------------------------------------------------------------ trained, exported
+@pytest.mark.parametrize("fixture", ["vit_mnist", "rows_transformer"])
+def test_trains_above_chance_and_stays_there_in_litert_dynamic_and_int8(fixture, request):
+    from tfopt.export import evaluate, to_tflite
+
+    model, train_ds, test_ds = request.getfixturevalue(fixture)
+    assert _accuracy(model, test_ds) > ABOVE_CHANCE
+    for quantization in ("dynamic", "int8"):
+        converted = to_tflite(model, quantization, representative_data=train_ds, num_samples=100)
+        measured = evaluate(converted, test_ds, runs=0)
+        assert measured["accuracy"] > ABOVE_CHANCE, (quantization, measured["accuracy"])
+        assert measured["n"] == 1000  # the fixed test split of mnist_5k / mnist_rows
+
+
+def test_token_transformer_trains_and_converts_to_full_int8_with_id_calibration(token_transformer):
+    # Full int8 with token-id inputs: calibrated on ids (int32), the ids stay int32 (a GATHER reads the int8
+    # embedding table) and everything after them is int8.
+    from tfopt.export import evaluate, to_tflite
+
+    model, train_ds, test_ds = token_transformer
+    assert _accuracy(model, test_ds) > ABOVE_CHANCE
+    dynamic = to_tflite(model, "dynamic")
+    assert evaluate(dynamic, test_ds, runs=0)["accuracy"] > ABOVE_CHANCE
+    int8 = to_tflite(model, "int8", representative_data=_id_samples(train_ds), io_dtype="int8")
+    it = int8.interpreter()
+    assert it.get_input_details()[0]["dtype"] == np.int32 and it.get_output_details()[0]["dtype"] == np.int8
+    ops = {op["op_name"] for op in it._get_ops_details()}
+    assert {"GATHER", "BATCH_MATMUL", "SOFTMAX", "FULLY_CONNECTED"} <= ops
+    assert evaluate(int8, test_ds, runs=0)["accuracy"] > ABOVE_CHANCE
+
+
+def test_imdb_reviews_tokens_build_and_train_a_transformer():
+    # The tfds text path (mocked: nothing is downloaded): build_for reads vocab_size and seq_len from the data.
+    import tensorflow_datasets as tfds
+
+    texts = np.array(["good good movie", "bad awful movie", "a fine good film", "awful"] * 10)
+
+    def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+        n = 40 if str(split).startswith("train") else 8
+        data = {"text": texts[:n], "label": np.arange(n, dtype=np.int64) % 2}
+        return tf.data.Dataset.from_tensor_slices(data)
+
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, as_dataset_fn=as_dataset):
+        train_ds, _, _, info = tfopt.data.load("imdb_reviews", batch_size=8, vocab_size=20, seq_len=6)
+    model = build_for("transformer", info, num_layers=1, num_heads=2, embed_dim=8, mlp_dim=8)
+    assert model.input_shape == (None, 6) and model.output_shape == (None, 2)
+    assert model.get_layer("token_embedding").input_dim == info.vocab_size
+    _fit(model, train_ds, 1, 1e-3)
+    assert np.isfinite(model.history.history["loss"][0])
+
+
+# ------------------------------------------------------------------------------------------ compression
+def _small_transformer():
+    return build("transformer", input_shape=(6, 4), num_classes=3, num_layers=1, num_heads=2, embed_dim=8,
+                 mlp_dim=8, dropout=0.0)
+
+
+def test_tfmot_prunes_the_attention_projections():
+    # tfmot 0.8.1's prune registry lists MultiHeadAttention with its query, key, value and output kernels;
+    # AddPositionEmbedding offers no weight (get_prunable_weights), LayerNormalization and Add none either.
+    model = _small_transformer()
+    schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, begin_step=0, frequency=1)
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
+    attention = wrapped.get_layer("prune_low_magnitude_block1_attention")
+    assert [w.name.split("/")[-2] for w in attention.layer.get_prunable_weights()] == [
+        "query", "key", "value", "attention_output"]
+    wrapped.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).normal(size=(8, 6, 4)).astype("float32")
+    wrapped.fit(x, np.arange(8) % 3, epochs=1, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
+    mha = stripped.get_layer("block1_attention")
+    kernels = [w.numpy() for w in mha.weights if w.name.endswith("kernel:0")]
+    assert len(kernels) == 4 and all(np.mean(k == 0) == 0.5 for k in kernels)
+    assert not np.any(stripped.get_layer("position_embedding").get_weights()[0] == 0)
+
+
+def test_prune_reaches_the_target_in_the_dense_layers(rows_transformer):
+    from tfopt.compress import prune
+
+    model, train_ds, _ = rows_transformer
+    pruned, report = prune(model, train_ds.take(8), 0.5, epochs=1, verbose=0, return_report=True)
+    dense = ["projection", "block1_mlp1", "block1_mlp2", "block2_mlp1", "block2_mlp2", "logits"]
+    assert set(dense) <= set(report["pruned_layers"])
+    assert all(report["reached"][name] >= 0.49 for name in dense)
+
+
+def test_quantize_aware_quantizes_the_dense_layers_and_exports_to_int8(rows_transformer):
+    # tfmot's 8-bit registry has no quantize config for MultiHeadAttention, LayerNormalization or tfopt's
+    # AddPositionEmbedding: those stay float (reported); the Dense, Add and pooling layers are quantized.
+    from tfopt.compress import quantize_aware
+    from tfopt.export import evaluate, to_tflite
+
+    model, train_ds, test_ds = rows_transformer
+    qat, report = quantize_aware(model, train_ds.take(8), epochs=1, verbose=0, return_report=True)
+    layers = [layer.name for layer in model.layers[1:]]
+    assert sorted(report["quantized"] + list(report["float"])) == sorted(layers)
+    assert {"projection", "block1_mlp1", "block1_mlp2", "block2_add2", "pool", "logits"} <= set(report["quantized"])
+    converted = to_tflite(qat)
+    assert converted.quantization == "int8"
+    assert evaluate(converted, test_ds, runs=0)["accuracy"] > ABOVE_CHANCE
+
+
+def test_distill_into_a_smaller_transformer(rows_transformer):
+    from tfopt.compress import distill
+
+    teacher, train_ds, test_ds = rows_transformer
+    student = build("transformer", input_shape=(28, 28), num_classes=10, num_layers=1, num_heads=2, embed_dim=16,
+                    mlp_dim=32, dropout=0.0)
+    assert student.count_params() < teacher.count_params() / 3
+    distill(teacher, student, train_ds, temperature=4.0, alpha=0.1, epochs=2, learning_rate=2e-3, verbose=0)
+    assert _accuracy(student, test_ds) > 2 * CHANCE
+
+
+# ------------------------------------------------------------------------------------ saving, the layer
+def test_position_embedding_round_trips_and_loads_in_safe_mode(tmp_path):
+    from tfopt.saving import load_model
+
+    layer = AddPositionEmbedding(5, name="positions")
+    clone = run_serialization_test(layer)
+    assert clone.sequence_length == 5 and clone.name == "positions"
+    model = build("vit", input_shape=(8, 8, 2), num_classes=3, patch_size=4, num_layers=1, num_heads=1,
+                  embed_dim=4, mlp_dim=4)
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 2)).astype("float32")
+    run_model_saving_test(model, x, tmp_path)
+    loaded = load_model(tmp_path / "model.keras")  # tfopt's safe loader: a registered tfopt layer is allowed
+    assert type(loaded.get_layer("position_embedding")) is AddPositionEmbedding
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_position_embedding_refuses_a_sequence_of_another_length():
+    with pytest.raises(ConfigError, match=r"positions: input shape \(None, 4, 3\) does not fit sequence_length=5"):
+        AddPositionEmbedding(5, name="positions")(keras.Input((4, 3)))
+    with pytest.raises(ConfigError, match="sequence_length=0"):
+        AddPositionEmbedding(0)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,needles",
+    [
+        ("transformer", dict(vocab_size=10, seq_len=4, num_classes=2, embed_dim=10, num_heads=4),
+         ["num_heads=4", "embed_dim=10", "[1, 2, 5, 10]"]),
+        ("transformer", dict(input_shape=(4, 3), vocab_size=10, seq_len=4, num_classes=2),
+         ["input_shape=(4, 3)", "exactly one"]),
+        ("transformer", dict(vocab_size=10, num_classes=2), ["seq_len=None", "both"]),
+        ("transformer", dict(input_shape=(4, 3, 1), num_classes=2), ["(4, 3, 1)", "2 axes"]),
+        ("transformer", dict(vocab_size=10, seq_len=4), ["'num_classes'"]),
+        ("transformer", dict(vocab_size=10, seq_len=4, num_classes=2, num_layers=0), ["num_layers=0", ">= 1"]),
+        ("transformer", dict(vocab_size=10, seq_len=4, num_classes=2, dropout=1.0), ["dropout=1.0"]),
+        ("vit", dict(input_shape=(28, 28, 1), num_classes=10, patch_size=5), ["patch_size=5", "28", "[1, 2, 4, 7, 14, 28]"]),
+        ("vit", dict(input_shape=(28, 28), num_classes=10), ["(28, 28)", "3 axes"]),
+        ("vit", dict(input_shape=(8, 8, 1), num_classes=3, patch_size=(2, 2, 2)), ["(2, 2, 2)", "pair"]),
+        ("vit", dict(input_shape=(8, 8, 1), num_classes=3, activation="gelux"), ["'gelux'"]),
+    ],
+)
+def test_impossible_arguments_raise_config_error_naming_the_value(name, kwargs, needles):
+    with pytest.raises(ConfigError) as err:
+        build(name, **kwargs)
+    for needle in needles:
+        assert needle in str(err.value), (needle, str(err.value))
