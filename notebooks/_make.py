@@ -759,8 +759,9 @@ NOTEBOOKS["05_quantization_and_tflite"] = [
     # 05 · Quantization and TFLite
 
     **What it buys:** a model 2-4x smaller that runs with the LiteRT interpreter on phones and
-    microcontrollers, often faster. `tfopt.export.to_tflite` converts with one of five settings (float32,
-    float16, dynamic-range int8 weights, full int8, int16 activations x int8 weights);
+    microcontrollers, often faster. `tfopt.export.to_tflite` converts with one of eight settings (float32,
+    float16, dynamic-range int8 weights, full int8, int16 activations x int8 weights, and 4-bit weights through
+    the LiteRT quantizer: per channel, weight-only, or per block of 32);
     `tfopt.compress.quantize_aware` trains with fake quantization so full int8 loses little or nothing; and
     `tfopt.export.evaluate` measures the *converted* model: accuracy computed by the interpreter itself,
     bytes, gzip bytes and batch-1 latency. Latency is measured, never assumed.
@@ -769,9 +770,11 @@ NOTEBOOKS["05_quantization_and_tflite"] = [
     md("## A baseline CNN on `mnist_5k`"),
     code(TRAIN_BASELINE),
     md("""
-    ## Five conversions, measured
+    ## Eight conversions, measured
 
-    Full int8 and int16x8 calibrate their activation ranges on `representative_data` (200 training images).
+    Full int8 and int16x8 calibrate their activation ranges on `representative_data` (200 training images);
+    the int4 files are the float32 file with its weights quantized to 4 bits by the LiteRT quantizer (float
+    activations). Their latency is measured like the others': 4-bit weights buy bytes, not always speed.
     """),
     code("""
     exports = {}
@@ -799,6 +802,8 @@ NOTEBOOKS["05_quantization_and_tflite"] = [
     assert 0.45 < results.loc["float16", "bytes"] / float_bytes < 0.55
     for name in ("dynamic", "int8", "int16x8"):
         assert results.loc[name, "bytes"] < 0.3 * float_bytes, name
+    for name in ("int4", "int4_weight_only", "int4_block32"):
+        assert results.loc[name, "bytes"] < 0.2 * float_bytes, name
     assert (results["test accuracy"] > 0.9).all()  # every conversion still far above chance (0.1)
     # The float32 file computes what Keras computes.
     parity = tfopt.export.compare(base, exports["float32"], test_ds)

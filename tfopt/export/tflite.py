@@ -16,6 +16,7 @@ from tfopt import _faults
 from tfopt._io import atomic_write_bytes
 from tfopt._keras import check_model, keras, tf
 from tfopt._model import is_qat, weight_count
+from tfopt.flops import flops
 from tfopt.errors import ConfigError, DataError, ExportError
 from tfopt.export import _guard
 from tfopt.export._guard import CRASH_PRONE
@@ -562,7 +563,8 @@ def _run_stage(inputs, o: dict):
         params, nonzero = weight_count(model)
         rows.append({"variant": v["name"], "model": v["model"], "quantization": v["quantization"],
                      "path": str(path.relative_to(inputs.run_dir)), "bytes": tfl.bytes, "gzip_bytes": tfl.gzip_bytes,
-                     "params": params, "nonzero_params": nonzero, "notes": list(tfl.notes), "data": dict(data)})
+                     "params": params, "nonzero_params": nonzero, "flops": flops(model), "notes": list(tfl.notes),
+                     "data": dict(data)})
     metrics = {"variants": rows, "baseline": o["baseline"]}
     return StageResult(None, metrics, f"{len(rows)} TFLite file(s) in {Path(inputs.stage_dir).name}/")
 
