@@ -17,6 +17,7 @@ from tfopt.compress.inspect import cluster_counts, m_by_n_ok, sparsity
 from tfopt.compress.prune import prune, pruning_schedule
 from tfopt._model import flatten_model  # model plumbing (tfopt._model), public here since QAT flattens first
 from tfopt.flops import flops, flops_by_layer  # counted in tfopt.flops (below compress), public here beside what lowers them
+from tfopt.compress.sensitivity import layer_budgets, sensitivity
 from tfopt.compress.quantize import QAT_SCHEMES, load_quantized, quantize_aware, quantize_scheme, save_quantized
 from tfopt.compress.transfer import build_transfer_model, fine_tune
 

@@ -1,0 +1,94 @@
+"""Per-layer sensitivity scan and plan: exact drops on a hand-made model, the plan's arithmetic, bad input."""
+
+import numpy as np
+import pytest
+
+from tfopt._keras import keras, tf
+from tfopt.compress.sensitivity import fake_quantize, kmeans_1d, layer_budgets, magnitude_prune, sensitivity
+from tfopt.errors import ConfigError, DataError
+
+
+def _model_and_data():
+    """Class 1 when 1.5 * x1 > 2 * x0: ``hidden`` computes both (6 of its 8 weights are zero), ``logits`` is the
+    identity; every product is one float32 rounding, the same in NumPy and TensorFlow."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.01, 1.0, size=(200, 4)).astype("float32")
+    y = (np.float32(1.5) * x[:, 1] > np.float32(2.0) * x[:, 0]).astype("int32")
+    model = keras.Sequential([keras.layers.Dense(2, use_bias=False, input_shape=(4,), name="hidden"),
+                              keras.layers.Dense(2, use_bias=False, name="logits")])
+    model.layers[0].set_weights([np.array([[2.0, 0], [0, 1.5], [0, 0], [0, 0]], "float32")])
+    model.layers[1].set_weights([np.eye(2, dtype="float32")])
+    return model, tf.data.Dataset.from_tensor_slices((x, y)).batch(64), y
+
+
+def test_scan_gives_exact_drops_and_restores_the_weights():
+    model, val_ds, y = _model_and_data()
+    before = [w.copy() for w in model.get_weights()]
+    scan = sensitivity(model, val_ds, sparsities=(0.5, 0.8, 0.9), clusters=(3,), bits=(4,))
+    assert scan["baseline"] == 1.0 and scan["n"] == 200
+    lost = 100.0 * float(np.mean(y == 1))  # every class-1 digit once the x1 weight (1.5) is gone
+    hidden, logits = scan["layers"]["hidden"], scan["layers"]["logits"]
+    assert hidden["size"] == 8 and logits["size"] == 4
+    assert hidden["sparsity"] == {0.5: 0.0, 0.8: 0.0, 0.9: pytest.approx(lost)}  # 7 of 8 zeros takes the 1.5
+    assert logits["sparsity"][0.5] == 0.0 and logits["sparsity"][0.9] == pytest.approx(lost)
+    assert hidden["clusters"] == {3: 0.0} and hidden["bits"] == {4: 0.0}  # 2 values and the zero: exact
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_scan_of_chosen_layers_and_bad_input():
+    model, val_ds, _ = _model_and_data()
+    assert list(sensitivity(model, val_ds, sparsities=(0.5,), clusters=(), bits=(), layers=["logits"])["layers"]) \
+        == ["logits"]
+    with pytest.raises(ConfigError, match="sparsities entry=1.0 is out of range"):
+        sensitivity(model, val_ds, sparsities=(0.5, 1.0))
+    with pytest.raises(ConfigError, match="bits entry 4.5 is not allowed"):
+        sensitivity(model, val_ds, bits=(4.5,))
+    with pytest.raises(ConfigError, match="'nope'"):
+        sensitivity(model, val_ds, layers=["nope"])
+    unlabelled = tf.data.Dataset.from_tensor_slices(np.zeros((4, 4), "float32")).batch(2)
+    with pytest.raises(DataError, match=r"val_ds must yield \(x, y\) batches"):
+        sensitivity(model, unlabelled)
+
+
+def test_budgets_by_tolerance_and_by_overall_sparsity():
+    scan = {"layers": {
+        "conv1": {"size": 100, "sparsity": {0.5: 1.0, 0.9: 20.0}, "clusters": {16: 0.0, 4: 2.0}, "bits": {4: 0.0}},
+        "dense": {"size": 900, "sparsity": {0.5: 0.0, 0.9: 0.5, 0.95: 3.0}, "clusters": {16: 0.0, 4: 0.25},
+                  "bits": {4: 1.0}},
+    }}
+    p = layer_budgets(scan, max_drop=0.5)
+    assert p["sparsity"] == {"conv1": 0.25, "dense": 0.9} and p["tolerance"] == 0.5
+    assert p["clusters"] == {"conv1": 16, "dense": 4} and p["bits"] == {"conv1": 4, "dense": 8}
+    assert p["overall_sparsity"] == pytest.approx((100 * 0.25 + 900 * 0.9) / 1000)
+    p = layer_budgets(scan, target_sparsity=0.9)
+    assert p["overall_sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert p["sparsity"]["dense"] > 0.9 > p["sparsity"]["conv1"]  # the insensitive big layer takes the pruning
+    assert layer_budgets(scan, max_drop=100.0, max_sparsity=0.92)["sparsity"] == {"conv1": 0.9, "dense": 0.92}
+    # a drop that falls back at a higher sparsity (noise) does not let the plan jump over the worse point
+    bumpy = {"layers": {"d": {"size": 10, "sparsity": {0.5: 2.0, 0.9: 0.0}}}}
+    assert layer_budgets(bumpy, max_drop=1.0)["sparsity"] == {"d": 0.25}
+
+
+def test_budgets_bad_input_names_the_value():
+    scan = {"layers": {"d": {"size": 10, "sparsity": {0.5: 0.0, 0.9: 1.0}}}}
+    with pytest.raises(ConfigError, match="exactly one of max_drop"):
+        layer_budgets(scan)
+    with pytest.raises(ConfigError, match="exactly one of max_drop"):
+        layer_budgets(scan, max_drop=1.0, target_sparsity=0.5)
+    with pytest.raises(ConfigError, match=r"target_sparsity=0.95 is beyond what the scan covers \(at most 0.900"):
+        layer_budgets(scan, target_sparsity=0.95)
+    with pytest.raises(ConfigError, match="max_drop=-1"):
+        layer_budgets(scan, max_drop=-1)
+    with pytest.raises(ConfigError, match="sensitivity"):
+        layer_budgets({}, max_drop=1.0)
+
+
+def test_kernel_changes():
+    kernel = np.array([[0.1, -0.4], [0.2, 0.8], [0.0, -0.05]], "float32")
+    pruned = magnitude_prune(kernel, 0.5)
+    assert np.count_nonzero(pruned) == 3 and pruned[1, 1] == np.float32(0.8) and pruned[0, 1] == np.float32(-0.4)
+    clustered = kmeans_1d(kernel, 3)
+    assert clustered[2, 0] == 0 and len(set(clustered.ravel().tolist())) <= 3
+    q = fake_quantize(kernel, 8)
+    assert np.abs(q - kernel).max() <= np.abs(kernel).max(axis=0).max() / 127 / 2 + 1e-7
