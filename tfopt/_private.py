@@ -47,7 +47,9 @@ PRIVATE: dict[str, tuple[str, str | None, str]] = {
     "tf_eager_context": (
         "tensorflow.python.eager.context", None,
         "configure_coordination_service: deadlines for multi-worker registration, heartbeats and collectives "
-        "(tf.distribute's public API has no knob for them, and the defaults wait for minutes)"),
+        "(tf.distribute's public API has no knob for them, and the defaults wait for minutes); global_seed: the "
+        "seed tf.random.set_seed set, which resumable dropout masks are drawn from (no public getter exists, and "
+        "random_seed.get_seed advances the op-seed counter)"),
     "tf_coordination_config": (
         "tensorflow.compiler.xla.tsl.protobuf.coordination_config_pb2", None,
         "CoordinatedJob, the job list configure_coordination_service takes"),

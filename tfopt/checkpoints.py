@@ -4,21 +4,25 @@ BackupAndRestore taken after every other callback recorded the epoch, and the st
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import math
 import shutil
+import weakref
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from tfopt import _faults
-from tfopt._io import atomic_path, atomic_write_text, h5_bytes
+from tfopt._io import atomic_path, atomic_write_text, h5_bytes, read_json, write_json
 from tfopt._keras import keras, tf
 from tfopt._private import private
 
-__all__ = ["run_callbacks", "FaultPoints", "backup_damage"]
+__all__ = ["run_callbacks", "resume_callbacks", "FaultPoints", "backup_damage", "resumable_randomness",
+           "remove_backup", "started"]
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +172,9 @@ def backup_damage(backup_dir) -> str | None:
         state = tf.train.get_checkpoint_state(str(folder))
         if state is None or not state.model_checkpoint_path:
             return None if not (folder / "checkpoint").exists() else "its 'checkpoint' file names no checkpoint"
+        # TensorFlow has joined a relative entry to ``folder`` already: the path is absolute or relative to the
+        # working directory (joining it to ``folder`` again discarded every backup of a relative run_dir)
         latest = Path(state.model_checkpoint_path)
-        latest = latest if latest.is_absolute() else folder / latest
         if not latest.resolve().is_relative_to(folder.resolve()):
             return f"its 'checkpoint' file names {str(latest)!r}, outside the backup"
         reader = tf.train.load_checkpoint(str(latest))
@@ -267,13 +272,121 @@ class _ResumeState(keras.callbacks.Callback):
 
 
 class FaultPoints(keras.callbacks.Callback):
-    """The ``epoch:<n>:batch:<k>`` points of the ``TFOPT_FAULT`` testing hook (see ``tfopt._faults``)."""
+    """The ``[<prefix>:]epoch:<n>:batch:<k>`` points of the ``TFOPT_FAULT`` testing hook (see ``tfopt._faults``):
+    ``tfopt.train.fit`` has no prefix, a compression's fine-tuning names its function (``prune:epoch:0:batch:3``)."""
+
+    def __init__(self, prefix: str = ""):
+        super().__init__()
+        self.prefix = f"{prefix}:" if prefix else ""
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        _faults.reached(f"epoch:{self.epoch}:batch:{batch}")
+        _faults.reached(f"{self.prefix}epoch:{self.epoch}:batch:{batch}")
+
+
+HISTORY_ROWS = "history_rows.json"  # in a compression backup: each CSV history's row count when its fit began
+
+
+def _csv_rows(path: Path) -> list | None:
+    """The data rows of the CSV file ``path`` (None when it does not exist)."""
+    if not path.is_file():
+        return None
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+
+
+def _keep_rows(path: Path, keep: int) -> None:
+    """Keep the header and the first ``keep`` rows of the CSV file ``path`` (rewritten atomically)."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    lines = text.splitlines(keepends=True)
+    if len(lines) > keep + 1:
+        atomic_write_text(path, "".join(lines[:keep + 1]))
+
+
+class _ResumeFit(keras.callbacks.Callback):
+    """A compression fine-tuning's resume (after ``_Backup`` restored the state): a reshuffling ``train_ds`` skips
+    the shuffle seeds of the epochs already trained, and each ``CSVLogger`` (append mode) among ``histories``
+    keeps the rows it had when this fit first began plus one per epoch the backup holds (a fit whose epochs are
+    all done keeps its rows: later fits of the same stage wrote after them)."""
+
+    def __init__(self, backup_dir, histories=(), train_ds=None, owner: bool = True):
+        super().__init__()
+        self.marker = Path(backup_dir) / HISTORY_ROWS
+        self.files = [Path(c.filename) for c in histories
+                      if isinstance(c, keras.callbacks.CSVLogger) and getattr(c, "append", False)]
+        self.train_ds = train_ds
+        self.owner = owner
+        self.initial_epoch = 0
+
+    def on_train_begin(self, logs=None):
+        epoch, _ = self.model._maybe_load_initial_counters_from_ckpt(self.params.get("steps"), 0)
+        self.initial_epoch = int(epoch)
+        if self.owner and self.files:
+            self._histories()
+        if self.train_ds is not None:
+            for _ in range(self.initial_epoch):
+                iter(self.train_ds)  # draws (and discards) one epoch's shuffle/augmentation seeds
+
+    def _histories(self) -> None:
+        try:
+            before = read_json(self.marker) if self.marker.is_file() else None
+        except ValueError:  # never half-written (atomic), but a hand-edited file must not stop training
+            before = None
+        if before is None:  # this fit begins for the first time: remember where its rows start
+            write_json(self.marker, {str(f): len(_csv_rows(f) or []) for f in self.files})
+            return
+        if self.initial_epoch >= (self.params.get("epochs") or 0):
+            return
+        for f in self.files:
+            if str(f) in before:
+                _keep_rows(f, int(before[str(f)]) + self.initial_epoch)
+
+
+def resume_callbacks(backup_dir, keep_backup: bool = False, train_ds=None, histories=(), owner: bool = True):
+    """``(first, last)``: the callbacks that make a fine-tuning resumable, to put before and after the others.
+
+    ``first`` restores the BackupAndRestore state in ``backup_dir`` (a damaged one is discarded with a warning)
+    and prepares the resume (:class:`_ResumeFit`); ``last`` takes the end-of-epoch backup after every other
+    callback recorded the epoch. A killed fine-tuning resumes at the start of the epoch it was in.
+
+    Args:
+        backup_dir: String or Path, the folder of the state (``chief/``, ``history_rows.json``).
+        keep_backup: Boolean, keep the state when training ends (a later fit on it trains no epoch).
+        train_ds: The tf.data.Dataset Keras iterates (no strategy), or None: its shuffle seeds are skipped.
+        histories: The other callbacks: the ``CSVLogger`` ones with ``append=True`` are kept in step.
+        owner: Boolean, this process writes the state's files (False: a non-chief worker sharing the chief's).
+
+    >>> first, last = resume_callbacks("/tmp/tfopt-doc-backup")
+    >>> [type(c).__name__ for c in first + last]
+    ['_Backup', '_ResumeFit', '_BackupLast']
+    """
+    backup = _Backup(str(backup_dir), delete_checkpoint=not keep_backup)
+    return [backup, _ResumeFit(backup_dir, histories, train_ds, owner)], [_BackupLast(backup)]
+
+
+def started(backup_dir) -> bool:
+    """True when a fine-tuning with :func:`resume_callbacks` began in ``backup_dir`` (or a sub-folder of it)."""
+    folder = Path(backup_dir)
+    return folder.is_dir() and any(folder.rglob(HISTORY_ROWS)) or (folder / "chief").is_dir()
+
+
+def remove_backup(backup_dir) -> None:
+    """Remove what :func:`resume_callbacks` left in ``backup_dir`` (its ``chief/`` folder and ``history_rows.json``,
+    also in sub-folders), then the folders left empty; never anything else (a symlink is not followed)."""
+    folder = Path(backup_dir)
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+        if sub.name == "chief":
+            shutil.rmtree(sub, ignore_errors=True)
+    for marker in folder.rglob(HISTORY_ROWS):
+        marker.unlink(missing_ok=True)
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()  # only empty ones go
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def run_callbacks(run_dir, monitor: str = "val_loss", backup_dir=None, keep_backup: bool = False,
@@ -316,3 +429,124 @@ def run_callbacks(run_dir, monitor: str = "val_loss", backup_dir=None, keep_back
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         _BackupLast(backup),
     ]
+
+
+# ------------------------------------------------------------------------------ random layers that resume
+
+
+class _StepSeeded:
+    """Stands in for a layer's tf_keras ``RandomGenerator`` while tfopt trains: every draw (a dropout mask,
+    GaussianNoise, a random augmentation layer's numbers) is a stateless op seeded by the layer's seed, the
+    training step (the optimizer's ``iterations``, which the backup holds), the draw's place in the traced step
+    and the replica. Keras' own generator keeps its state in an op kernel (or, for ``tf.random.Generator``, in a
+    variable it keeps out of checkpoints on purpose), so a resumed run drew other masks than the run it continues.
+    ``_rng_type`` stays the layer's own: its config (what is saved) does not change.
+    """
+
+    def __init__(self, original, seed: int, step):
+        self._original = original
+        self._rng_type = original._rng_type
+        self._seed = int(seed)
+        self._step = step
+        self._draws = weakref.WeakKeyDictionary()  # traced graph -> draws made in it so far
+
+    def __getattr__(self, name):  # anything else a layer might read
+        return getattr(self._original, name)
+
+    def _maybe_init(self):
+        pass
+
+    def make_legacy_seed(self):
+        return None
+
+    def make_seed_for_stateless_op(self, nonce=None):
+        graph = tf.compat.v1.get_default_graph()
+        draw = self._draws.get(graph, 0)
+        self._draws[graph] = draw + 1
+        seed = tf.random.experimental.stateless_fold_in(tf.constant([self._seed, draw], tf.int64),
+                                                        tf.cast(self._step, tf.int64))
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            seed = tf.random.experimental.stateless_fold_in(seed, replica.replica_id_in_sync_group)
+        return seed if not nonce else tf.random.experimental.stateless_fold_in(seed, nonce)
+
+    def random_uniform(self, shape, minval=0.0, maxval=None, dtype=None, nonce=None):
+        return tf.random.stateless_uniform(shape, self.make_seed_for_stateless_op(nonce), minval=minval,
+                                           maxval=maxval, dtype=dtype or keras.backend.floatx())
+
+    def random_normal(self, shape, mean=0.0, stddev=1.0, dtype=None, nonce=None):
+        return tf.random.stateless_normal(shape, self.make_seed_for_stateless_op(nonce), mean=mean, stddev=stddev,
+                                          dtype=dtype or keras.backend.floatx())
+
+    def truncated_normal(self, shape, mean=0.0, stddev=1.0, dtype=None, nonce=None):
+        return tf.random.stateless_truncated_normal(shape, self.make_seed_for_stateless_op(nonce), mean=mean,
+                                                    stddev=stddev, dtype=dtype or keras.backend.floatx())
+
+    def dropout(self, inputs, rate, noise_shape=None):
+        return tf.nn.experimental.stateless_dropout(inputs, rate=rate, noise_shape=noise_shape,
+                                                    seed=self.make_seed_for_stateless_op())
+
+
+def _all_layers(model):
+    """Every layer under ``model``: nested models' layers and the layers tfmot wrappers hold."""
+    seen, stack = set(), list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop(0)
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer
+        stack.extend(getattr(layer, "layers", None) or [])
+        inner = getattr(layer, "layer", None)
+        if isinstance(inner, keras.layers.Layer):
+            stack.append(inner)
+
+
+def _global_seed() -> int:
+    """TensorFlow's global seed (``tf.random.set_seed``, ``tfopt.set_seed``), 0 when none is set; read without
+    drawing anything (``tf.random`` has no public getter that does not advance the op-seed counter)."""
+    return int(private("tf_eager_context").global_seed() or 0)
+
+
+@contextlib.contextmanager
+def resumable_randomness(model):
+    """Within the block, ``model``'s random layers draw from (layer seed, training step) alone: a run resumed
+    from a backup draws the same dropout masks as the run it continues, so it ends with the same weights.
+
+    Each layer whose tf_keras generator is stateful (the default "legacy_stateful", or "stateful") gets a
+    :class:`_StepSeeded` stand-in for the block, seeded by the layer's own ``seed`` or else by its name and
+    TensorFlow's global seed; a layer the user made "stateless" keeps its generator. The step is
+    ``model.optimizer.iterations``. ``model``'s traced train step is dropped so that the next ``fit`` traces
+    with the stand-ins. Masks within one step are drawn per layer, per draw in the step and per replica.
+
+    Args:
+        model: The compiled tf_keras model about to be trained (its optimizer's ``iterations`` is the step).
+
+    >>> m = keras.Sequential([keras.layers.Dropout(0.5, input_shape=(4,))])
+    >>> m.compile("sgd", "mse")
+    >>> with resumable_randomness(m):
+    ...     type(m.layers[0]._random_generator).__name__
+    '_StepSeeded'
+    >>> type(m.layers[0]._random_generator).__name__
+    'RandomGenerator'
+    """
+    optimizer = getattr(model, "optimizer", None)
+    swapped = []
+    if optimizer is not None:
+        salt = _global_seed()
+        for layer in _all_layers(model):
+            generator = getattr(layer, "_random_generator", None)
+            if generator is None or getattr(generator, "_rng_type", None) not in ("legacy_stateful", "stateful"):
+                continue
+            own = getattr(layer, "seed", None)
+            seed = own if isinstance(own, int) else zlib.crc32(layer.name.encode()) + 1_000_003 * salt
+            # set past Keras' attribute tracking: the stand-in never joins the layer's checkpoint or weights
+            object.__setattr__(layer, "_random_generator", _StepSeeded(generator, seed % 2**62, optimizer.iterations))
+            swapped.append((layer, generator))
+    if swapped:
+        model.train_function = None  # a step traced before the swap would keep drawing from the old generators
+    try:
+        yield model
+    finally:
+        for layer, generator in swapped:
+            object.__setattr__(layer, "_random_generator", generator)

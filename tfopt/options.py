@@ -146,7 +146,7 @@ class Field:
         choices: Tuple or None, the allowed values (None is always allowed when NONE is in kinds).
         section: String or None, the kind of nested section the value is, checked by whoever reads it:
             "model" (a builder and its arguments), "data" (a data section), "variants" (export variants),
-            "space" (a search space).
+            "space" (a search space), "stage" (the name of an earlier stage that makes a model).
         help: String, one line saying what the option does (``tfopt techniques`` prints it).
     """
 

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from tfopt import _faults, distribute
-from tfopt.checkpoints import FaultPoints, run_callbacks
+from tfopt.checkpoints import FaultPoints, resumable_randomness, run_callbacks
 from tfopt._keras import check_model, keras, tf
 from tfopt._model import compile_like, count_steps, strategy_scope
 from tfopt.errors import ConfigError, TrainingError, check_range
@@ -250,9 +250,11 @@ def fit(
         all_callbacks = run_callbacks(write_dir, monitor, backup_dir=Path(backup_dir or Path(run_dir) / "backup"),
                                       keep_backup=keep_backup, train_ds=same_data) + all_callbacks
     try:
-        # replicas average their own rows: pad and weigh the batches that do not split evenly (the partial last one)
-        history = trained.fit(distribute.even_batches(train_ds, strategy), validation_data=val_ds, epochs=epochs,
-                              callbacks=all_callbacks, verbose=keras_verbose(verbose))
+        # replicas average their own rows: pad and weigh the batches that do not split evenly (the partial last one);
+        # dropout masks come from (layer, step): a resumed run draws those of the run it continues
+        with resumable_randomness(trained):
+            history = trained.fit(distribute.even_batches(train_ds, strategy), validation_data=val_ds, epochs=epochs,
+                                  callbacks=all_callbacks, verbose=keras_verbose(verbose))
     finally:
         # tf_keras trap: BackupAndRestore deletes model._training_state at the end of training, and the
         # next fit() on the same model then fails with AttributeError. Put the attribute back.

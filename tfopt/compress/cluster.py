@@ -10,10 +10,10 @@ from __future__ import annotations
 from tfopt._keras import check_model, tf, tfmot
 from tfopt._private import private
 from tfopt._model import compile_like, private_copy, strategy_scope, wrap_layers
+from tfopt.compress._fit import TEACHER_OPTIONS, compression_fit, distillation_settings, stage_resume, stage_teacher
 from tfopt.compress.inspect import cluster_counts, clusterable_weights, match_layers, sparsity, walk_layers
 from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_choice
 from tfopt.options import BOOL, NONE, at_least, options_from, positive
-from tfopt.progress import keras_verbose
 from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["cluster", "INITS"]
@@ -106,6 +106,11 @@ def cluster(
     learning_rate: float = 1e-5,
     strategy=None,
     verbose="auto",
+    teacher=None,
+    temperature: float | None = None,
+    alpha: float | None = None,
+    backup_dir=None,
+    keep_backup: bool = False,
 ):
     """Fine-tune a copy of ``model`` with weight clustering and return it stripped (<= n_clusters values per kernel).
 
@@ -125,6 +130,11 @@ def cluster(
         learning_rate: Float, the rate of the default Adam.
         strategy: tf.distribute strategy or None; the wrapped model is built in its scope.
         verbose: "auto", 0, 1 or 2, as in ``tfopt.train.fit``.
+        teacher: tf_keras model or None: distil the fine-tuning from it (e.g. the unclustered model).
+        temperature: Float > 0 or None, the distillation temperature (None: ``distill``'s default).
+        alpha: Float in [0, 1] or None, the weight of the task loss (None: ``distill``'s default).
+        backup_dir: String, Path or None: keep a resumable state there (see ``prune``).
+        keep_backup: Boolean, keep that state when fine-tuning ends.
 
     Returns:
         The stripped, compiled tf_keras model; ``cluster_counts(model)`` shows the distinct values per kernel.
@@ -137,6 +147,7 @@ def cluster(
     """
     check_model(model, "cluster")
     _validate(n_clusters, init, epochs, preserve_sparsity)
+    temperature, alpha = distillation_settings(teacher, temperature, alpha, model)
     before = sparsity(model)["layers"] if preserve_sparsity else {}
     params = {
         "number_of_clusters": n_clusters,
@@ -166,8 +177,9 @@ def cluster(
                 f"{' per channel' if per_channel else ''}; use fewer clusters"
             )
         compile_like(wrapped, model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
-    wrapped.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=list(callbacks),
-                verbose=keras_verbose(verbose))
+    compression_fit(wrapped, train_ds, epochs, val_ds=val_ds, callbacks=callbacks, verbose=verbose, strategy=strategy,
+                    backup_dir=backup_dir, keep_backup=keep_backup, teacher=teacher, temperature=temperature,
+                    alpha=alpha, what="cluster")
     stripped = tfmot.clustering.keras.strip_clustering(wrapped)
     with strategy_scope(strategy):
         # strip_clustering rebuilds the layers of nested sub-models with weights named "kernel:0", not
@@ -187,8 +199,8 @@ def _run_stage(inputs, o: dict):
     train_ds, val_ds, _ = inputs.load()
     clustered = cluster(inputs.model(), train_ds, n_clusters=o["n_clusters"], init=o["init"],
                         per_channel=o["per_channel"], preserve_sparsity=bool(o["preserve_sparsity"]),
-                        epochs=o["epochs"], val_ds=val_ds, callbacks=inputs.history(),
-                        learning_rate=o["learning_rate"], verbose=inputs.verbose)
+                        epochs=o["epochs"], val_ds=val_ds, learning_rate=o["learning_rate"], verbose=inputs.verbose,
+                        **stage_teacher(inputs, o), **stage_resume(inputs))
     counts = cluster_counts(clustered)
     metrics = {"n_clusters": o["n_clusters"], "cluster_counts": counts["layers"],
                "sparsity": sparsity(clustered)["overall"], **inputs.held_out(clustered, val_ds)}
@@ -205,7 +217,8 @@ def _apply(model, train_ds, n_clusters, epochs=1, preserve_sparsity=False, strat
 
 TECHNIQUE = register_technique(Technique(
     "cluster",
-    options_from(cluster, ["n_clusters", "init", "per_channel", "preserve_sparsity", "epochs", "learning_rate"],
+    options_from(cluster, ["n_clusters", "init", "per_channel", "preserve_sparsity", "epochs", "learning_rate",
+                           *TEACHER_OPTIONS], **TEACHER_OPTIONS,
                  n_clusters={"check": at_least(2), "help": "centroids per kernel"},
                  init={"choices": tuple(INITS)},
                  preserve_sparsity={"kinds": (BOOL, NONE), "default": None,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from tfopt._keras import check_model, keras, serializable, tf
 from tfopt._model import compile_like, count_steps, outputs_logits, strategy_scope
+from tfopt.compress._fit import compression_fit, stage_resume
 from tfopt.errors import ConfigError, check_range
 from tfopt.options import INT, MAP, NONE, Field, at_least, in_unit, options_from, positive
-from tfopt.progress import keras_verbose
 from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["distill", "distillation_loss", "Distiller"]
@@ -120,8 +120,11 @@ class Distiller(keras.Model):
         x, y, w = keras.utils.unpack_x_y_sample_weight(data)  # (x, y, w) from balance="class_weight"
         with tf.GradientTape() as tape:
             total, hard, soft, student_logits = self._distill_losses(x, y, training=True, sample_weight=w)
+            # each replica averages its own rows and the optimizer sums the replicas' gradients: divide by the
+            # replicas, as Keras' compiled loss does, or N replicas train at N times the rate
+            scaled = total / tf.cast(self.distribute_strategy.num_replicas_in_sync, total.dtype)
         variables = self.student.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         return self._record(y, total, hard, soft, student_logits)
 
     def test_step(self, data):
@@ -167,6 +170,8 @@ def distill(
     callbacks=(),
     strategy=None,
     verbose="auto",
+    backup_dir=None,
+    keep_backup: bool = False,
 ):
     """Train ``student`` to match ``teacher``'s soft targets and the hard labels; return the student.
 
@@ -188,6 +193,8 @@ def distill(
         callbacks: Sequence of Keras callbacks (they see the Distiller as ``self.model``).
         strategy: tf.distribute.Strategy or None.
         verbose: "auto", 0, 1 or 2, as in ``fit``.
+        backup_dir: String, Path or None: keep a resumable state there (see ``tfopt.compress.prune``).
+        keep_backup: Boolean, keep that state when training ends.
 
     >>> student = distill(teacher, student, train_ds, temperature=4.0, alpha=0.1)  # doctest: +SKIP
     """
@@ -200,11 +207,13 @@ def distill(
         raise ConfigError(f"epochs={epochs!r} must be an integer >= 1")
     _check_shapes(teacher, student)
     count_steps(train_ds, "train_ds")
+    _logits_fn(student, "student")  # a sigmoid student is refused before anything runs
     with strategy_scope(strategy):
-        distiller = Distiller(student, teacher, temperature=temperature, alpha=alpha)
-        distiller.compile(optimizer=optimizer or keras.optimizers.Adam(learning_rate))
-    distiller.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=list(callbacks),
-                  verbose=keras_verbose(verbose))
+        compile_like(student, optimizer=optimizer or keras.optimizers.Adam(learning_rate))
+    # the Distiller is made there: resumable, even batches under a strategy
+    compression_fit(student, train_ds, epochs, val_ds=val_ds, callbacks=callbacks, verbose=verbose, strategy=strategy,
+                    backup_dir=backup_dir, keep_backup=keep_backup, teacher=teacher, temperature=temperature,
+                    alpha=alpha, what="distill")
     compile_like(student, learning_rate=learning_rate)
     return student
 
@@ -219,8 +228,7 @@ def _run_stage(inputs, o: dict):
     student = inputs.build(o["student"], info)
     epochs = o["epochs"] or inputs.training["epochs"]
     student = distill(teacher, student, train_ds, temperature=o["temperature"], alpha=o["alpha"], epochs=epochs,
-                      val_ds=val_ds, learning_rate=o["learning_rate"], callbacks=inputs.history(),
-                      verbose=inputs.verbose)
+                      val_ds=val_ds, learning_rate=o["learning_rate"], verbose=inputs.verbose, **stage_resume(inputs))
     teacher_metrics = inputs.held_out(teacher, val_ds)
     metrics = {"epochs": epochs, "teacher_val_accuracy": teacher_metrics["val_accuracy"],
                "teacher_params": teacher_metrics["params"], **inputs.held_out(student, val_ds)}

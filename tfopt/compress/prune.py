@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from tfopt._keras import check_model, tfmot
 from tfopt._model import compile_like, count_steps, private_copy, strategy_scope, wrap_layers
+from tfopt.compress._fit import TEACHER_OPTIONS, compression_fit, distillation_settings, stage_resume, stage_teacher
 from tfopt.compress.inspect import m_by_n_ok, match_layers, prunable_weights, sparsity, walk_layers
 from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_choice, check_range
 from tfopt.options import LIST, NONE, STR, at_least, in_unit, int_list, options_from, positive
-from tfopt.progress import keras_verbose
 from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["prune", "pruning_schedule"]
@@ -172,6 +172,11 @@ def prune(
     verbose="auto",
     check: bool = True,
     return_report: bool = False,
+    teacher=None,
+    temperature: float | None = None,
+    alpha: float | None = None,
+    backup_dir=None,
+    keep_backup: bool = False,
 ):
     """Fine-tune a copy of ``model`` with magnitude pruning and return it stripped (plain layers, zeros in kernels).
 
@@ -200,6 +205,13 @@ def prune(
         check: Boolean, raise CompressionError when a pruned layer ends more than a point below target
             (or breaks the m-by-n pattern).
         return_report: Boolean, return ``(model, report)`` with the schedule and the sparsity reached.
+        teacher: tf_keras model or None: distil the fine-tuning from it (e.g. ``model`` itself, the
+            uncompressed model): ``alpha * task loss + (1 - alpha) * T**2 * KL(teacher_T || student_T)``.
+        temperature: Float > 0 or None, the distillation temperature (None: ``distill``'s default).
+        alpha: Float in [0, 1] or None, the weight of the task loss (None: ``distill``'s default).
+        backup_dir: String, Path or None: keep a resumable state there; a call killed mid-way and made again
+            with the same ``backup_dir`` resumes at the epoch it was in (see ``compression_fit``).
+        keep_backup: Boolean, keep that state when fine-tuning ends (a later call restores it, training nothing).
 
     Returns:
         The stripped, compiled tf_keras model (or ``(model, report)``); inspect it with ``sparsity(model)``.
@@ -210,6 +222,7 @@ def prune(
     """
     check_model(model, "prune")
     _validate(target_sparsity, initial_sparsity, epochs, schedule, frequency)
+    temperature, alpha = distillation_settings(teacher, temperature, alpha, model)
     m_by_n = _check_m_by_n(m_by_n) if m_by_n is not None else None
     policy = _resolve_policy(policy)
     steps_per_epoch = count_steps(train_ds)
@@ -227,13 +240,10 @@ def prune(
         except ValueError as err:
             raise UnsupportedLayerError(f"prune: tfmot cannot wrap the model's layers {names}: {err}") from err
         compile_like(wrapped, model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
-    wrapped.fit(
-        train_ds,
-        epochs=epochs,
-        validation_data=val_ds,
-        callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks],
-        verbose=keras_verbose(verbose),
-    )
+    compression_fit(wrapped, train_ds, epochs, val_ds=val_ds,
+                    callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks], verbose=verbose,
+                    strategy=strategy, backup_dir=backup_dir, keep_backup=keep_backup, teacher=teacher,
+                    temperature=temperature, alpha=alpha, what="prune")
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     with strategy_scope(strategy):
         compile_like(stripped, model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
@@ -267,7 +277,8 @@ def _run_stage(inputs, o: dict):
     pruned = prune(inputs.model(), train_ds, o["target_sparsity"], epochs=o["epochs"], schedule=o["schedule"],
                    initial_sparsity=o["initial_sparsity"], frequency=o["frequency"],
                    m_by_n=tuple(o["m_by_n"]) if o["m_by_n"] else None, policy=o["policy"], val_ds=val_ds,
-                   callbacks=inputs.history(), learning_rate=o["learning_rate"], verbose=inputs.verbose)
+                   learning_rate=o["learning_rate"], verbose=inputs.verbose, **stage_teacher(inputs, o),
+                   **stage_resume(inputs))
     reached = sparsity(pruned)
     metrics = {"target_sparsity": o["target_sparsity"], "sparsity": reached["overall"],
                "layer_sparsity": reached["layers"], **inputs.held_out(pruned, val_ds)}
@@ -284,7 +295,7 @@ def _apply(model, train_ds, target_sparsity, epochs=1, strategy=None, verbose=0)
 TECHNIQUE = register_technique(Technique(
     "prune",
     options_from(prune, ["target_sparsity", "epochs", "schedule", "initial_sparsity", "frequency", "m_by_n", "policy",
-                         "learning_rate"],
+                         "learning_rate", *TEACHER_OPTIONS], **TEACHER_OPTIONS,
                  target_sparsity={"check": in_unit(), "help": "the fraction of zeros wanted in each pruned kernel"},
                  epochs={"default": 2, "check": at_least(1),
                          "help": "fine-tuning epochs (2 in a recipe: the schedule needs steps to reach its target)"},

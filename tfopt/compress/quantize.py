@@ -19,9 +19,9 @@ import re
 from tfopt._io import atomic_write_bytes, h5_bytes
 from tfopt._keras import check_model, keras, tf, tfmot
 from tfopt._model import compile_like, count_steps, flatten_model, outputs_logits, strategy_scope
+from tfopt.compress._fit import TEACHER_OPTIONS, compression_fit, distillation_settings, stage_resume, stage_teacher
 from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_range
 from tfopt.options import BOOL, NONE, at_least, options_from, positive
-from tfopt.progress import keras_verbose
 from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["quantize_aware", "save_quantized", "load_quantized", "quantize_scheme", "QAT_SCHEMES"]
@@ -187,6 +187,11 @@ def quantize_aware(
     strategy=None,
     verbose="auto",
     return_report: bool = False,
+    teacher=None,
+    temperature: float | None = None,
+    alpha: float | None = None,
+    backup_dir=None,
+    keep_backup: bool = False,
 ):
     """Quantization-aware fine-tuning of ``model`` with tfmot's 8-bit scheme.
 
@@ -208,6 +213,11 @@ def quantize_aware(
         strategy: tf.distribute.Strategy or None.
         verbose: "auto", 0, 1 or 2, as in ``fit``.
         return_report: Boolean, also return ``{"quantized": [...], "float": {name: reason}, "scheme": name}``.
+        teacher: tf_keras model or None: distil the fine-tuning from it (e.g. the float model).
+        temperature: Float > 0 or None, the distillation temperature (None: ``distill``'s default).
+        alpha: Float in [0, 1] or None, the weight of the task loss (None: ``distill``'s default).
+        backup_dir: String, Path or None: keep a resumable state there (see ``prune``).
+        keep_backup: Boolean, keep that state when fine-tuning ends.
 
     Returns:
         The QAT model, or ``(model, report)`` when ``return_report``.
@@ -221,6 +231,7 @@ def quantize_aware(
         raise ConfigError(f"epochs={epochs!r} must be an integer >= 0")
     check_range("epochs", epochs, 0)
     check_range("learning_rate", learning_rate, 0, low_open=True)
+    temperature, alpha = distillation_settings(teacher, temperature, alpha, model)
     if epochs:
         count_steps(train_ds, "train_ds")
     scheme_name, scheme = quantize_scheme(preserve_sparsity, preserve_clusters)
@@ -245,8 +256,9 @@ def quantize_aware(
         compile_like(qat, source=model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
     masks = _sparsity_masks(qat) if preserve_sparsity else []
     if epochs:
-        qat.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=list(callbacks),
-                verbose=keras_verbose(verbose))
+        compression_fit(qat, train_ds, epochs, val_ds=val_ds, callbacks=callbacks, verbose=verbose, strategy=strategy,
+                        backup_dir=backup_dir, keep_backup=keep_backup, teacher=teacher, temperature=temperature,
+                        alpha=alpha, what="quantize_aware")
     _keep_zeros(masks)
     return (qat, report) if return_report else qat
 
@@ -313,8 +325,8 @@ def _run_stage(inputs, o: dict):
     qat, report = quantize_aware(inputs.model(), train_ds, epochs=o["epochs"],
                                  preserve_sparsity=bool(o["preserve_sparsity"]),
                                  preserve_clusters=bool(o["preserve_clusters"]), val_ds=val_ds,
-                                 callbacks=inputs.history(), learning_rate=o["learning_rate"],
-                                 verbose=inputs.verbose, return_report=True)
+                                 learning_rate=o["learning_rate"], verbose=inputs.verbose, return_report=True,
+                                 **stage_teacher(inputs, o), **stage_resume(inputs))
     metrics = {"report": report, **inputs.held_out(qat, val_ds)}
     return StageResult(qat, metrics, f"{len(report['quantized'])} layers quantized ({report['scheme']}), "
                                      f"val accuracy {metrics['val_accuracy']:.4f}")
@@ -323,7 +335,8 @@ def _run_stage(inputs, o: dict):
 _UNSET = "(unset: whether a {} stage came before)"
 TECHNIQUE = register_technique(Technique(
     "quantize_aware",
-    options_from(quantize_aware, ["epochs", "preserve_sparsity", "preserve_clusters", "learning_rate"],
+    options_from(quantize_aware, ["epochs", "preserve_sparsity", "preserve_clusters", "learning_rate",
+                                  *TEACHER_OPTIONS], **TEACHER_OPTIONS,
                  epochs={"check": at_least(0)},
                  preserve_sparsity={"kinds": (BOOL, NONE), "default": None,
                                     "help": "keep a pruned model's zeros (PQAT) " + _UNSET.format("prune")},

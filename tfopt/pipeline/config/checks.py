@@ -276,6 +276,11 @@ def check_order(stages: list, model_spec, problems) -> None:
         for key, field in technique.options.items():
             if field.section == "variants":
                 _check_variants(spec, key, path, models_so_far, variant_names, problems)
+            elif field.section == "stage" and opts.get(key) is not None:
+                earlier = models_so_far + (["model"] if model_spec is not None and model_spec.path else [])
+                if opts[key] not in earlier:
+                    problems.add(path + (key,), f"{t}: {key}={opts[key]!r} is not an earlier stage that makes a "
+                                                f"model; allowed: {', '.join(earlier) or 'none (no earlier stage)'}")
         states = (states - set(technique.clears)) | set(technique.sets)
         if technique.makes_model:
             models_so_far.append(spec.name)
