@@ -214,3 +214,31 @@ def test_batchnorm_statistics_are_re_estimated_after_the_rebuild():
     assert np.allclose(stale.get_layer(name).moving_mean.numpy(), 0.0)  # a fresh model's statistics, untouched
     assert not np.allclose(fresh.get_layer(name).moving_mean.numpy(), 0.0)
     assert np.corrcoef(fresh.get_layer(name).moving_mean.numpy(), measured)[0, 1] > 0.9
+
+
+def test_attention_heads_and_mlp_neurons_of_a_transformer_prune_and_convert(tmp_path):
+    model = tfopt.models.build("transformer", input_shape=(12, 8), num_classes=3, num_layers=1, num_heads=4,
+                               embed_dim=16, mlp_dim=32)
+    attention = next(layer.name for layer in model.layers if type(layer).__name__ == "MultiHeadAttention")
+    groups = {tuple(g.producers): g.size for g in channel_groups(model).prunable()}
+    assert groups[(f"{attention}:heads",)] == 4 and 32 in groups.values()  # heads and the MLP's hidden neurons
+    layer = model.get_layer(attention)  # heads 2 and 3 write nothing: removing them must change nothing
+    weights = [w.numpy() for w in layer.weights]
+    for i, w in enumerate(layer.weights):
+        if "attention_output/kernel" in w.name:
+            weights[i][2:] = 0.0
+        elif "kernel" in w.name:
+            weights[i][:, 2:] *= 1e-6
+    layer.set_weights(weights)
+    small, report = prune_channels(model, fraction=0.5, layers=[f"{attention}:heads"], epochs=0, verbose=0,
+                                   return_report=True)
+    assert small.get_layer(attention).get_config()["num_heads"] == 2
+    assert report["channels"][f"{attention}:heads"] == {"before": 4, "after": 2}
+    assert flops(small) < flops(model)
+    x = np.random.default_rng(0).random((2, 12, 8), dtype="float32")
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+    small.save(tmp_path / "t.keras")
+    np.testing.assert_allclose(load_model(tmp_path / "t.keras")(x), small(x), atol=1e-6)
+    np.testing.assert_allclose(to_tflite(small).predict(x[:1]), small(x[:1]), atol=1e-4)
+    with pytest.raises(CompressionError, match=f"name '{attention}:heads' to prune its heads"):
+        prune_channels(model, fraction=0.5, layers=[attention], epochs=0)

@@ -4,8 +4,10 @@ A *group* is a set of channels that live or die together: the output channels of
 (Dense, Conv, SeparableConv, Embedding) tied by element-wise merges (a residual ``Add`` ties both branches).
 Each tensor's last axis is a *layout*: a sequence of groups side by side (``Concatenate``), possibly
 flattened over ``spatial`` positions (Flatten -> Dense reads channel c at every position). Followers (BatchNorm,
-LayerNorm, depthwise convolutions) carry a group and are sliced with it. A group touching the model's inputs or
-outputs, or any layer not understood here, is frozen: kept whole, with the reason recorded.
+LayerNorm, depthwise convolutions) carry a group and are sliced with it. A ``MultiHeadAttention`` layer makes a
+group of its heads (``"name:heads"``: a head's query, key, value and output slices go together) and a group of
+its output channels; its inputs are kept whole. A group touching the model's inputs or outputs, or any layer not
+understood here, is frozen: kept whole, with the reason recorded.
 
 >>> from tfopt._keras import keras
 >>> x = keras.Input((8, 8, 3))
@@ -82,6 +84,7 @@ class ChannelGraph:
         self.in_layout: dict[str, Layout] = {}  # layer -> the layout of the input it slices
         self.follower_of: dict[str, Layout] = {}  # follower layer -> the layout it carries
         self.reshapes: dict[str, Layout] = {}  # Reshape layers whose last dimension follows a layout
+        self.heads: dict[str, int] = {}  # attention layer -> its group of heads
         self.macs = flops_by_layer(model)
 
     # ---- groups
@@ -152,6 +155,14 @@ class ChannelGraph:
         layout = self.in_layout.get(name) or self.follower_of.get(name)
         return None if layout is None else self.layout_index(layout, kept)
 
+    def head_index(self, name: str, kept: dict):
+        """Kept heads of an attention layer (all when it has no head group)."""
+        if name not in self.heads:
+            return None
+        gid = self.find(self.heads[name])
+        index = kept.get(gid)
+        return np.arange(self.groups[gid].size) if index is None else np.asarray(index)
+
     def out_index(self, name: str, kept: dict):
         if name in self.producer_of:
             gid = self.find(self.producer_of[name])
@@ -175,7 +186,10 @@ class ChannelGraph:
             if name in self.follower_of:
                 layout = self.follower_of[name]
                 ratio *= self.layout_size(layout, kept) / max(1, self.layout_size(layout))
-            if name in self.producer_of:
+            if name in self.heads:  # every part of attention's work is proportional to its heads
+                gid = self.find(self.heads[name])
+                ratio *= _n(kept.get(gid, self.groups[gid].size)) / self.groups[gid].size
+            if name in self.producer_of and name not in self.heads:
                 gid = self.find(self.producer_of[name])
                 out = _n(kept.get(gid, self.groups[gid].size)) / self.groups[gid].size
                 if layer is not None and type(layer).__name__.startswith("SeparableConv"):
@@ -299,6 +313,13 @@ def _one(graph: ChannelGraph, name, kind, cfg, layer, ins, node):
     """The output layout of one call of a layer, or None when it is not understood."""
     if _unsupported(kind, cfg, layer, ins):
         return None
+    if kind == "MultiHeadAttention":
+        for lay in ins:
+            graph.freeze(lay, f"layer '{name}' (MultiHeadAttention): its query, key and value inputs are kept whole "
+                              "(its heads are pruned)")
+        heads = graph.new(int(cfg["num_heads"]), producer=f"{name}:heads")
+        graph.heads[name] = heads.segments[0][0]
+        return graph.new(_shape(layer.output_shape)[-1], producer=name)
     if kind in PRODUCERS:
         if kind != "Embedding":
             graph.in_layout[name] = ins[0]

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import numpy as np
 
 from tfopt._keras import check_model, keras, tf
 from tfopt._model import compile_like, count_steps, flatten_model, is_qat, recalibrate_batchnorm, strategy_scope, weight_count
+from tfopt.compress._fit import TEACHER_OPTIONS, compression_fit, distillation_settings, stage_resume, stage_teacher
 from tfopt.compress.channel_graph import ChannelGraph, analyse
 from tfopt.errors import CompressionError, ConfigError, check_choice
 from tfopt.flops import flops, flops_by_layer
@@ -68,9 +70,21 @@ def _functional(model):
 # ----------------------------------------------------------------------------------------------- importance
 
 
+def _weight_kind(layer, weight) -> str:
+    """"kernel", "bias", "gamma"...; for attention "query/kernel", "attention_output/bias"..."""
+    parts = weight.name.split(":")[0].split("/")
+    return "/".join(parts[-2:]) if type(layer).__name__ == "MultiHeadAttention" else parts[-1]
+
+
 def _l1(layer_weights: dict, group) -> np.ndarray:
     score = np.zeros(group.size)
     for name in group.producers:
+        if name.endswith(":heads"):  # per head: its query/key/value columns and its output rows
+            for kind, w in layer_weights[name[: -len(":heads")]].items():
+                axis = 0 if kind.startswith("attention_output/") else 1
+                if kind.endswith("kernel"):
+                    score += np.abs(np.moveaxis(w, axis, 0)).reshape(w.shape[axis], -1).mean(axis=1)
+            continue
         for kind, w in layer_weights[name].items():
             if kind in ("kernel", "pointwise_kernel", "embeddings"):
                 score += np.abs(w).reshape(-1, w.shape[-1]).mean(axis=0)
@@ -90,6 +104,8 @@ def _taylor(model, graph, train_ds, batches: int) -> dict:
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     owners = {}  # weight -> (group, axis -1 is the channel axis)
     for group in graph.prunable():
+        if any(name.endswith(":heads") or name in graph.heads for name in group.producers):
+            continue  # attention's groups are scored by l1
         for name in group.producers + group.followers:
             for w in model.get_layer(name).trainable_weights:
                 kind = w.name.split("/")[-1].split(":")[0]
@@ -116,13 +132,10 @@ def _taylor(model, graph, train_ds, batches: int) -> dict:
 def importance_scores(model, graph, importance: str = "l1", train_ds=None, batches: int = 8) -> dict:
     """Per prunable group id, one score per channel (higher = more important), normalised to mean 1 per group so
     groups can be ranked together."""
-    layer_weights = {layer.name: {w.name.split("/")[-1].split(":")[0]: w.numpy() for w in layer.weights}
-                     for layer in model.layers}
-    if importance == "taylor":
-        raw = _taylor(model, graph, train_ds, batches)
-    else:
-        raw = {}
-        for group in graph.prunable():
+    layer_weights = {layer.name: {_weight_kind(layer, w): w.numpy() for w in layer.weights} for layer in model.layers}
+    raw = _taylor(model, graph, train_ds, batches) if importance == "taylor" else {}
+    for group in graph.prunable():
+        if group.gid not in raw or not raw[group.gid].any():  # (attention's groups: l1 also under 'taylor')
             score = _bn(layer_weights, group) if importance == "bn" else None
             raw[group.gid] = score if score is not None else _l1(layer_weights, group)
     return {gid: s / (s.mean() if s.mean() > 0 else 1.0) for gid, s in raw.items()}
@@ -180,6 +193,10 @@ def rebuild(model, graph, kept: dict, strategy=None):
         out = graph.out_index(name, kept)
         if kind in _CHANNEL_KEYS and name in graph.producer_of and out is not None:
             entry["config"][_CHANNEL_KEYS[kind]] = int(len(out))
+        if kind == "MultiHeadAttention" and name in graph.heads:
+            entry["config"]["num_heads"] = int(len(graph.head_index(name, kept)))
+            if len(out) < model.get_layer(name).output_shape[-1]:
+                entry["config"]["output_shape"] = [int(len(out))]
         if kind == "Reshape" and name in graph.reshapes:
             target = list(entry["config"]["target_shape"])
             target[-1] = int(graph.layout_size(graph.reshapes[name], kept))
@@ -191,11 +208,9 @@ def rebuild(model, graph, kept: dict, strategy=None):
             if not old.weights:
                 continue
             in_idx, out_idx = graph.in_index(layer.name, kept), graph.out_index(layer.name, kept)
-            new = []
-            for w in old.weights:
-                kind = w.name.split("/")[-1].split(":")[0]
-                new.append(_slice(kind, w.numpy(), in_idx, out_idx))
-            layer.set_weights(new)
+            heads = graph.head_index(layer.name, kept)
+            layer.set_weights([_slice_attention(_weight_kind(old, w), w.numpy(), heads, out_idx) if heads is not None
+                               else _slice(_weight_kind(old, w), w.numpy(), in_idx, out_idx) for w in old.weights])
     return small
 
 
@@ -209,6 +224,16 @@ def _slice(kind: str, value: np.ndarray, in_idx, out_idx) -> np.ndarray:
                                         "moving_mean", "moving_variance", "alpha"):
         value = np.take(value, out_idx, axis=-1)
     return value
+
+
+def _slice_attention(kind: str, value: np.ndarray, heads, out_idx) -> np.ndarray:
+    """One attention weight with the kept heads: query/key/value kernels [d, heads, k] and biases [heads, k],
+    the output kernel [heads, v, d_out] (and its bias [d_out]) with the kept output channels too."""
+    if kind.startswith("attention_output/"):
+        if kind.endswith("kernel"):
+            value = np.take(value, heads, axis=0)
+        return np.take(value, out_idx, axis=-1)
+    return np.take(value, heads, axis=1 if kind.endswith("kernel") else 0)
 
 
 # --------------------------------------------------------------------------------------------------- public
@@ -260,6 +285,11 @@ def prune_channels(
     strategy=None,
     verbose="auto",
     return_report: bool = False,
+    teacher=None,
+    temperature: float | None = None,
+    alpha: float | None = None,
+    backup_dir=None,
+    keep_backup: bool = False,
 ):
     """Remove whole channels from ``model`` (a smaller, rebuilt tf_keras model) and fine-tune it.
 
@@ -290,6 +320,12 @@ def prune_channels(
         verbose: "auto", 0, 1 or 2, as in ``tfopt.train.fit``.
         return_report: Boolean, return ``(model, report)``: channels per layer, parameters, multiply-adds, the
             layers kept whole and why.
+        teacher: tf_keras model or None: distil each step's fine-tuning from it (e.g. ``model`` itself).
+        temperature: Float > 0 or None, the distillation temperature (None: ``distill``'s default).
+        alpha: Float in [0, 1] or None, the weight of the task loss (None: ``distill``'s default).
+        backup_dir: String, Path or None: keep a resumable state there, one ``step<k>/`` folder per step (see
+            ``tfopt.compress.prune``); a call made again after a kill resumes in the step and epoch it was in.
+        keep_backup: Boolean, keep that state when fine-tuning ends.
 
     Returns:
         The compiled smaller model (or ``(model, report)``).
@@ -298,6 +334,7 @@ def prune_channels(
     """
     check_model(model, "prune_channels")
     _check(fraction, target_flops, importance, scope, steps, max_fraction, min_channels, round_to, epochs, train_ds)
+    temperature, alpha = distillation_settings(teacher, temperature, alpha, model)
     current = _functional(model)
     graph = analyse(current)
     only = _check_layers(layers, current, graph)
@@ -335,8 +372,10 @@ def prune_channels(
             print(f"prune_channels step {step}/{steps}: multiply-adds {flops(current):,} -> {flops(small):,}",
                   flush=True)
         if epochs:
-            small.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=list(callbacks),
-                      verbose=keras_verbose(verbose))
+            compression_fit(small, train_ds, epochs, val_ds=val_ds, callbacks=callbacks, verbose=verbose,
+                            strategy=strategy, backup_dir=None if backup_dir is None else Path(backup_dir) / f"step{step}",
+                            keep_backup=keep_backup, teacher=teacher, temperature=temperature, alpha=alpha,
+                            what="prune_channels")
             recalibrate_batchnorm(small, train_ds, recalibrate)  # statistics lag weights trained at a high rate
         current = small
     after = analyse(current).channels()
@@ -378,16 +417,18 @@ def _check_layers(layers, model, graph):
     if layers is None:
         return None
     names = [layers] if isinstance(layers, str) else list(layers)
-    known = {layer.name for layer in model.layers}
+    known = {layer.name for layer in model.layers} | {f"{name}:heads" for name in graph.heads}
     for name in names:
         if name not in known:
-            raise ConfigError(f"layers: no layer {name!r} in {model.name!r}; layers: {', '.join(sorted(known))}")
+            raise ConfigError(f"layers: no layer {name!r} in {model.name!r}; layers (and attention heads, "
+                              f"'NAME:heads'): {', '.join(sorted(known))}")
         if name not in graph.producer_of:
             raise CompressionError(f"layers: {name!r} ({type(model.get_layer(name)).__name__}) has no output "
                                    "channels prune_channels can remove (Dense, Conv and SeparableConv layers do)")
         group = graph.groups[graph.find(graph.producer_of[name])]
         if group.frozen:
-            raise CompressionError(f"layers: {name!r}'s channels must be kept whole: {group.frozen[0]}")
+            heads = f"; name '{name}:heads' to prune its heads" if name in graph.heads else ""
+            raise CompressionError(f"layers: {name!r}'s channels must be kept whole: {group.frozen[0]}{heads}")
     return set(names)
 
 
@@ -401,8 +442,8 @@ def _run_stage(inputs, o: dict):
         inputs.model(), train_ds, fraction=o["fraction"], target_flops=o["target_flops"], importance=o["importance"],
         scope=o["scope"], epochs=o["epochs"], steps=o["steps"], val_ds=val_ds, layers=o["layers"],
         max_fraction=o["max_fraction"], min_channels=o["min_channels"], round_to=o["round_to"],
-        learning_rate=o["learning_rate"], decay=o["decay"], recalibrate=o["recalibrate"], callbacks=inputs.history(), strategy=inputs.strategy,
-        verbose=inputs.verbose, return_report=True)
+        learning_rate=o["learning_rate"], decay=o["decay"], recalibrate=o["recalibrate"], strategy=inputs.strategy,
+        verbose=inputs.verbose, return_report=True, **stage_teacher(inputs, o), **stage_resume(inputs, inputs.strategy))
     metrics = {"flops_before": report["flops"]["before"], "flops_after": report["flops"]["after"],
                "flops_ratio": report["flops"]["ratio"], "params_before": report["params"]["before"],
                "channels": report["channels"], "kept_whole": report["kept_whole"],
@@ -433,7 +474,7 @@ TECHNIQUE = register_technique(Technique(
     "prune_channels",
     options_from(prune_channels, ["fraction", "target_flops", "importance", "scope", "epochs", "steps", "layers",
                                   "max_fraction", "min_channels", "round_to", "learning_rate", "decay",
-                                  "recalibrate"],
+                                  "recalibrate", *TEACHER_OPTIONS], **TEACHER_OPTIONS,
                  fraction={"kinds": (FLOAT, NONE), "check": in_unit(low_open=True),
                            "help": "the share of prunable channels to remove (or give target_flops)"},
                  target_flops={"kinds": (FLOAT, INT, NONE), "check": positive,
