@@ -133,33 +133,77 @@ def _small_transformer():
                  mlp_dim=8, dropout=0.0)
 
 
-def test_tfmot_prunes_the_attention_projections():
-    # tfmot 0.8.1's prune registry lists MultiHeadAttention with its query, key, value and output kernels;
-    # AddPositionEmbedding offers no weight (get_prunable_weights), LayerNormalization and Add none either.
+ATTENTION_KERNELS = [f"block1_attention/{name}/kernel" for name in ("query", "key", "value", "attention_output")]
+
+
+def _small_data(n: int = 64):
+    """Random sequences (6 steps of 4 features) with 3 labels, in batches of 8: enough steps for a schedule."""
+    x = np.random.default_rng(0).normal(size=(n, 6, 4)).astype("float32")
+    return tf.data.Dataset.from_tensor_slices((x, np.arange(n) % 3)).batch(8)
+
+
+def test_prune_reaches_half_sparsity_in_the_four_attention_kernels():
+    # tfopt.compress.prune follows tfmot's registry: MultiHeadAttention's query/key/value/output kernels (held in its
+    # sub-layers) are pruned and measured, each under its own key (the sub-layer named).
+    from tfopt.compress import prune, sparsity
+
     model = _small_transformer()
-    schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, begin_step=0, frequency=1)
-    wrapped = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
-    attention = wrapped.get_layer("prune_low_magnitude_block1_attention")
-    assert [w.name.split("/")[-2] for w in attention.layer.get_prunable_weights()] == [
-        "query", "key", "value", "attention_output"]
-    wrapped.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    x = np.random.default_rng(0).normal(size=(8, 6, 4)).astype("float32")
-    wrapped.fit(x, np.arange(8) % 3, epochs=1, verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
-    stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
-    mha = stripped.get_layer("block1_attention")
-    kernels = [w.numpy() for w in mha.weights if w.name.endswith("kernel:0")]
-    assert len(kernels) == 4 and all(np.mean(k == 0) == 0.5 for k in kernels)
-    assert not np.any(stripped.get_layer("position_embedding").get_weights()[0] == 0)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned, report = prune(model, _small_data(), 0.5, epochs=2, verbose=0, return_report=True)
+    assert "block1_attention" in report["pruned_layers"]
+    assert all(report["reached"][name] >= 0.5 - 1e-6 for name in ATTENTION_KERNELS), report["reached"]
+    measured = sparsity(pruned)
+    assert set(ATTENTION_KERNELS) <= set(measured["layers"])
+    assert {measured["sizes"][name] for name in ATTENTION_KERNELS} == {8 * 2 * 4}  # (embed, heads, key_dim)
+    kernels = [w.numpy() for w in pruned.get_layer("block1_attention").weights if w.name.endswith("kernel:0")]
+    assert [float(np.mean(k == 0)) for k in kernels] == [measured["layers"][name] for name in ATTENTION_KERNELS]
+    # tfopt's AddPositionEmbedding offers tfmot no weight (get_prunable_weights): its position vectors stay whole
+    assert not np.any(pruned.get_layer("position_embedding").get_weights()[0] == 0)
 
 
-def test_prune_reaches_the_target_in_the_dense_layers(rows_transformer):
+def test_prune_names_an_attention_kernel_that_missed_the_target():
+    # The reached-sparsity check reads every attention kernel: masks updated only every 1000 steps never prune.
+    from tfopt.compress import prune
+    from tfopt.errors import CompressionError
+
+    model = _small_transformer()
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(CompressionError, match=r"block1_attention/query/kernel=0\.000.*frequency=1000"):
+        prune(model, _small_data(), 0.5, epochs=1, frequency=1000, verbose=0)
+
+
+def test_cluster_limits_the_attention_kernels_and_the_result_saves(tmp_path):
+    # tfmot clusters MultiHeadAttention's four kernels too; its strip leaves them ahead of the biases in the layer's
+    # weights, which the returned (re-built) model does not inherit: it saves as .keras and .h5 and loads back.
+    from tfopt.compress import cluster, cluster_counts, prune, sparsity
+    from tfopt.saving import load_model
+
+    model = _small_transformer()
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned = prune(model, _small_data(), 0.5, epochs=2, verbose=0)
+    clustered = cluster(pruned, _small_data(), n_clusters=4, preserve_sparsity=True, verbose=0)
+    counts = cluster_counts(clustered)["layers"]
+    assert all(counts[name] <= 4 for name in ATTENTION_KERNELS), counts
+    assert all(sparsity(clustered)["layers"][name] >= 0.5 - 1e-6 for name in ATTENTION_KERNELS)
+    names = [w.name for w in clustered.get_layer("block1_attention").weights]
+    assert names[:2] == ["block1_attention/query/kernel:0", "block1_attention/query/bias:0"]
+    x = np.random.default_rng(1).normal(size=(3, 6, 4)).astype("float32")
+    for name in ("model.keras", "model.h5"):
+        clustered.save(tmp_path / name)
+        loaded = load_model(tmp_path / name)
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), clustered.predict(x, verbose=0), atol=1e-6)
+
+
+def test_prune_reaches_the_target_in_the_dense_and_attention_kernels(rows_transformer):
     from tfopt.compress import prune
 
     model, train_ds, _ = rows_transformer
     pruned, report = prune(model, train_ds.take(8), 0.5, epochs=1, verbose=0, return_report=True)
     dense = ["projection", "block1_mlp1", "block1_mlp2", "block2_mlp1", "block2_mlp2", "logits"]
+    attention = [f"block{i}_attention/{name}/kernel" for i in (1, 2)
+                 for name in ("query", "key", "value", "attention_output")]
     assert set(dense) <= set(report["pruned_layers"])
-    assert all(report["reached"][name] >= 0.49 for name in dense)
+    assert all(report["reached"][name] >= 0.49 for name in dense + attention)
 
 
 def test_quantize_aware_quantizes_the_dense_layers_and_exports_to_int8(rows_transformer):

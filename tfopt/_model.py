@@ -138,8 +138,28 @@ def private_copy(model, where: str):
             "functional or Sequential models: rebuild it with keras.Model(inputs, outputs) or keras.Sequential"
         )
     copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    for source, target in zip(_leaf_layers(model), _leaf_layers(copy)):
+        target.set_weights(_weights_in_order_of(source, target))
     return copy
+
+
+def _leaf_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def _weights_in_order_of(source, target) -> list:
+    """``source``'s weight values in ``target``'s order: by variable name when both hold the same names in another
+    order (tfmot's strip_clustering leaves a MultiHeadAttention's kernels ahead of its biases), else as they are."""
+    values = source.get_weights()
+    names, wanted = [w.name for w in source.weights], [w.name for w in target.weights]
+    if names != wanted and sorted(names) == sorted(wanted) and len(set(names)) == len(names):
+        by_name = dict(zip(names, values))
+        return [by_name[name] for name in wanted]
+    return values
 
 
 def wrap_layers(model, wrap, names: Sequence[str]):

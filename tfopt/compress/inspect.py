@@ -24,17 +24,32 @@ __all__ = [
     "walk_layers",
 ]
 
-# Attributes holding the weights tfmot prunes / clusters in its built-in registries
-# (Dense/Conv*: kernel, SeparableConv*: pointwise_kernel, Embedding: embeddings).
-_KERNEL_ATTRS = ("kernel", "pointwise_kernel", "embeddings")
+_MISSING = object()
 
 
 def _pruning_wrapper():
     return private("tfmot_pruning_wrapper")
 
 
-def _kernel_attrs(layer) -> list:
-    return [getattr(layer, a) for a in _KERNEL_ATTRS if getattr(layer, a, None) is not None]
+def _registry_weights(make, getter: str, layer) -> list:
+    """The weights tfmot's own registry code hands its wrapper for ``layer``, ``layer`` left as it was.
+
+    tfmot's ``make_prunable`` / ``make_clusterable`` set a ``get_prunable_weights`` / ``get_clusterable_weights``
+    method on the layer (what its wrappers call): that method is read here and removed again, so the registry
+    decides (Dense ``kernel``, SeparableConv ``pointwise_kernel``, Embedding ``embeddings``, RNN cells' ``kernel``
+    and ``recurrent_kernel``, MultiHeadAttention's query/key/value/output kernels in its sub-layers), not a second
+    list kept here.
+    """
+    before = vars(layer).get(getter, _MISSING)
+    make(layer)
+    try:
+        found = getattr(layer, getter)()
+    finally:
+        if before is _MISSING:
+            delattr(layer, getter)
+        else:
+            setattr(layer, getter, before)
+    return [w[1] if isinstance(w, tuple) else w for w in found]  # clustering gives (name, variable) pairs
 
 
 def prunable_weights(layer) -> list:
@@ -45,12 +60,17 @@ def prunable_weights(layer) -> list:
 
     >>> prunable_weights(keras.layers.Flatten())
     []
+    >>> attention = keras.layers.MultiHeadAttention(2, 4, name="att")
+    >>> _ = attention(np.zeros((1, 3, 8), "float32"), np.zeros((1, 3, 8), "float32"))
+    >>> [w.name for w in prunable_weights(attention)]
+    ['att/query/kernel:0', 'att/key/kernel:0', 'att/value/kernel:0', 'att/attention_output/kernel:0']
     """
     if isinstance(layer, tfmot.sparsity.keras.PrunableLayer):
         return list(layer.get_prunable_weights())
-    if not private("tfmot_prune_registry").supports(layer) or not layer.built:
+    registry = private("tfmot_prune_registry")
+    if not registry.supports(layer) or not layer.built:
         return []
-    return _kernel_attrs(layer)
+    return _registry_weights(registry.make_prunable, "get_prunable_weights", layer)
 
 
 def clusterable_weights(layer) -> list:
@@ -58,12 +78,18 @@ def clusterable_weights(layer) -> list:
 
     Args:
         layer: tf_keras layer (not wrapped).
+
+    >>> dense = keras.layers.Dense(2, name="d")
+    >>> _ = dense(np.zeros((1, 3), "float32"))
+    >>> [w.name for w in clusterable_weights(dense)]
+    ['d/kernel:0']
     """
     if isinstance(layer, tfmot.clustering.keras.ClusterableLayer):
         return [w for _, w in layer.get_clusterable_weights()]
-    if not private("tfmot_clustering_registry").supports(layer) or not layer.built:
+    registry = private("tfmot_clustering_registry")
+    if not layer.built or not registry.supports(layer):
         return []
-    return _kernel_attrs(layer)
+    return _registry_weights(registry.make_clusterable, "get_clusterable_weights", layer)
 
 
 def walk_layers(model) -> Iterator:
@@ -75,10 +101,33 @@ def walk_layers(model) -> Iterator:
             yield layer
 
 
+def _weight_keys(layer_name: str, variable_names: list) -> list[str]:
+    """The keys ``sparsity`` and ``cluster_counts`` report a layer's weights under: the layer's name alone for
+    one weight, else ``layer/<the shortest tail of each variable's name that tells them apart>`` (so the
+    sub-layer is named where one holds the weight: ``block1_attention/query/kernel``; ``lstm/kernel`` and
+    ``lstm/recurrent_kernel``); the same whether or not a tfmot wrapper added its prefix.
+
+    Args:
+        layer_name: String, the (unwrapped) layer's name.
+        variable_names: List of the variables' names (``"att/query/kernel:0"``...).
+
+    >>> _weight_keys("att", ["att/query/kernel:0", "att/key/kernel:0"])
+    ['att/query/kernel', 'att/key/kernel']
+    >>> _weight_keys("d", ["d/kernel:0"])
+    ['d']
+    """
+    if len(variable_names) <= 1:
+        return [layer_name] * len(variable_names)
+    parts = [name.split(":")[0].split("/") for name in variable_names]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        tails = ["/".join(p[-depth:]) for p in parts]
+        if len(set(tails)) == len(tails):
+            return [f"{layer_name}/{tail}" for tail in tails]
+    return [f"{layer_name}/{'/'.join(p[-1:])}_{i}" for i, p in enumerate(parts)]  # same names: numbered
+
+
 def _named(layer, weights) -> Iterator[tuple[str, object]]:
-    for w in weights:
-        short = w.name.split("/")[-1].split(":")[0]
-        yield (layer.name if len(weights) == 1 else f"{layer.name}/{short}"), w
+    yield from zip(_weight_keys(layer.name, [w.name for w in weights]), weights)
 
 
 def _effective_kernels(model) -> Iterator[tuple[str, np.ndarray]]:
