@@ -65,17 +65,6 @@ def token_transformer():
     return _fit(model, train_ds, 6, 3e-3), train_ds, test_ds
 
 
-def _id_samples(train_ds, n: int = 100):
-    """Representative data of token ids as a generator function yielding ``[ids]`` int32 batches of one."""
-    rows = np.concatenate([x for x, _ in train_ds.as_numpy_iterator()])[:n]
-
-    def gen():
-        for row in rows:
-            yield [row[None].astype(np.int32)]
-
-    return gen
-
-
 # ------------------------------------------------------------------------------------ trained, exported
 @pytest.mark.parametrize("fixture", ["vit_mnist", "rows_transformer"])
 def test_trains_above_chance_and_stays_there_in_litert_dynamic_and_int8(fixture, request):
@@ -90,16 +79,19 @@ def test_trains_above_chance_and_stays_there_in_litert_dynamic_and_int8(fixture,
         assert measured["n"] == 1000  # the fixed test split of mnist_5k / mnist_rows
 
 
-def test_token_transformer_trains_and_converts_to_full_int8_with_id_calibration(token_transformer):
-    # Full int8 with token-id inputs: calibrated on ids (int32), the ids stay int32 (a GATHER reads the int8
-    # embedding table) and everything after them is int8.
+def test_token_transformer_trains_and_converts_to_full_int8_calibrated_from_its_dataset(token_transformer):
+    # Full int8 with token-id inputs, calibrated from the tf.data training set itself: its ids reach the converter
+    # as the model's int32 (not cast to float32, which the converter refuses), the ids stay int32 in the file (a
+    # GATHER reads the int8 embedding table) and everything after them is int8.
     from tfopt.export import evaluate, to_tflite
+    from tfopt.export.tflite import representative_samples
 
     model, train_ds, test_ds = token_transformer
     assert _accuracy(model, test_ds) > ABOVE_CHANCE
+    assert {x.dtype for [x] in representative_samples(train_ds, 5, np.int32)} == {np.dtype(np.int32)}
     dynamic = to_tflite(model, "dynamic")
     assert evaluate(dynamic, test_ds, runs=0)["accuracy"] > ABOVE_CHANCE
-    int8 = to_tflite(model, "int8", representative_data=_id_samples(train_ds), io_dtype="int8")
+    int8 = to_tflite(model, "int8", representative_data=train_ds, num_samples=100, io_dtype="int8")
     it = int8.interpreter()
     assert it.get_input_details()[0]["dtype"] == np.int32 and it.get_output_details()[0]["dtype"] == np.int8
     ops = {op["op_name"] for op in it._get_ops_details()}

@@ -165,22 +165,32 @@ class _Runner:
         return np.concatenate([self.invoke(x[i : i + step]) for i in range(0, len(x), step)])
 
 
-def _representative(data, num_samples: int):
+def _representative(data, num_samples: int, dtype="float32"):
     """A generator function yielding ``[x]`` single samples from a dataset, array or generator function."""
     if data is None:
         return None
     if callable(data) and not isinstance(data, tf.data.Dataset):
         return data
-    return calibration(representative_samples(data, num_samples))
+    return calibration(representative_samples(data, num_samples, dtype))
 
 
-def representative_samples(data, num_samples: int) -> list:
+def _input_dtype(model) -> np.dtype:
+    """The NumPy dtype of the model's (first) input: float32 for images and features, int32 for token ids."""
+    return np.dtype(model.inputs[0].dtype.as_numpy_dtype)
+
+
+def representative_samples(data, num_samples: int, dtype="float32") -> list:
     """The calibration samples ``to_tflite`` would hand the converter, as a list of ``[x]`` lists.
 
     Args:
         data: tf.data.Dataset of (x, y) or x batches, a NumPy array of inputs, or a generator function
-            yielding ``[x]`` (all of whose items are taken).
+            yielding ``[x]`` (all of whose items are taken, as they are).
         num_samples: Integer, how many samples to take from a dataset or array.
+        dtype: The model input's dtype, which dataset and array samples are cast to (token ids stay integers:
+            the converter refuses a float32 sample for an int32 input).
+
+    >>> [x.dtype.name for [x] in representative_samples(np.zeros((2, 3), "int64"), 5, "int32")]
+    ['int32', 'int32']
     """
     if callable(data) and not isinstance(data, tf.data.Dataset):
         return [[np.asarray(x) for x in item] for item in data()]
@@ -194,7 +204,7 @@ def representative_samples(data, num_samples: int) -> list:
 
     samples = []
     for batch in batches:
-        for row in np.asarray(batch, np.float32):
+        for row in np.asarray(batch).astype(dtype, copy=False):
             samples.append([row[None]])
             if len(samples) >= num_samples:
                 break
@@ -419,7 +429,7 @@ def to_tflite(
     converted = "int8" if qat and quantization is None else quantization  # a QAT model converts to int8
     hazards = _guard.crash_prone_layers(model, converted)
     if isolate or (isolate is None and hazards):
-        samples = representative_samples(representative_data, num_samples) \
+        samples = representative_samples(representative_data, num_samples, _input_dtype(model)) \
             if quantization in CALIBRATED and representative_data is not None else None
         content, notes = _guard.convert_in_child(
             model, dict(quantization=quantization, io_dtype=io_dtype, num_samples=num_samples, sparse=sparse,
@@ -428,7 +438,8 @@ def to_tflite(
         if SELECT_OPS_NOTE in notes:
             log.warning("to_tflite fell back to SELECT_TF_OPS (in the child process)")
     else:
-        rep = _representative(representative_data, num_samples) if quantization in CALIBRATED else None
+        rep = _representative(representative_data, num_samples, _input_dtype(model)) \
+            if quantization in CALIBRATED else None
         int4 = quantization in INT4_QUANTIZATIONS  # the LiteRT quantizer rewrites the float file
         content, notes = _convert(model, None if int4 else quantization, rep, io_dtype, qat, sparse)
         if int4:
