@@ -30,11 +30,11 @@ from tfopt._keras import check_model, keras
 from tfopt._model import (
     _Flattener, _is_graph_model, compile_like, count_steps, flatten_model, is_qat, strategy_scope, weight_count,
 )
+from tfopt.compress._fit import TEACHER_OPTIONS, compression_fit, distillation_settings, stage_resume, stage_teacher
 from tfopt.compress.inspect import match_layers
 from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_range
 from tfopt.flops import flops, flops_by_layer
 from tfopt.options import FLOAT, INT, LIST, MAP, NONE, at_least, in_unit, options_from, positive
-from tfopt.progress import keras_verbose
 from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["factorize", "rank_for_energy", "FACTORIZABLE"]
@@ -359,6 +359,11 @@ def factorize(
     strategy=None,
     verbose="auto",
     return_report: bool = False,
+    teacher=None,
+    temperature: float | None = None,
+    alpha: float | None = None,
+    backup_dir=None,
+    keep_backup: bool = False,
 ):
     """A copy of ``model`` with Dense/Conv1D/Conv2D kernels replaced by truncated-SVD factors, then fine-tuned.
 
@@ -389,6 +394,11 @@ def factorize(
         verbose: "auto", 0, 1 or 2, as in ``tfopt.train.fit``.
         return_report: Boolean, return ``(model, report)``: per layer the rank, kept energy, params and
             multiply-adds before and after; totals; ``skipped`` layers with reasons.
+        teacher: tf_keras model or None: distil the fine-tuning from it (e.g. ``model`` itself).
+        temperature: Float > 0 or None, the distillation temperature (None: ``distill``'s default).
+        alpha: Float in [0, 1] or None, the weight of the task loss (None: ``distill``'s default).
+        backup_dir: String, Path or None: keep a resumable state there (see ``tfopt.compress.prune``).
+        keep_backup: Boolean, keep that state when fine-tuning ends.
 
     Returns:
         The compiled functional tf_keras model (or ``(model, report)``).
@@ -401,6 +411,7 @@ def factorize(
     """
     check_model(model, "factorize")
     _check_options(rank, energy, target_flops, layers, epochs, min_size, train_ds)
+    temperature, alpha = distillation_settings(teacher, temperature, alpha, model)
     if is_qat(model):
         raise UnsupportedLayerError("factorize got a quantization-aware model; factorize the float model, then "
                                     "run quantize_aware")
@@ -433,8 +444,9 @@ def factorize(
         raise CompressionError(f"factorize: the rebuilt model has {report['flops_after']:,} multiply-adds, above "
                                f"target_flops={target_flops} of {flops_before:,}")
     if epochs:
-        rebuilt.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=list(callbacks),
-                    verbose=keras_verbose(verbose))
+        compression_fit(rebuilt, train_ds, epochs, val_ds=val_ds, callbacks=callbacks, verbose=verbose,
+                        strategy=strategy, backup_dir=backup_dir, keep_backup=keep_backup, teacher=teacher,
+                        temperature=temperature, alpha=alpha, what="factorize")
     report["epochs"] = epochs
     return (rebuilt, report) if return_report else rebuilt
 
@@ -448,8 +460,9 @@ def _run_stage(inputs, o: dict):
     train_ds, val_ds, _ = inputs.load()
     small, report = factorize(inputs.model(), train_ds, rank=o["rank"], energy=o["energy"],
                               target_flops=o["target_flops"], layers=o["layers"], min_size=o["min_size"],
-                              epochs=o["epochs"], val_ds=val_ds, callbacks=inputs.history(),
-                              learning_rate=o["learning_rate"], verbose=inputs.verbose, return_report=True)
+                              epochs=o["epochs"], val_ds=val_ds, learning_rate=o["learning_rate"],
+                              verbose=inputs.verbose, return_report=True, **stage_teacher(inputs, o),
+                              **stage_resume(inputs))
     metrics = {"flops_before": report["flops_before"], "flops_after": report["flops_after"],
                "flops_ratio": report["flops_ratio"], "ranks": {n: v["rank"] for n, v in report["layers"].items()},
                "report": report, **inputs.held_out(small, val_ds)}
@@ -492,7 +505,8 @@ _DESTROYS = ("'factorize' after '{}' loses it: the SVD factors are dense, new we
 
 TECHNIQUE = register_technique(Technique(
     "factorize",
-    options_from(factorize, ["rank", "energy", "target_flops", "layers", "min_size", "epochs", "learning_rate"],
+    options_from(factorize, ["rank", "energy", "target_flops", "layers", "min_size", "epochs", "learning_rate",
+                             *TEACHER_OPTIONS], **TEACHER_OPTIONS,
                  rank={"kinds": (INT, MAP, NONE), "check": _ranks_ok,
                        "help": "the rank of every chosen layer, or {layer: rank} (unset: target_flops or energy)"},
                  energy={"check": in_unit(low_open=True, high_open=False),
