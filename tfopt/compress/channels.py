@@ -70,9 +70,21 @@ def _functional(model):
 # ----------------------------------------------------------------------------------------------- importance
 
 
+def _weight_kind(layer, weight) -> str:
+    """"kernel", "bias", "gamma"...; for attention "query/kernel", "attention_output/bias"..."""
+    parts = weight.name.split(":")[0].split("/")
+    return "/".join(parts[-2:]) if type(layer).__name__ == "MultiHeadAttention" else parts[-1]
+
+
 def _l1(layer_weights: dict, group) -> np.ndarray:
     score = np.zeros(group.size)
     for name in group.producers:
+        if name.endswith(":heads"):  # per head: its query/key/value columns and its output rows
+            for kind, w in layer_weights[name[: -len(":heads")]].items():
+                axis = 0 if kind.startswith("attention_output/") else 1
+                if kind.endswith("kernel"):
+                    score += np.abs(np.moveaxis(w, axis, 0)).reshape(w.shape[axis], -1).mean(axis=1)
+            continue
         for kind, w in layer_weights[name].items():
             if kind in ("kernel", "pointwise_kernel", "embeddings"):
                 score += np.abs(w).reshape(-1, w.shape[-1]).mean(axis=0)
@@ -92,6 +104,8 @@ def _taylor(model, graph, train_ds, batches: int) -> dict:
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     owners = {}  # weight -> (group, axis -1 is the channel axis)
     for group in graph.prunable():
+        if any(name.endswith(":heads") or name in graph.heads for name in group.producers):
+            continue  # attention's groups are scored by l1
         for name in group.producers + group.followers:
             for w in model.get_layer(name).trainable_weights:
                 kind = w.name.split("/")[-1].split(":")[0]
@@ -118,13 +132,10 @@ def _taylor(model, graph, train_ds, batches: int) -> dict:
 def importance_scores(model, graph, importance: str = "l1", train_ds=None, batches: int = 8) -> dict:
     """Per prunable group id, one score per channel (higher = more important), normalised to mean 1 per group so
     groups can be ranked together."""
-    layer_weights = {layer.name: {w.name.split("/")[-1].split(":")[0]: w.numpy() for w in layer.weights}
-                     for layer in model.layers}
-    if importance == "taylor":
-        raw = _taylor(model, graph, train_ds, batches)
-    else:
-        raw = {}
-        for group in graph.prunable():
+    layer_weights = {layer.name: {_weight_kind(layer, w): w.numpy() for w in layer.weights} for layer in model.layers}
+    raw = _taylor(model, graph, train_ds, batches) if importance == "taylor" else {}
+    for group in graph.prunable():
+        if group.gid not in raw or not raw[group.gid].any():  # (attention's groups: l1 also under 'taylor')
             score = _bn(layer_weights, group) if importance == "bn" else None
             raw[group.gid] = score if score is not None else _l1(layer_weights, group)
     return {gid: s / (s.mean() if s.mean() > 0 else 1.0) for gid, s in raw.items()}
@@ -182,6 +193,10 @@ def rebuild(model, graph, kept: dict, strategy=None):
         out = graph.out_index(name, kept)
         if kind in _CHANNEL_KEYS and name in graph.producer_of and out is not None:
             entry["config"][_CHANNEL_KEYS[kind]] = int(len(out))
+        if kind == "MultiHeadAttention" and name in graph.heads:
+            entry["config"]["num_heads"] = int(len(graph.head_index(name, kept)))
+            if len(out) < model.get_layer(name).output_shape[-1]:
+                entry["config"]["output_shape"] = [int(len(out))]
         if kind == "Reshape" and name in graph.reshapes:
             target = list(entry["config"]["target_shape"])
             target[-1] = int(graph.layout_size(graph.reshapes[name], kept))
@@ -193,11 +208,9 @@ def rebuild(model, graph, kept: dict, strategy=None):
             if not old.weights:
                 continue
             in_idx, out_idx = graph.in_index(layer.name, kept), graph.out_index(layer.name, kept)
-            new = []
-            for w in old.weights:
-                kind = w.name.split("/")[-1].split(":")[0]
-                new.append(_slice(kind, w.numpy(), in_idx, out_idx))
-            layer.set_weights(new)
+            heads = graph.head_index(layer.name, kept)
+            layer.set_weights([_slice_attention(_weight_kind(old, w), w.numpy(), heads, out_idx) if heads is not None
+                               else _slice(_weight_kind(old, w), w.numpy(), in_idx, out_idx) for w in old.weights])
     return small
 
 
@@ -211,6 +224,16 @@ def _slice(kind: str, value: np.ndarray, in_idx, out_idx) -> np.ndarray:
                                         "moving_mean", "moving_variance", "alpha"):
         value = np.take(value, out_idx, axis=-1)
     return value
+
+
+def _slice_attention(kind: str, value: np.ndarray, heads, out_idx) -> np.ndarray:
+    """One attention weight with the kept heads: query/key/value kernels [d, heads, k] and biases [heads, k],
+    the output kernel [heads, v, d_out] (and its bias [d_out]) with the kept output channels too."""
+    if kind.startswith("attention_output/"):
+        if kind.endswith("kernel"):
+            value = np.take(value, heads, axis=0)
+        return np.take(value, out_idx, axis=-1)
+    return np.take(value, heads, axis=1 if kind.endswith("kernel") else 0)
 
 
 # --------------------------------------------------------------------------------------------------- public
@@ -394,16 +417,18 @@ def _check_layers(layers, model, graph):
     if layers is None:
         return None
     names = [layers] if isinstance(layers, str) else list(layers)
-    known = {layer.name for layer in model.layers}
+    known = {layer.name for layer in model.layers} | {f"{name}:heads" for name in graph.heads}
     for name in names:
         if name not in known:
-            raise ConfigError(f"layers: no layer {name!r} in {model.name!r}; layers: {', '.join(sorted(known))}")
+            raise ConfigError(f"layers: no layer {name!r} in {model.name!r}; layers (and attention heads, "
+                              f"'NAME:heads'): {', '.join(sorted(known))}")
         if name not in graph.producer_of:
             raise CompressionError(f"layers: {name!r} ({type(model.get_layer(name)).__name__}) has no output "
                                    "channels prune_channels can remove (Dense, Conv and SeparableConv layers do)")
         group = graph.groups[graph.find(graph.producer_of[name])]
         if group.frozen:
-            raise CompressionError(f"layers: {name!r}'s channels must be kept whole: {group.frozen[0]}")
+            heads = f"; name '{name}:heads' to prune its heads" if name in graph.heads else ""
+            raise CompressionError(f"layers: {name!r}'s channels must be kept whole: {group.frozen[0]}{heads}")
     return set(names)
 
 
