@@ -30,26 +30,35 @@ NAME = "structured"
 MAX_DROP = 0.5  # points of validation accuracy a chosen variant may lose
 GOAL_STRUCTURED, GOAL_COMBINED = 2.0, 3.0
 ARCHS = ("cnn", "lenet-300-100", "resnet-8")
-FRACTIONS = (0.3, 0.5, 0.7)  # share of prunable channels removed (global ranking, l1)
 QUANTIZATIONS = (None, "dynamic", "int8")
+# (label, fraction of prunable channels removed (global l1 ranking), fine-tuning settings, factorize after);
+# the fine-tuning settings are candidates like the fractions: the choice among them is made on validation
+PLANS = [
+    ("channels -30%", 0.3, {}, False),
+    ("channels -50%", 0.5, {}, False),
+    ("channels -70%", 0.7, {}, False),
+    ("channels -50% (rate 2e-3)", 0.5, {"learning_rate": 2e-3}, False),
+    ("channels -50% (one step, 10 epochs, cosine)", 0.5, {"steps": 1, "epochs": 10, "decay": True}, False),
+    ("channels -50% + factorize (energy 0.9)", 0.5, {}, True),
+]
 
 
-def _structured(arch, fraction, factorize, settings):
+def _structured(arch, fraction, tuning, factorize, settings):
     """The channel-pruned (and factorized) model of the baseline ``arch``, cached per process."""
 
     def make():
-        train_ds, val_ds, _, _ = common.load_data(settings)
+        train_ds = common.load_data(settings).train
         base = common.baseline(arch, settings)
         set_seed(settings.seed)
-        epochs = settings.pick(6, 1)
-        model = compress.prune_channels(base, train_ds, fraction=fraction, epochs=epochs,
-                                        steps=2 if fraction >= 0.5 and not settings.quick else 1,
-                                        importance="l1", learning_rate=1e-3, verbose=0)
+        options = {"epochs": 6, "steps": 2 if fraction >= 0.5 else 1, "learning_rate": 1e-3, **tuning}
+        if settings.quick:
+            options.update(epochs=1, steps=1)
+        model = compress.prune_channels(base, train_ds, fraction=fraction, importance="l1", verbose=0, **options)
         if factorize:
             model = compress.factorize(model, train_ds, energy=0.9, epochs=settings.pick(2, 1), verbose=0)
         return model
 
-    return common.cached(("structured", arch, fraction, factorize, settings), make)
+    return common.cached(("structured", arch, fraction, tuple(sorted(tuning.items())), factorize, settings), make)
 
 
 def _magnitude(arch, settings):
@@ -74,10 +83,8 @@ def variants(arch, settings) -> dict:
     pqat = compression.compressed(arch, 0.80, None, settings)
     out["tfmot magnitude 80% + PQAT int8 (sparse)"] = (
         export.to_tflite(pqat, "int8", representative_data=train_ds, sparse=True), pqat, "magnitude")
-    plans = [(f, False) for f in settings.pick(FRACTIONS, (0.5,))] + [(0.5, True)]
-    for fraction, factorize in plans:
-        model = _structured(arch, fraction, factorize, settings)
-        label = f"channels -{int(fraction * 100)}%" + (" + factorize (energy 0.9)" if factorize else "")
+    for label, fraction, tuning, factorize in settings.pick(PLANS, [PLANS[1], PLANS[-1]]):
+        model = _structured(arch, fraction, tuning, factorize, settings)
         for q in QUANTIZATIONS:
             tfl = export.to_tflite(model, q, representative_data=train_ds if q == "int8" else None)
             out[f"{label}, {q or 'float32'}"] = (tfl, model, "structured" if q is None else "combined")
@@ -157,9 +164,11 @@ def run(settings: common.Settings) -> dict:
         f"bootstrap interval, exact McNemar p] on the {all_rows[0]['test_n']:,} fixed test digits are what is "
         "reported. ▼ marks a significant drop (p < 0.05).",
         "prune_channels: global l1 ranking (scores normalised per group), at most 90% of any group, fine-tuned "
-        "with the baseline's optimizer at 1e-3 (fractions >= 0.5 in two rounds of prune + fine-tune); the logits "
-        "layer and the input are kept whole. factorize: truncated SVD keeping 90% of each kernel's energy, "
-        "where a rank pays.",
+        "with the baseline's optimizer at 1e-3 for 6 epochs per round (fractions >= 0.5 in two rounds of prune + "
+        "fine-tune) unless the variant says otherwise, BatchNorm statistics re-estimated after each rebuild and "
+        "fine-tuning; the logits layer and the input are kept whole. The fine-tuning variants are candidates like "
+        "the fractions: validation chooses. factorize: truncated SVD keeping 90% of each kernel's energy, where a "
+        "rank pays.",
         "tfmot magnitude pruning removes no multiply: its float32 file runs the same dense kernels; the int8 "
         "PQAT file with sparse=True is the compression figure's.",
     ]
