@@ -8,9 +8,13 @@ Layout of a run directory::
     04_export/           <variant>.tflite
     results.json         every number; report.md, report.html, report/*.png
 
-Running the same recipe again resumes at the first unfinished stage (a ``train`` stage also resumes
-inside, at its last finished epoch, through ``tfopt.train.fit``'s BackupAndRestore); finished stages are
-never re-run unless ``force`` names them (then they and every later stage re-run).
+Running the same recipe again resumes at the first unfinished stage; a stage that trains (train, prune,
+cluster, quantize_aware, distill, prune_channels, factorize) also resumes inside, at the start of the epoch it
+was in, from the BackupAndRestore state in its ``backup/`` folder (``tfopt.train.fit``,
+``tfopt.compress._fit.compression_fit``). A stage's backup is removed once the stage is recorded done, and
+before the stage runs when an earlier stage ran again in this process (the backup was made from another
+model). Finished stages are never re-run unless ``force`` names them (then they and every later stage re-run,
+their folders, backups included, removed).
 """
 
 from __future__ import annotations
@@ -210,6 +214,15 @@ def _data_needed(ctx: Context, spec) -> list:
     return needed
 
 
+def _remove_backup(stage_dir: Path) -> None:
+    """Delete a stage's ``backup/`` folder (never following a symlink out of the run directory)."""
+    backup = Path(stage_dir) / "backup"
+    if backup.is_symlink():
+        backup.unlink()
+    else:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
 def _run_stage(ctx: Context, spec, entry: dict, manifest: dict, stages: Stages) -> None:
     _faults.reached(f"stage:{spec.name}:before")
     stage_dir = ctx.run_dir / spec.dirname
@@ -219,7 +232,7 @@ def _run_stage(ctx: Context, spec, entry: dict, manifest: dict, stages: Stages) 
     start = time.perf_counter()
     ctx.fresh_data(_data_needed(ctx, spec))
     set_seed(entry["seed"])
-    sections = {k for k, field in get_technique(spec.type).options.items() if field.section}
+    sections = {k for k, field in get_technique(spec.type).options.items() if field.section not in (None, "stage")}
     what = "(implicit) " * spec.implicit + ", ".join(f"{k}={v}" for k, v in spec.options.items()
                                                      if v is not None and k not in sections)
     try:
@@ -247,10 +260,10 @@ def _run_stage(ctx: Context, spec, entry: dict, manifest: dict, stages: Stages) 
     entry.pop("error", None)
     entry.update(status="done", outputs=outputs, metrics=out.metrics, seconds=time.perf_counter() - start)
     write_json(ctx.run_dir / MANIFEST, manifest)
-    if ctx.run_dir == ctx.shared_dir:
-        # a train stage's fit kept its BackupAndRestore state (keep_backup=True) until the stage was recorded
-        # done: a kill between the end of training and here resumes with the trained weights, not training again
-        shutil.rmtree(stage_dir / "backup", ignore_errors=True)
+    # a training stage kept its BackupAndRestore state (keep_backup=True) until the stage was recorded done: a kill
+    # between the end of training and here resumes with the trained weights, not training again. The folder is this
+    # process's own (a non-chief worker's is beside the chief's run directory; the chief removes the shared one)
+    _remove_backup(stage_dir)
 
 
 def run_recipe(path_or_dict, run_dir=None, force=(), overwrite: bool = False, data: str | None = None,
@@ -317,7 +330,7 @@ def _run_locked(recipe, run_dir: Path, force, overwrite: bool, data, overrides, 
         ctx.set_model("model", source, recipe.model.path, recipe.data)
 
     stages = Stages(len(recipe.stages))
-    resuming = True
+    resuming, ran = True, False
     for spec, entry in zip(recipe.stages, manifest["stages"]):
         if resuming and entry["status"] == "done" and _restore(ctx, spec, entry, stages):
             stages.done += 1
@@ -325,7 +338,10 @@ def _run_locked(recipe, run_dir: Path, force, overwrite: bool, data, overrides, 
                   f"({entry.get('seconds') or 0:.1f} s then)", file=stages.stream, flush=True)
             continue
         resuming = False  # everything after a re-run stage depends on it: re-run it too
+        if ran:  # an earlier stage ran again here: this stage's backup (if a kill left one) is of another model
+            _remove_backup(run_dir / spec.dirname)
         _run_stage(ctx, spec, entry, manifest, stages)
+        ran = True
 
     results = collect_results(manifest)
     write_json(run_dir / RESULTS, results)
