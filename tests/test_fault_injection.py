@@ -33,7 +33,7 @@ model:
 training: {epochs: 3, batch_size: 32, optimizer: adam, learning_rate: 0.01, deterministic: true}
 stages:
   - train
-  - prune: {target_sparsity: 0.5, epochs: 1}
+  - prune: {target_sparsity: 0.5, epochs: 2, teacher: train}
   - export:
       variants:
         - {name: float32, model: train}
@@ -173,12 +173,21 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(recipe, reference
     assert not (run / "01_train" / "backup").exists()  # removed once recorded done
     train_started = stages["train"]["started"]
 
-    # 4. killed during export, after float32.tflite is written and before pruned.tflite is
+    # 3b. killed inside prune (distilled from the train stage's model), in its second epoch: the first is backed up
+    code, out = _tfopt(cmd, recipe, fault="prune:epoch:1:batch:3")
+    assert code == -signal.SIGKILL, out
+    assert _stages(run)["prune"]["status"] == "running"
+    assert _epochs(run / "02_prune") == [0]
+    assert (run / "02_prune" / "backup" / "chief").is_dir()
+
+    # 4. prune resumes at its epoch 1; killed during export, after float32.tflite is written and before pruned.tflite is
     code, out = _tfopt(cmd, recipe, fault="export:pruned")
     assert code == -signal.SIGKILL, out
     assert out.count(KEPT) == 1  # train
     stages = _stages(run)
     assert stages["prune"]["status"] == "done" and stages["export"]["status"] == "running"
+    assert _epochs(run / "02_prune") == [0, 1]  # epoch 0 not trained again
+    assert not (run / "02_prune" / "backup").exists()  # removed once recorded done
     assert (run / "03_export" / "float32.tflite").is_file() and not (run / "03_export" / "pruned.tflite").exists()
     prune_started = stages["prune"]["started"]
     # a truncated file where a non-atomic writer would have died: the restart must not trust it
@@ -191,7 +200,7 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(recipe, reference
     stages = _stages(run)
     assert [s["status"] for s in stages.values()] == ["done"] * 4
     assert stages["train"]["started"] == train_started and stages["prune"]["started"] == prune_started
-    assert _epochs(run / "01_train") == [0, 1, 2] and _epochs(run / "02_prune") == [0]
+    assert _epochs(run / "01_train") == [0, 1, 2] and _epochs(run / "02_prune") == [0, 1]
 
     # with op determinism, the result equals the uninterrupted run's exactly
     results = read_json(run / "results.json")
@@ -211,6 +220,8 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(recipe, reference
     with open(ref_dir / "01_train" / "history.csv") as f:
         theirs = [float(r["val_loss"]) for r in csv.DictReader(f)]
     assert ours == theirs
+    with open(run / "02_prune" / "history.csv") as f, open(ref_dir / "02_prune" / "history.csv") as g:
+        assert list(csv.DictReader(f)) == list(csv.DictReader(g))  # the resumed prune's epochs, value for value
     for a, b in zip(_h5_arrays(run / "01_train" / "checkpoints" / "best.weights.h5"),
                     _h5_arrays(ref_dir / "01_train" / "checkpoints" / "best.weights.h5")):
         np.testing.assert_array_equal(a, b)
