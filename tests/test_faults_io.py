@@ -203,9 +203,10 @@ def test_ctrl_c_swallowed_inside_the_converter_still_stops_the_export(tmp_path, 
     """TensorFlow may turn Ctrl-C into an ordinary error (or swallow it) and convert another way: it must stop."""
     from tfopt._keras import keras, tf
     from tfopt.export import to_tflite
+    from tfopt.export.tflite import _concrete_converter
 
     model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
-    converter_class = type(tf.lite.TFLiteConverter.from_keras_model(model))
+    converter_class = type(_concrete_converter(model))  # the converter to_tflite tries first
     real = converter_class.convert
 
     def swallowing(self):

@@ -54,14 +54,6 @@ NOT_WRAPPABLE = {
     "mobilenet_v3_large": {"Rescaling", "TFOpLambda"},
     "efficientnet_b0": {"Rescaling", "Normalization"},
 }
-# Applications whose parity is checked on a TFLite file converted from a concrete function (2-6 s here) rather than
-# by to_tflite (20-60 s): nearly all of to_tflite's time goes to tf_keras's SavedModel export of every layer's
-# functions (measured: MobileNetV2 23 of 25 s), not to the converter, which gets the same graph either way (both
-# paths agree with Keras to ~1e-6 of the output scale). to_tflite itself converts the other builders, MobileNetV2
-# and MobileNetV3Small (its TFOpLambda and Rescaling layers are the applications' unusual ones).
-VIA_CONCRETE_FUNCTION = {"mobilenet_v3_large", "efficientnet_b0", "resnet50", "densenet121"}
-
-
 def _sample(model, n=4, seed=0):
     """A batch of ``n`` inputs for ``model``: token ids below 20 for integer inputs, else normal floats."""
     rng = np.random.default_rng(seed)
@@ -146,18 +138,6 @@ def test_tfmot_can_prune_every_layer(name):
     np.testing.assert_allclose(pruned(x, training=False).numpy(), model(x, training=False).numpy(), atol=1e-5)
 
 
-def _converted_from_concrete_function(model):
-    """The float TFLite file of ``model`` converted from a concrete function of its inference call, with a bare
-    tf.Module as the trackable (so no Keras SavedModel is exported; ``model`` keeps the variables alive)."""
-    from tfopt.export.tflite import TFLiteModel
-
-    module = tf.Module()
-    module.serve = tf.function(lambda x: model(x, training=False),
-                               input_signature=[tf.TensorSpec(model.input.shape, model.input.dtype)])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
-    return TFLiteModel(converter.convert())
-
-
 @pytest.mark.parametrize("name", BUILTIN)
 def test_tflite_outputs_match_keras(name):
     # Each sample goes through the interpreter on its own for the LSTM (converted with a fixed batch of 1),
@@ -165,7 +145,9 @@ def test_tflite_outputs_match_keras(name):
     tflite = pytest.importorskip("tfopt.export.tflite")
     model = _small(name)
     x = _sample(model, n=3, seed=1)
-    converted = _converted_from_concrete_function(model) if name in VIA_CONCRETE_FUNCTION else tflite.to_tflite(model)
+    converted = tflite.to_tflite(model)  # every builder, the applications too
+    # from a concrete function (seconds), not tf_keras's SavedModel export of every layer (20-60 s for applications)
+    assert converted.notes == (["converted with a fixed batch 1 concrete function"] if name == "lstm" else [])
     assert len(converted.content) > 0
     actual, expected = converted.predict(x), model.predict(x, verbose=0)
     np.testing.assert_allclose(actual, expected, atol=1e-4)
