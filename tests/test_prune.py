@@ -232,3 +232,36 @@ def test_unsupported_models_raise():
         prune(subclassed, train, 0.5, verbose=0)
     with pytest.raises(KerasVersionError, match="Keras 3"):
         prune(_FakeKeras3Model(), train, 0.5)
+
+
+def test_per_layer_target_sparsity_dict():
+    """A budget per layer (as tfopt.compress.layer_budgets plans it): each layer reaches its own sparsity."""
+    train, *_ = digits()
+    pruned, report = prune(trained_cnn(), train, {"conv1": 0.3, "dense_x": 0.9, "logits": 0.0}, epochs=2, verbose=0,
+                           return_report=True)
+    layers = sparsity(pruned)["layers"]
+    assert abs(layers["conv1"] - 0.3) <= 0.02 and abs(layers["dense_x"] - 0.9) <= 0.01
+    assert layers["conv2"] == layers["logits"] == 0.0  # not named, or at 0: not pruned
+    assert sorted(report["pruned_layers"]) == ["conv1", "dense_x"]
+    by_class = sparsity(prune(trained_cnn(), train, {"Conv2D": 0.5}, verbose=0))["layers"]
+    assert abs(by_class["conv1"] - 0.5) <= 0.02 and abs(by_class["conv2"] - 0.5) <= 0.01 and by_class["logits"] == 0
+    with pytest.raises(CompressionError, match=r"per-layer target_sparsity in layers dense_x=0.000 \(target 0.8\)"):
+        prune(trained_cnn(), train, {"dense_x": 0.8}, frequency=100, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,named",
+    [
+        ({"target_sparsity": {"dense_x": 1.0}}, r"target_sparsity\['dense_x'\]=1.0 is out of range"),
+        ({"target_sparsity": {"nope": 0.5}}, "'nope'"),
+        ({"target_sparsity": {}}, "is empty"),
+        ({"target_sparsity": {"dense_x": 0}}, "prunes no layer"),
+        ({"target_sparsity": {"dense_x": 0.5, "Dense": 0.8}}, "matched by both 'dense_x' and 'Dense'"),
+        ({"target_sparsity": {"dense_x": 0.5}, "layers": ["conv1"]}, "leave layers=None"),
+        ({"target_sparsity": {"dense_x": 0.5, "conv1": 0.2}, "initial_sparsity": 0.3}, "initial_sparsity=0.3"),
+    ],
+)
+def test_per_layer_target_sparsity_bad_input(kwargs, named):
+    train, *_ = digits()
+    with pytest.raises(ConfigError, match=named):
+        prune(build_cnn(), train, verbose=0, **kwargs)

@@ -74,6 +74,7 @@ def _check_m_by_n(m_by_n):
 
 
 def _validate(target_sparsity, initial_sparsity, epochs, schedule, frequency):
+    """Checks the options; ``target_sparsity`` is a float (a dict's values were checked by :func:`_layer_targets`)."""
     check_range("target_sparsity", target_sparsity, 0, 1, high_open=True)
     check_range("initial_sparsity", initial_sparsity, 0, target_sparsity, high_open=target_sparsity > 0)
     if not isinstance(epochs, int) or epochs < 1:
@@ -81,6 +82,29 @@ def _validate(target_sparsity, initial_sparsity, epochs, schedule, frequency):
     check_choice("schedule", schedule, tuple(_SCHEDULES))
     if frequency is not None and (not isinstance(frequency, int) or frequency < 1):
         raise ConfigError(f"frequency={frequency!r} is out of range; allowed: None or an integer >= 1")
+
+
+def _layer_targets(work, target_sparsity: dict, layers) -> dict:
+    """``{layer name: sparsity}`` from a per-layer ``target_sparsity`` (keys: layer names, classes or class names,
+    as ``layers`` takes them); a layer at 0 is left unwrapped."""
+    if layers is not None:
+        raise ConfigError("target_sparsity is a dict of layer -> sparsity: its keys choose the layers; leave "
+                          f"layers=None (got layers={layers!r})")
+    if not target_sparsity:
+        raise ConfigError("target_sparsity={} is empty; allowed: a float, or a dict of layer name -> sparsity")
+    targets, source = {}, {}
+    for key, value in target_sparsity.items():
+        check_range(f"target_sparsity[{key!r}]", value, 0, 1, high_open=True)
+        for name in match_layers(work, [key], "prune", lambda layer: True):
+            if name in targets:
+                raise ConfigError(f"target_sparsity: layer {name!r} is matched by both {source[name]!r} and {key!r}; "
+                                  "give each layer one sparsity")
+            targets[name], source[name] = float(value), key
+    targets = {name: value for name, value in targets.items() if value > 0}
+    if not targets:
+        raise ConfigError(f"target_sparsity={target_sparsity!r} prunes no layer (every value is 0); allowed: a dict "
+                          "with at least one sparsity above 0")
+    return targets
 
 
 def _targets(work, layers, policy, m_by_n) -> list[str]:
@@ -125,7 +149,7 @@ def _resolve_policy(policy):
     return POLICIES[policy]()
 
 
-def _check_result(reached, sizes, pruned, target, m_by_n, stripped, info):
+def _check_result(reached, sizes, pruned, target, m_by_n, stripped, info, targets=None):
     if m_by_n:
         by_name = {}
         for layer in walk_layers(stripped):
@@ -138,14 +162,17 @@ def _check_result(reached, sizes, pruned, target, m_by_n, stripped, info):
                 f"every {m_by_n[1]} input-channel weights); the structured mask is set at step 1 only"
             )
         return
+    wanted = {name: (targets or {}).get(name.split("/")[0], target) for name in reached}
     low = {
         name: value for name, value in reached.items()
-        if name.split("/")[0] in pruned and value < target - max(0.01, 1.0 / max(1, sizes[name]))
+        if name.split("/")[0] in pruned and value < wanted[name] - max(0.01, 1.0 / max(1, sizes[name]))
     }
     if low:
-        detail = ", ".join(f"{name}={value:.3f}" for name, value in low.items())
+        detail = ", ".join(f"{name}={value:.3f}" + (f" (target {wanted[name]})" if targets else "")
+                           for name, value in low.items())
+        what = "the per-layer target_sparsity" if targets else f"target_sparsity={target}"
         raise CompressionError(
-            f"prune: sparsity below target_sparsity={target} in layers {detail}. Likely cause: too few "
+            f"prune: sparsity below {what} in layers {detail}. Likely cause: too few "
             f"training steps for the schedule ({info['steps']} steps run, frequency={info['frequency']}, "
             f"end_step={info['end_step']}: masks update only at multiples of frequency up to end_step); "
             "use more epochs/data or a smaller frequency"
@@ -183,7 +210,9 @@ def prune(
     Args:
         model: tf_keras functional or Sequential model, trained; it is not modified.
         train_ds: tf.data.Dataset of (x, y) batches (finite).
-        target_sparsity: Float, the fraction of zeros wanted in each pruned kernel, 0 <= value < 1.
+        target_sparsity: Float, the fraction of zeros wanted in each pruned kernel, 0 <= value < 1; or a dict
+            of layer (name, class or class name, as in ``layers``) -> sparsity: a budget per layer, e.g. from
+            ``tfopt.compress.layer_budgets`` (the layers not named, and those at 0, are not pruned).
         epochs: Integer, the number of fine-tuning epochs (>= 1).
         schedule: String, "polynomial" (gradual, tfmot PolynomialDecay) or "constant" (ConstantSparsity).
         initial_sparsity: Float, the starting sparsity of the polynomial schedule (< target_sparsity).
@@ -221,22 +250,30 @@ def prune(
     0.5
     """
     check_model(model, "prune")
-    _validate(target_sparsity, initial_sparsity, epochs, schedule, frequency)
+    targets = _layer_targets(model, target_sparsity, layers) if isinstance(target_sparsity, dict) else None
+    lowest = min(targets.values()) if targets else target_sparsity  # initial_sparsity stays below each target
+    _validate(lowest, initial_sparsity, epochs, schedule, frequency)
     temperature, alpha = distillation_settings(teacher, temperature, alpha, model)
     m_by_n = _check_m_by_n(m_by_n) if m_by_n is not None else None
     policy = _resolve_policy(policy)
     steps_per_epoch = count_steps(train_ds)
     total = steps_per_epoch * epochs
-    sched, begin, end, freq = pruning_schedule(schedule, target_sparsity, total, initial_sparsity, frequency)
+    sched, begin, end, freq = pruning_schedule(schedule, lowest, total, initial_sparsity, frequency)
     params = {"pruning_schedule": sched}
     if m_by_n:
         params["sparsity_m_by_n"] = m_by_n
 
+    def wrap(layer):
+        if targets:  # the same steps (begin, end, frequency) for every layer; its own final sparsity
+            sched_ = pruning_schedule(schedule, targets[layer.name], total, initial_sparsity, frequency)[0]
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, **{**params, "pruning_schedule": sched_})
+        return tfmot.sparsity.keras.prune_low_magnitude(layer, **params)
+
     with strategy_scope(strategy):
         work = private_copy(model, "prune")
-        names = _targets(work, layers, policy, m_by_n)
+        names = _targets(work, list(targets) if targets is not None else layers, policy, m_by_n)
         try:
-            wrapped = wrap_layers(work, lambda layer: tfmot.sparsity.keras.prune_low_magnitude(layer, **params), names)
+            wrapped = wrap_layers(work, wrap, names)
         except ValueError as err:
             raise UnsupportedLayerError(f"prune: tfmot cannot wrap the model's layers {names}: {err}") from err
         compile_like(wrapped, model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
@@ -264,7 +301,7 @@ def prune(
         "frequency": freq,
     }
     if check:
-        _check_result(reached, measured["sizes"], names, target_sparsity, m_by_n, stripped, info)
+        _check_result(reached, measured["sizes"], names, target_sparsity, m_by_n, stripped, info, targets)
     return (stripped, info) if return_report else stripped
 
 
