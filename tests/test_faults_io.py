@@ -190,6 +190,63 @@ def test_permission_lost_on_the_manifest_is_one_line_and_the_run_resumes(tmp_pat
     assert _epochs(run) == [0, 1]  # the trained epochs were kept (BackupAndRestore), not trained again
 
 
+class _CutShort:
+    """A file whose first write stops half-way: the disk filled up in the middle of it."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+        return False
+
+    def write(self, data):
+        self.f.write(data[: len(data) // 2])
+        self.f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_search_state_write_cut_short_leaves_a_resumable_search(tmp_path, monkeypatch):
+    """keras-tuner's own state files (oracle.json, trial_*/trial.json, the tuner's) are written atomically: a write
+    cut short fails with one WriteError naming the file and leaves the previous state whole (keras-tuner's own
+    writer left half a JSON file, which the next run could not reload); the same search run again completes."""
+    import builtins
+    import json
+
+    import tfopt._io
+    from tfopt import data, tune
+    from tfopt.errors import WriteError
+
+    train_ds, val_ds, _, _ = data.load("digits", batch_size=64)
+    space = {"model": "cnn", "filters": [[4], [8]], "dense": [[16]], "learning_rate": {"min": 1e-3, "max": 1e-2}}
+    kw = {"algorithm": "random", "max_trials": 3, "max_epochs": 1, "directory": tmp_path, "verbose": 0}
+    real_open, writes = builtins.open, []
+
+    def filling(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and Path(str(file)).name.startswith(".oracle.json"):
+            writes.append(file)
+            if len(writes) == 4:  # the oracle's state after the second trial began
+                return _CutShort(f)
+        return f
+
+    monkeypatch.setattr(tfopt._io, "open", filling, raising=False)
+    with pytest.raises(WriteError, match=r"cannot write '[^']*oracle\.json': no space left on the device"):
+        tune.search(space, train_ds, val_ds, **kw)
+    project = tmp_path / "search"
+    assert len(writes) == 4
+    for path in [project / "oracle.json", project / "tuner0.json", *project.glob("trial_*/trial.json")]:
+        json.loads(path.read_text())  # every state file whole: the previous state of the one cut short
+    assert not [p for p in project.rglob("*") if ".tmp" in p.name]
+
+    monkeypatch.setattr(tfopt._io, "open", real_open, raising=False)  # space is back
+    result = tune.search(space, train_ds, val_ds, **kw)
+    assert len(result.trials) == 3 and all(t["status"] == "COMPLETED" for t in result.trials)
+
+
 @pytest.fixture
 def python_ctrl_c():
     """Python's own Ctrl-C handler in this process for the test (the suite may run with SIGINT ignored, as a

@@ -9,20 +9,28 @@ keep the oracle from picking it:
   infinities into 0 before fitting its Gaussian process; relative, so the process's normalised targets
   keep a sensible scale. Hyperband therefore promotes it only when no feasible candidate is left.
 * :meth:`get_best_trials` ranks every feasible completed trial before any other, whatever its score.
+
+Their state files (``oracle.json``, each ``trial_<id>/trial.json``) are written atomically (:func:`save_state`):
+keras-tuner writes them in place, so a kill or a full disk in the middle of a write left a truncated file that
+the next run could not reload.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 from keras_tuner.engine import trial as trial_module
 from keras_tuner.oracles import BayesianOptimizationOracle, GridSearchOracle, HyperbandOracle, RandomSearchOracle
 
+from tfopt._io import atomic_write_text
 from tfopt.tune.objectives import FEASIBLE
 
-__all__ = ["ORACLES", "make_oracle", "is_infeasible"]
+__all__ = ["ORACLES", "make_oracle", "is_infeasible", "save_state"]
 
 COMPLETED = trial_module.TrialStatus.COMPLETED
+RUNNING = trial_module.TrialStatus.RUNNING
 
 
 def is_infeasible(trial) -> bool:
@@ -30,12 +38,37 @@ def is_infeasible(trial) -> bool:
     return trial.metrics.exists(FEASIBLE) and trial.metrics.get_last_value(FEASIBLE) < 0.5
 
 
+def save_state(path, state) -> None:
+    """Write a keras-tuner object's state (``get_state()``) as keras-tuner's ``utils.save_json`` does, but to a
+    temporary file renamed into place: a kill leaves the previous state, a full disk a WriteError naming the file.
+
+    >>> save_state("/tmp/tfopt-doc-state.json", {"trials": []})
+    """
+    atomic_write_text(path, json.dumps(state))
+
+
 def _finite(value) -> bool:
     return value is not None and math.isfinite(value)
 
 
 class _FeasibilityMixin:
-    """Penalises infeasible trials' scores and ranks feasible trials first."""
+    """Penalises infeasible trials' scores and ranks feasible trials first; saves its state atomically."""
+
+    def save(self):
+        save_state(self._get_oracle_fname(), self.get_state())  # trials are in their own files, as upstream
+
+    def _save_trial(self, trial):
+        save_state(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
+
+    def reload(self):
+        super().reload()
+        # A trial is written (RUNNING) before the oracle's state that lists it as ongoing: a kill or a failed write
+        # between the two left a RUNNING trial no one runs, which keras-tuner would count and never finish. Retry
+        # it, as keras-tuner retries the trials its state lists as ongoing.
+        queued = set(self._retry_queue)
+        for trial_id, trial in self.trials.items():
+            if trial.status == RUNNING and trial_id not in queued:
+                self._retry_queue.append(trial_id)
 
     def score_trial(self, trial):
         super().score_trial(trial)

@@ -35,7 +35,7 @@ from tfopt.options import ANY, LIST, MAP, NONE, Field, at_least, options_from
 from tfopt.techniques import StageResult, Technique, register_technique
 from tfopt.tune import objectives as objs
 from tfopt.tune import training
-from tfopt.tune.oracles import ORACLES
+from tfopt.tune.oracles import ORACLES, save_state
 from tfopt.tune.results import SIDECAR
 
 __all__ = ["TfoptTuner", "WEIGHTS", "TRAINED_WEIGHTS", "search_stage"]
@@ -223,6 +223,12 @@ class TfoptTuner(base_tuner.BaseTuner):
         return report
 
     # ------------------------------------------------------------------ hooks
+
+    def save(self):
+        """keras-tuner's ``save`` (the oracle's state, then this tuner's ``<tuner_id>.json``), written atomically."""
+        if not self._is_worker():
+            self.oracle.save()
+        save_state(self._get_tuner_fname(), self.get_state())
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
