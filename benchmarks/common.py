@@ -489,7 +489,7 @@ def save(figures: dict, out_dir, settings: Settings) -> dict:
     old = read_json(json_path) if json_path.is_file() else {}
     merged = dict(old.get("figures", {}))
     merged.update(figures)
-    order = ["compression", "latency", "training_overhead", "input_pipeline", "distillation", "search",
+    order = ["compression", "latency", "structured", "training_overhead", "input_pipeline", "distillation", "search",
              "constrained_search", "throughput"]
     merged = {k: merged[k] for k in sorted(merged, key=lambda k: (order.index(k) if k in order else 99, k))}
     results = {
