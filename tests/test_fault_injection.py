@@ -29,7 +29,7 @@ seed: 3
 data: {name: digits}
 model:
   builder: cnn
-  args: {filters: [8], dense: [32]}
+  args: {filters: [8], dense: [32], dropout: 0.3}
 training: {epochs: 3, batch_size: 32, optimizer: adam, learning_rate: 0.01, deterministic: true}
 stages:
   - train
@@ -150,7 +150,7 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(recipe, reference
     run = recipe / "killed"
     cmd = ["run", "faults.yaml", "--run-dir", "killed"]
 
-    # 1. killed in the middle of epoch 1 (0-based) of the train stage: epoch 0 is backed up
+    # 1. killed in the middle of epoch 1 (0-based) of the train stage (a model with dropout): epoch 0 is backed up
     code, out = _tfopt(cmd, recipe, fault="epoch:1:batch:20")
     assert code == -signal.SIGKILL, out
     assert _stages(run)["train"]["status"] == "running"

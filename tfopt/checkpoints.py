@@ -460,9 +460,11 @@ class _StepSeeded:
         return None
 
     def make_seed_for_stateless_op(self, nonce=None):
-        graph = tf.compat.v1.get_default_graph()
-        draw = self._draws.get(graph, 0)
-        self._draws[graph] = draw + 1
+        draw = 0  # eager (run_eagerly): one draw per layer and step
+        if not tf.executing_eagerly():  # numbered within the traced step: the same in every trace of it
+            graph = tf.compat.v1.get_default_graph()
+            draw = self._draws.get(graph, 0)
+            self._draws[graph] = draw + 1
         seed = tf.random.experimental.stateless_fold_in(tf.constant([self._seed, draw], tf.int64),
                                                         tf.cast(self._step, tf.int64))
         replica = tf.distribute.get_replica_context()
