@@ -13,7 +13,8 @@ here, so each of them gets the same guarantees as ``tfopt.train.fit``:
 * **even batches under a strategy**: the partial last batch is padded and weighted
   (``tfopt.distribute.even_batches``), so N replicas train like one device.
 * **distillation** (``teacher=``): the loss becomes ``alpha * task loss + (1 - alpha) * T**2 *
-  KL(teacher_T || student_T)`` through :class:`tfopt.compress.distill.Distiller`; tfmot's callbacks
+  KL(teacher_T || student_T)`` through :class:`tfopt.compress.distill.Distiller` (defined in
+  ``tfopt.compress._distiller``, below this module and ``distill``, which trains through this one); tfmot's callbacks
   (``UpdatePruningStep``) still reach the wrapped layers, which sit inside the Distiller's student.
 """
 
@@ -25,8 +26,9 @@ from tfopt import _faults, distribute
 from tfopt._keras import check_model, keras, tf
 from tfopt._model import strategy_scope
 from tfopt.checkpoints import FaultPoints, remove_backup, resumable_randomness, resume_callbacks, started
+from tfopt.compress._distiller import _EPS, Distiller, _check_shapes
 from tfopt.errors import ConfigError, check_range
-from tfopt.options import FLOAT, NONE, STR, Field, in_unit, positive, signature_default
+from tfopt.options import FLOAT, NONE, STR, Field, in_unit, positive
 from tfopt.progress import keras_verbose
 
 __all__ = ["compression_fit", "distillation_settings", "stage_resume", "stage_teacher", "TEACHER_OPTIONS"]
@@ -43,6 +45,14 @@ TEACHER_OPTIONS = {
 }
 
 
+def _distill_default(name: str):
+    """The default of ``tfopt.compress.distill``'s option ``name`` (its signature's, read from its registered
+    technique: ``distill`` imports this module, so this module cannot import it)."""
+    from tfopt.techniques import get_technique
+
+    return get_technique("distill").options[name].default
+
+
 def distillation_settings(teacher, temperature=None, alpha=None, student=None) -> tuple:
     """``(temperature, alpha)`` checked, None meaning :func:`tfopt.compress.distill`'s default; with a teacher,
     also that it is a tf_keras model whose output shape matches ``student``'s (when given).
@@ -56,10 +66,8 @@ def distillation_settings(teacher, temperature=None, alpha=None, student=None) -
     >>> distillation_settings(None, 2.0, 0.5)
     (2.0, 0.5)
     """
-    from tfopt.compress.distill import _check_shapes, distill
-
-    temperature = signature_default(distill, "temperature") if temperature is None else temperature
-    alpha = signature_default(distill, "alpha") if alpha is None else alpha
+    temperature = _distill_default("temperature") if temperature is None else temperature
+    alpha = _distill_default("alpha") if alpha is None else alpha
     check_range("temperature", temperature, 0, low_open=True)
     check_range("alpha", alpha, 0, 1)
     if teacher is not None:
@@ -80,8 +88,6 @@ def _unwrapped_last(model):
 def _student_logits(model):
     """The function turning the (wrapped) student's outputs into logits: tfmot wrappers hide the activation
     of the layer they wrap, so it is read from inside them (identity for logits, log for softmax)."""
-    from tfopt.compress.distill import _EPS
-
     last = _unwrapped_last(model)
     activation = getattr(last, "activation", None)
     activation = getattr(activation, "activation", activation)  # tfmot's QuantizeAwareActivation holds it
@@ -108,8 +114,6 @@ def _in_scope(model, strategy):
 
 def _distiller(student, teacher, temperature: float, alpha: float, strategy):
     """A Distiller training ``student`` (compiled: its optimizer is the Distiller's) from ``teacher``."""
-    from tfopt.compress.distill import Distiller
-
     logits = _student_logits(student)
     teacher = _in_scope(teacher, strategy)
     with strategy_scope(strategy):
