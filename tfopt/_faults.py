@@ -8,6 +8,8 @@ that point. Several points may be given, separated by commas. The points:
 * ``stage:<name>:after`` - a stage's work and model file are done, its manifest entry is not yet "done";
 * ``epoch:<n>:batch:<k>`` - a ``tfopt.train.fit`` run with a run directory starts batch ``k`` of epoch
   ``n`` (both 0-based, as in ``history.csv``);
+* ``<function>:epoch:<n>:batch:<k>`` - a compression's fine-tuning (``prune``, ``cluster``, ``quantize_aware``,
+  ``distill``, ``prune_channels``, ``factorize``: ``tfopt.compress._fit.compression_fit``) starts that batch;
 * ``export:<variant>`` - the export stage converted ``<variant>`` and is about to write its file;
 * ``calibrate:<k>`` - a TFLite conversion is calibrating and hands sample ``k`` (0-based) to the converter;
 * ``trial:<k>:end`` - ``tfopt tune`` finished its ``k``-th trial in this process (state saved).
