@@ -128,3 +128,40 @@ def test_distill_errors_name_the_bad_value(digits):
     sigmoid = _mlp(8, "sig", activation="sigmoid")
     with pytest.raises(ConfigError, match="sigmoid"):
         distill(teacher, sigmoid, ds)
+
+
+# ---------------------------------------------------------------- augment=: one augmented batch for both models
+
+
+def test_augment_is_seen_by_teacher_and_student_alike(digits):
+    """augment= replaces every batch by zeros: a student that matches the teacher ON ZEROS (its bias learns the
+    teacher's output there) shows that both saw the augmented batch, not the digits."""
+    x, y, _, _ = digits
+    teacher = keras.Sequential([keras.layers.Dense(10, input_shape=(64,), name="t")], name="teacher")
+    teacher.layers[0].set_weights([np.random.default_rng(0).normal(size=(64, 10)).astype("float32"),
+                                   np.array([3.0, 1.0] + [0.0] * 8, "float32")])
+    student = keras.Sequential([keras.layers.Dense(10, input_shape=(64,))], name="student")
+    zeros = lambda xb, yb: (tf.zeros_like(xb), yb)  # noqa: E731
+    distill(teacher, student, _ds(x[:256], y[:256]), alpha=0.0, temperature=1.0, epochs=30, augment=zeros,
+            optimizer=keras.optimizers.Adam(0.05), verbose=0)
+    zero = np.zeros((1, 64), "float32")
+    p_teacher = tf.nn.softmax(teacher(zero)).numpy()[0]
+    p_student = tf.nn.softmax(student(zero)).numpy()[0]
+    np.testing.assert_allclose(p_student, p_teacher, atol=0.02)
+    on_digits = tf.nn.softmax(teacher(x[:256])).numpy().mean(axis=0)  # what the student would learn otherwise
+    assert np.abs(on_digits - p_teacher).max() > 0.2
+
+
+def test_consistent_batches_keep_weights_and_refuse_bad_names():
+    from tfopt.compress.distill import consistent_batches
+
+    ds = tf.data.Dataset.from_tensor_slices((np.ones((4, 8, 8, 1), "float32"), np.arange(4), np.full(4, 2.0))).batch(2)
+    batches = list(consistent_batches(ds, "standard", (8, 8, 1)))
+    assert len(batches) == 2 and all(len(b) == 3 for b in batches)
+    np.testing.assert_array_equal(batches[0][2].numpy(), [2.0, 2.0])  # sample weights pass through
+    assert batches[1][1].numpy().tolist() == [2, 3]
+    with pytest.raises(ConfigError, match="augment='heavy' is not allowed"):
+        consistent_batches(ds, "heavy", (8, 8, 1))
+    flat = tf.data.Dataset.from_tensor_slices((np.ones((4, 64), "float32"), np.arange(4))).batch(2)
+    with pytest.raises(ConfigError, match=r"needs images of shape \(H, W, C\)"):
+        distill(_mlp(8, "teacher"), _mlp(8, "student"), flat, augment="light")

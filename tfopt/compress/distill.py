@@ -9,15 +9,39 @@ whose last layer ends in softmax is read as probabilities and turned into logits
 
 from __future__ import annotations
 
-from tfopt._keras import check_model, keras
+from tfopt._keras import check_model, keras, tf
 from tfopt._model import compile_like, count_steps, strategy_scope
 from tfopt.compress._distiller import Distiller, _check_shapes, _logits_fn, distillation_loss
 from tfopt.compress._fit import compression_fit, stage_resume
+from tfopt.data.augment import AUGMENTATIONS, get_augmentation
 from tfopt.errors import ConfigError, check_range
-from tfopt.options import INT, MAP, NONE, Field, at_least, in_unit, options_from, positive
+from tfopt.options import INT, MAP, NONE, STR, Field, at_least, in_unit, options_from, positive
 from tfopt.techniques import StageResult, Technique, register_technique
 
-__all__ = ["distill", "distillation_loss", "Distiller"]
+__all__ = ["distill", "distillation_loss", "Distiller", "consistent_batches"]
+
+
+def consistent_batches(train_ds, augment, input_shape):
+    """``train_ds`` with each batch's inputs augmented once: the Distiller then runs the teacher and the student on
+    the same augmented batch (a consistent teacher, Beyer et al. 2022), a fresh augmentation every step.
+
+    Args:
+        train_ds: tf.data.Dataset of (x, y) or (x, y, sample_weight) batches of images.
+        augment: String, one of ``tfopt.data.AUGMENTATIONS`` ("light", "standard"), or a callable
+            ``(x, y) -> (x, y)`` applied to each batch.
+        input_shape: Tuple, the shape of one input (H, W, C) (for a named augmentation).
+
+    >>> ds = tf.data.Dataset.from_tensor_slices((tf.ones([4, 8, 8, 1]), tf.range(4))).batch(2)
+    >>> [tuple(x.shape) for x, _ in consistent_batches(ds, "light", (8, 8, 1))]
+    [(2, 8, 8, 1), (2, 8, 8, 1)]
+    """
+    fn = get_augmentation(augment, input_shape)
+
+    def apply(x, y, *weight):
+        x, y = fn(x, y)
+        return (x, y, *weight)
+
+    return train_ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def distill(
@@ -35,6 +59,7 @@ def distill(
     verbose="auto",
     backup_dir=None,
     keep_backup: bool = False,
+    augment=None,
 ):
     """Train ``student`` to match ``teacher``'s soft targets and the hard labels; return the student.
 
@@ -58,6 +83,9 @@ def distill(
         verbose: "auto", 0, 1 or 2, as in ``fit``.
         backup_dir: String, Path or None: keep a resumable state there (see ``tfopt.compress.prune``).
         keep_backup: Boolean, keep that state when training ends.
+        augment: None, "light", "standard" (``tfopt.data`` augmentations, images only) or a callable
+            ``(x, y) -> (x, y)``: each batch is augmented once and BOTH models see it (see
+            :func:`consistent_batches`); a ``train_ds`` that already augments does the same.
 
     >>> student = distill(teacher, student, train_ds, temperature=4.0, alpha=0.1)  # doctest: +SKIP
     """
@@ -70,6 +98,8 @@ def distill(
         raise ConfigError(f"epochs={epochs!r} must be an integer >= 1")
     _check_shapes(teacher, student)
     count_steps(train_ds, "train_ds")
+    if augment is not None:
+        train_ds = consistent_batches(train_ds, augment, tuple(student.input_shape[1:]))
     _logits_fn(student, "student")  # a sigmoid student is refused before anything runs
     with strategy_scope(strategy):
         compile_like(student, optimizer=optimizer or keras.optimizers.Adam(learning_rate))
@@ -91,7 +121,8 @@ def _run_stage(inputs, o: dict):
     student = inputs.build(o["student"], info)
     epochs = o["epochs"] or inputs.training["epochs"]
     student = distill(teacher, student, train_ds, temperature=o["temperature"], alpha=o["alpha"], epochs=epochs,
-                      val_ds=val_ds, learning_rate=o["learning_rate"], verbose=inputs.verbose, **stage_resume(inputs))
+                      val_ds=val_ds, learning_rate=o["learning_rate"], verbose=inputs.verbose, augment=o["augment"],
+                      **stage_resume(inputs))
     teacher_metrics = inputs.held_out(teacher, val_ds)
     metrics = {"epochs": epochs, "teacher_val_accuracy": teacher_metrics["val_accuracy"],
                "teacher_params": teacher_metrics["params"], **inputs.held_out(student, val_ds)}
@@ -102,13 +133,16 @@ def _run_stage(inputs, o: dict):
 
 TECHNIQUE = register_technique(Technique(
     "distill",
-    options_from(distill, ["student", "temperature", "alpha", "epochs", "learning_rate"],
+    options_from(distill, ["student", "temperature", "alpha", "epochs", "learning_rate", "augment"],
                  student=Field((MAP,), required=True, section="model",
                                help="the student model: {builder: ..., args: {...}}"),
                  temperature={"check": positive},
                  alpha={"check": in_unit(high_open=False), "help": "the weight of the hard-label loss"},
                  epochs={"kinds": (INT, NONE), "default": None, "check": at_least(1),
                          "help": "unset: the recipe's training.epochs"},
-                 learning_rate={"check": positive}),
+                 learning_rate={"check": positive},
+                 augment=Field((STR, NONE), None, choices=tuple(AUGMENTATIONS),
+                               help="augment each batch once for both teacher and student (images; on top of the "
+                                    "data section's augment)")),
     _run_stage, summary="knowledge distillation: the current model teaches a new, smaller student",
     function=distill, own_defaults=("epochs",), sets=("trained",), clears=("pruned", "clustered")))
