@@ -155,7 +155,7 @@ stages:
       baseline: nope
       variants:
         - {name: a, model: distill}
-        - {name: a, quantization: int4}
+        - {name: a, quantization: int3}
 """
     with pytest.raises(ConfigError) as info:
         load_recipe(_write(tmp_path, text))
@@ -163,7 +163,7 @@ stages:
     assert "'prune' needs a trained model" in lines[5][0]
     assert "model='distill' is not an earlier stage" in lines[10][0]
     joined = " ".join(lines[11])
-    assert "quantization='int4' is not allowed" in joined and "variant name 'a' is used twice" in joined
+    assert "quantization='int3' is not allowed" in joined and "variant name 'a' is used twice" in joined
     assert "baseline='nope' is not a variant" in lines[8][0]
 
 
