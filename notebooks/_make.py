@@ -1415,6 +1415,292 @@ NOTEBOOKS["09_structured_compression"] = [
     """),
 ]
 
+NOTEBOOKS["10_compressing_a_transformer"] = [
+    md("""
+    # 10 · Compressing a Transformer
+
+    **What it buys:** the techniques of notebooks 04-09 on attention models, with what each one does to a
+    `MultiHeadAttention` layer said and measured. Magnitude pruning reaches the query, key, value and output
+    kernels (tfmot's own registry), `prune_channels` removes MLP neurons and attention heads and rebuilds a
+    smaller model, quantization-aware training quantizes what tfmot can (the rest stays float, reported), and
+    every TFLite file is measured with LiteRT on the test split. A notebook asserts only what holds on any CPU.
+    """),
+    code(SETUP),
+    md("""
+    ## A Transformer over row-wise MNIST
+
+    Each digit is a sequence of 28 tokens (its rows) of 28 features: `tfopt.data.load("mnist_rows")`.
+    `build("transformer", input_shape=...)` projects each token with a Dense layer (with `vocab_size` and `seq_len`
+    it embeds token ids instead), adds learned position embeddings, and stacks pre-norm encoder blocks
+    (`LayerNorm -> MultiHeadAttention -> Add`, `LayerNorm -> MLP -> Add`) before mean pooling and the logits.
+    """),
+    code("""
+    train_ds, val_ds, test_ds, info = tfopt.data.load("mnist_rows", batch_size=64, seed=0)
+    model = tfopt.models.build("transformer", input_shape=info.input_shape, num_classes=10, num_layers=2,
+                               num_heads=4, embed_dim=32, mlp_dim=64, dropout=0.0)
+    model.compile(optimizer=tfopt.optimizers.get("adam", learning_rate=2e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    tfopt.train.fit(model, train_ds, val_ds, epochs=3, verbose=2)
+    base_acc = model.evaluate(test_ds, verbose=0)[1]  # the fixed 1,000 test digits
+    print(f"{model.count_params():,} parameters, test accuracy {base_acc:.4f}")
+    assert base_acc > 0.5  # chance is 0.1; ~0.8 after 3 epochs
+    """),
+    md("""
+    ## Magnitude pruning, attention included
+
+    `prune` wraps every layer tfmot's registry can prune. For `MultiHeadAttention` that is the four projection
+    kernels inside it (its `query`, `key`, `value` and `attention_output` sub-layers): each is measured under its
+    own name, and the reached-sparsity check covers them like any Dense kernel.
+    """),
+    code("""
+    pruned, report = tfopt.compress.prune(model, train_ds, target_sparsity=0.5, epochs=1, verbose=0,
+                                          return_report=True)
+    pruned_acc = pruned.evaluate(test_ds, verbose=0)[1]
+    measured = tfopt.compress.sparsity(pruned)
+    print(f"test accuracy {pruned_acc:.4f}; overall sparsity {measured['overall']:.3f}")
+    pd.DataFrame({"weights": measured["sizes"], "sparsity": measured["layers"]})
+    """),
+    code("""
+    attention = [f"block{i}_attention/{part}/kernel" for i in (1, 2)
+                 for part in ("query", "key", "value", "attention_output")]
+    assert all(measured["layers"][name] >= 0.49 for name in attention)
+    assert all(value >= 0.49 for value in report["reached"].values())
+    assert pruned_acc > 0.5
+    """),
+    md("""
+    ## Structured: fewer heads and MLP neurons
+
+    `prune_channels` ranks channels across the model and rebuilds it without the weakest: an MLP's hidden
+    neurons, and an attention layer's heads (a head's query, key, value and output slices go together). What it
+    must keep whole (the residual stream every block adds to, the logits) is named in the report.
+    """),
+    code("""
+    small, channels = tfopt.compress.prune_channels(model, train_ds, fraction=0.5, epochs=1, val_ds=val_ds,
+                                                    verbose=0, return_report=True)
+    small_acc = small.evaluate(test_ds, verbose=0)[1]
+    heads = {layer.name: (model.get_layer(layer.name).get_config()["num_heads"], layer.get_config()["num_heads"])
+             for layer in small.layers if isinstance(layer, keras.layers.MultiHeadAttention)}
+    print(f"multiply-adds {channels['flops']['before']:,} -> {channels['flops']['after']:,} "
+          f"({channels['flops']['ratio']}x fewer); heads (before, after) {heads}; test accuracy {small_acc:.4f}")
+    print("kept whole:", sorted(set(channels["kept_whole"])))
+    pd.DataFrame(channels["channels"]).T
+    """),
+    code("""
+    assert tfopt.compress.flops(small) < tfopt.compress.flops(model)
+    assert small.get_layer("block1_mlp1").units + small.get_layer("block2_mlp1").units < 2 * 64
+    assert small.get_layer("logits").units == 10 and small_acc > 0.4
+    small.save(work / "transformer_small.keras")
+    assert tfopt.saving.load_model(work / "transformer_small.keras").count_params() == small.count_params()
+    """),
+    md("""
+    ## Quantization-aware training: what tfmot quantizes
+
+    tfmot's 8-bit registry has no quantize config for `MultiHeadAttention`, `LayerNormalization` or tfopt's
+    position embedding: `quantize_aware` leaves those float and says why, and quantizes the Dense, Add and pooling
+    layers. The QAT model converts to int8 with its learned ranges (the float layers are calibrated as in
+    post-training int8).
+    """),
+    code("""
+    qat, qat_report = tfopt.compress.quantize_aware(model, train_ds, epochs=1, learning_rate=1e-4, verbose=0,
+                                                    return_report=True)
+    print("quantized:", qat_report["quantized"])
+    pd.Series(qat_report["float"], name="left float, because")
+    """),
+    code("""
+    assert {"block1_attention", "block1_ln1", "position_embedding"} <= set(qat_report["float"])
+    assert {"projection", "block1_mlp1", "block2_mlp2", "logits"} <= set(qat_report["quantized"])
+    """),
+    md("""
+    ## Post-training quantization, measured with LiteRT
+
+    Each model converted and run by the LiteRT interpreter on the 1,000 test digits: dynamic-range int8 weights,
+    full int8 (calibrated on 100 training sequences), and 4-bit weights through the LiteRT quantizer. Latency is
+    batch 1 on one thread on *this* CPU: on some CPUs full int8 is slower than float32 (see DESIGN.md).
+    """),
+    code("""
+    variants = {
+        "float32": (model, None), "dynamic": (model, "dynamic"), "int8": (model, "int8"), "int4": (model, "int4"),
+        "QAT int8": (qat, "int8"), "pruned 50% int8": (pruned, "int8"), "channels -50% int8": (small, "int8"),
+    }
+    rows, files = {}, {}
+    for name, (source, quantization) in variants.items():
+        files[name] = tfopt.export.to_tflite(source, quantization, num_samples=100,
+                                             representative_data=train_ds if quantization == "int8" else None)
+        m = tfopt.export.evaluate(files[name], test_ds, runs=100)
+        rows[name] = {"bytes": m["bytes"], "gzip bytes": m["gzip_bytes"], "test accuracy": m["accuracy"],
+                      "p50 µs": round(m["latency_us_p50"], 1)}
+    table = pd.DataFrame(rows).T
+    table
+    """),
+    code("""
+    assert (table["test accuracy"] > 0.4).all()  # every file far above chance (0.1)
+    assert table.loc["int4", "bytes"] < table.loc["dynamic", "bytes"] < 0.7 * table.loc["float32", "bytes"]
+    assert table.loc["pruned 50% int8", "gzip bytes"] < table.loc["int8", "gzip bytes"]  # the zeros compress
+    parity = tfopt.export.compare(model, files["float32"], test_ds)
+    print(parity)
+    assert parity["max_abs_diff"] < 1e-3  # the float32 file computes what Keras computes
+    ops = {op["op_name"] for op in files["int8"].interpreter()._get_ops_details()}
+    assert {"BATCH_MATMUL", "SOFTMAX", "FULLY_CONNECTED"} <= ops  # attention runs in int8 ops
+    """),
+    md("""
+    ## A Vision Transformer on `mnist_5k`: the same calls
+
+    `build("vit", ...)` cuts each 28x28 digit into 16 patches of 7x7 (a strided convolution) and runs the same
+    encoder. Pruning and export take it as they take the text model.
+    """),
+    code("""
+    img_train, img_val, img_test, img_info = tfopt.data.load("mnist_5k", batch_size=64, seed=0)
+    vit = tfopt.models.build("vit", input_shape=img_info.input_shape, num_classes=10, patch_size=7, num_layers=2,
+                             num_heads=4, embed_dim=32, mlp_dim=64, dropout=0.0)
+    vit.compile(optimizer=tfopt.optimizers.get("adam", learning_rate=2e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    tfopt.train.fit(vit, img_train, img_val, epochs=3, verbose=0)
+    vit_pruned = tfopt.compress.prune(vit, img_train, target_sparsity=0.5, epochs=1, verbose=0)
+    vit_int8 = tfopt.export.to_tflite(vit_pruned, "int8", representative_data=img_train, num_samples=100)
+    vit_m = tfopt.export.evaluate(vit_int8, img_test, runs=0)
+    print(f"ViT: Keras test accuracy {vit.evaluate(img_test, verbose=0)[1]:.4f}; pruned 50% int8 in LiteRT "
+          f"{vit_m['accuracy']:.4f}, {vit_m['gzip_bytes']:,} gzip bytes")
+    vit_sparsity = tfopt.compress.sparsity(vit_pruned)["layers"]
+    assert all(vit_sparsity[f"block{i}_attention/query/kernel"] >= 0.49 for i in (1, 2))
+    assert vit_m["accuracy"] > 0.4
+    """),
+]
+
+NOTEBOOKS["11_compressing_a_keras_application"] = [
+    md("""
+    # 11 · Compressing a Keras application
+
+    **What it buys:** the models people ship (MobileNets, EfficientNet, ResNet50, DenseNet) through the same
+    calls as tfopt's own builders. `tfopt.models.build("mobilenet_v2", ...)` returns the `tf_keras.applications`
+    model as one flat functional model with a linear `"logits"` head, random weights or a local weights file
+    (ImageNet weights are never downloaded). Here MobileNetV2 at its smallest input (32x32) is trained on digits,
+    then pruned, channel-pruned, quantization-aware trained and quantized, each file measured with LiteRT.
+    A notebook asserts only what holds on any CPU.
+    """),
+    code(SETUP),
+    md("""
+    ## Digits as 32x32 colour images
+
+    Every application needs at least 32x32 pixels: the `mnist_5k` digits are resized and their one channel
+    repeated three times, inside the `tf.data` pipelines (the fixed 1,000 test digits stay the test split).
+    """),
+    code("""
+    train_ds, val_ds, test_ds, info = tfopt.data.load("mnist_5k", batch_size=64, seed=0)
+
+    def rgb32(x, y):
+        return tf.image.grayscale_to_rgb(tf.image.resize(x, (32, 32))), y
+
+    train_ds, val_ds, test_ds = (split.map(rgb32) for split in (train_ds, val_ds, test_ds))
+    print(tfopt.models.list_models("mobilenet*"), tfopt.models.list_models("*net*"))
+    """),
+    md("""
+    ## MobileNetV2, trained from scratch
+
+    `alpha=0.35` is its narrowest width. The application's BatchNorm layers average their statistics with
+    momentum 0.999 (made for long ImageNet runs): after a few hundred steps the moving averages still lag the
+    weights and validation sits at chance. Momentum 0.9 follows them.
+    """),
+    code("""
+    model = tfopt.models.build("mobilenet_v2", input_shape=(32, 32, 3), num_classes=10, alpha=0.35)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    model.compile(optimizer=tfopt.optimizers.get("adam", learning_rate=2e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    tfopt.train.fit(model, train_ds, val_ds, epochs=6, verbose=2)
+    base_acc = model.evaluate(test_ds, verbose=0)[1]
+    print(f"{len(model.layers)} layers, {model.count_params():,} parameters, test accuracy {base_acc:.4f}")
+    assert base_acc > 0.5  # chance is 0.1; ~0.85 after 6 epochs
+    """),
+    md("""
+    ## Magnitude pruning
+
+    tfmot's registry prunes the convolution and Dense kernels; depthwise kernels it leaves alone (few weights,
+    large accuracy cost), and a few layer types it has no entry for (MobileNetV3's hard-swish `TFOpLambda`,
+    EfficientNet's `Rescaling`) would make `prune_low_magnitude` refuse the whole model: `tfopt.compress.prune`
+    wraps only the layers holding prunable weights.
+    """),
+    code("""
+    pruned, report = tfopt.compress.prune(model, train_ds, target_sparsity=0.5, epochs=1, verbose=0,
+                                          return_report=True)
+    pruned_acc = pruned.evaluate(test_ds, verbose=0)[1]
+    kinds = pd.Series([type(model.get_layer(name)).__name__ for name in report["pruned_layers"]]).value_counts()
+    print(f"{len(report['pruned_layers'])} layers pruned, overall sparsity {report['overall']:.3f}, "
+          f"test accuracy {pruned_acc:.4f}")
+    kinds
+    """),
+    code("""
+    assert all(value >= 0.49 for value in report["reached"].values())
+    assert not any(isinstance(model.get_layer(name), keras.layers.DepthwiseConv2D) for name in report["pruned_layers"])
+    assert pruned_acc > 0.4
+    """),
+    md("""
+    ## Fewer channels: a smaller MobileNetV2
+
+    `prune_channels` follows the inverted residuals: each stage's projection convolutions are tied by their
+    `Add`s into one group, an expansion's channels run through its depthwise convolution. `importance="bn"` ranks
+    channels by their BatchNorm scale. It rebuilds the model, re-estimates BatchNorm statistics and fine-tunes.
+    """),
+    code("""
+    small, channels = tfopt.compress.prune_channels(model, train_ds, fraction=0.3, importance="bn", epochs=1,
+                                                    val_ds=val_ds, verbose=0, return_report=True)
+    small_acc = small.evaluate(test_ds, verbose=0)[1]
+    print(f"multiply-adds {channels['flops']['before']:,} -> {channels['flops']['after']:,} "
+          f"({channels['flops']['ratio']}x fewer); parameters {model.count_params():,} -> {small.count_params():,}; "
+          f"test accuracy {small_acc:.4f}")
+    assert tfopt.compress.flops(small) < tfopt.compress.flops(model) and small_acc > 0.4
+    """),
+    md("""
+    ## Quantization-aware training
+
+    Every MobileNetV2 layer is in tfmot's 8-bit registry: nothing stays float.
+    """),
+    code("""
+    qat, qat_report = tfopt.compress.quantize_aware(model, train_ds, epochs=1, learning_rate=1e-4, verbose=0,
+                                                    return_report=True)
+    print(f"{len(qat_report['quantized'])} layers quantized; left float: {qat_report['float']}")
+    assert qat_report["float"] == {}
+    """),
+    md("""
+    ## Post-training quantization, measured with LiteRT
+
+    The same table as for a CNN: dynamic-range, full int8 (100 calibration images) and int4 weights, the QAT,
+    pruned and channel-pruned models in int8, all run by LiteRT on the 1,000 test digits. Latency is batch 1 on
+    one thread on *this* CPU.
+    """),
+    code("""
+    variants = {
+        "float32": (model, None), "dynamic": (model, "dynamic"), "int8": (model, "int8"), "int4": (model, "int4"),
+        "QAT int8": (qat, "int8"), "pruned 50% int8": (pruned, "int8"), "channels -30% int8": (small, "int8"),
+    }
+    rows, files = {}, {}
+    for name, (source, quantization) in variants.items():
+        files[name] = tfopt.export.to_tflite(source, quantization, num_samples=100,
+                                             representative_data=train_ds if quantization == "int8" else None)
+        m = tfopt.export.evaluate(files[name], test_ds, runs=100)
+        rows[name] = {"bytes": m["bytes"], "gzip bytes": m["gzip_bytes"], "test accuracy": m["accuracy"],
+                      "p50 µs": round(m["latency_us_p50"], 1)}
+    table = pd.DataFrame(rows).T
+    table
+    """),
+    code("""
+    assert (table["test accuracy"] > 0.4).all()  # every file far above chance (0.1)
+    float_bytes = table.loc["float32", "bytes"]
+    assert table.loc["int4", "bytes"] < 0.3 * float_bytes
+    assert table.loc["dynamic", "bytes"] < 0.4 * float_bytes and table.loc["int8", "bytes"] < 0.4 * float_bytes
+    assert table.loc["pruned 50% int8", "gzip bytes"] < table.loc["int8", "gzip bytes"]  # the zeros compress
+    assert table.loc["channels -30% int8", "bytes"] < table.loc["int8", "bytes"]  # fewer channels, fewer weights
+    parity = tfopt.export.compare(model, files["float32"], test_ds)
+    print(parity)
+    assert parity["agreement"] > 0.99
+    """),
+    md("""
+    The other applications (`mobilenet_v3_small`, `mobilenet_v3_large`, `efficientnet_b0`, `resnet50`,
+    `densenet121`) build, prune, convert and match Keras in LiteRT in `tests/test_models.py`; `fine_tune` takes
+    any of them as a frozen base (BatchNorm in inference mode).
+    """),
+]
+
 # ==== END OF SOURCES ====
 
 

@@ -30,6 +30,8 @@ TECHNIQUES = (
     "07_tuning",
     "08_distributed_training",
     "09_structured_compression",
+    "10_compressing_a_transformer",
+    "11_compressing_a_keras_application",
 )
 
 
