@@ -58,14 +58,20 @@ def test_budgets_by_tolerance_and_by_overall_sparsity():
                   "bits": {4: 1.0}},
     }}
     p = layer_budgets(scan, max_drop=0.5)
-    assert p["sparsity"] == {"conv1": 0.25, "dense": 0.9} and p["tolerance"] == 0.5
+    assert p["sparsity"] == {"conv1": 0.25, "dense": 0.9} and p["rate"] is None
     assert p["clusters"] == {"conv1": 16, "dense": 4} and p["bits"] == {"conv1": 4, "dense": 8}
     assert p["overall_sparsity"] == pytest.approx((100 * 0.25 + 900 * 0.9) / 1000)
+    assert p["predicted_drop"] == pytest.approx(0.5 + 0.5)
+    # overall 0.9 = 900 of 1,000 weights: dense's free 450, its next 360 (0.5 point for 360 weights), conv1's 50
+    # (1 point for 50), then dense's last 45 (2.5 points) are cheaper per weight than conv1's 40 (19 points)
     p = layer_budgets(scan, target_sparsity=0.9)
-    assert p["overall_sparsity"] == pytest.approx(0.9, abs=1e-3)
-    assert p["sparsity"]["dense"] > 0.9 > p["sparsity"]["conv1"]  # the insensitive big layer takes the pruning
+    assert p["sparsity"] == {"conv1": 0.5, "dense": 0.9444} and p["overall_sparsity"] == pytest.approx(0.9, abs=1e-4)
+    assert p["rate"] == pytest.approx(1000 * 2.5 / (0.05 * 900))
+    assert p["clusters"] == {"conv1": 16, "dense": 16} and p["bits"] == {"conv1": 4, "dense": 8}  # no one-shot loss
+    assert layer_budgets(scan, target_sparsity=0.5)["sparsity"] == {"conv1": 0.0, "dense": 0.5556}  # free first
     assert layer_budgets(scan, max_drop=100.0, max_sparsity=0.92)["sparsity"] == {"conv1": 0.9, "dense": 0.92}
-    # a drop that falls back at a higher sparsity (noise) does not let the plan jump over the worse point
+    assert layer_budgets(scan, target_sparsity=0.915, max_sparsity=0.92)["sparsity"] == {"conv1": 0.87, "dense": 0.92}
+    # a drop that falls back at a higher sparsity (noise) does not let a budget jump over the worse point
     bumpy = {"layers": {"d": {"size": 10, "sparsity": {0.5: 2.0, 0.9: 0.0}}}}
     assert layer_budgets(bumpy, max_drop=1.0)["sparsity"] == {"d": 0.25}
 

@@ -208,67 +208,120 @@ def _overall(sparsity: dict, sizes: dict) -> float:
     return sum(sparsity[n] * sizes[n] for n in sparsity) / total if total else 0.0
 
 
-def layer_budgets(scan: dict, max_drop: float | None = None, target_sparsity: float | None = None,
-         cluster_drop: float | None = None, bits_drop: float | None = None, max_sparsity: float = 0.99) -> dict:
-    """Per-layer budgets from a :func:`sensitivity` scan: each layer as far as its own curve allows.
+def _hull(curve: dict, max_sparsity: float) -> list:
+    """The lower convex hull of a layer's drop curve from (0, 0), made non-decreasing (a drop that falls back at a
+    higher sparsity is noise) and cut at ``max_sparsity``: ``[(s, drop), ...]`` with rising slopes."""
+    points, worst = [(0.0, 0.0)], 0.0
+    for s, d in sorted((float(s), float(d)) for s, d in curve.items()):
+        if s > max_sparsity:
+            prev_s, prev_d = points[-1]
+            if prev_s < max_sparsity:  # the curve's value at max_sparsity, by interpolation
+                points.append((max_sparsity, prev_d + (max(worst, d) - prev_d) * (max_sparsity - prev_s) / (s - prev_s)))
+            break
+        worst = max(worst, d)
+        points.append((s, worst))
+    hull = []
+    for point in points:
+        while len(hull) >= 2 and _cross(hull[-2], hull[-1], point) <= 0:
+            hull.pop()
+        hull.append(point)
+    return hull
 
-    Give ``max_drop`` (each layer pruned to the largest sparsity whose one-shot drop is within it) or
-    ``target_sparsity`` (the smallest common tolerance whose plan reaches that overall, size-weighted
-    sparsity: the big, insensitive layers take most of the pruning).
+
+def _cross(o, a, b) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
+def _cheapest_first(layers: dict, sizes: dict, target: float, max_sparsity: float) -> tuple[dict, float]:
+    """Per-layer sparsities reaching ``target`` overall, taking the pruning that costs the least one-shot drop per
+    weight removed first (a fractional knapsack over each layer's convex drop curve); returns them and the last
+    rate taken (points per 1,000 weights removed)."""
+    segments = []
+    for order, (name, entry) in enumerate(layers.items()):
+        hull = _hull(entry["sparsity"], max_sparsity)
+        for (s0, d0), (s1, d1) in zip(hull, hull[1:]):
+            rate = 1000.0 * (d1 - d0) / ((s1 - s0) * max(1, sizes[name]))
+            segments.append((rate, -sizes[name], order, s0, name, s1))
+    chosen = {name: 0.0 for name in layers}
+    needed = target * sum(sizes.values())
+    removed, last = 0.0, 0.0
+    for rate, _, _, s0, name, s1 in sorted(segments):
+        if removed >= needed - 1e-9:
+            break
+        gain = (s1 - s0) * sizes[name]
+        take = min(1.0, (needed - removed) / gain)
+        chosen[name] = s0 + take * (s1 - s0)
+        removed, last = removed + take * gain, rate
+    if removed < needed - 1e-6:
+        raise ConfigError(f"target_sparsity={target} is beyond what the scan covers (at most "
+                          f"{removed / sum(sizes.values()):.3f} overall with max_sparsity={max_sparsity}); scan "
+                          "higher sparsities")
+    return {name: round(value, 4) for name, value in chosen.items()}, last
+
+
+def _drop_at(curve: dict, sparsity: float) -> float:
+    points = _hull(curve, 1.0)
+    for (s0, d0), (s1, d1) in zip(points, points[1:]):
+        if s0 <= sparsity <= s1:
+            return d0 + (d1 - d0) * (sparsity - s0) / (s1 - s0)
+    return points[-1][1]
+
+
+def layer_budgets(scan: dict, max_drop: float | None = None, target_sparsity: float | None = None,
+                  cluster_drop: float | None = None, bits_drop: float | None = None, max_sparsity: float = 0.99) -> dict:
+    """Per-layer budgets from a :func:`sensitivity` scan.
+
+    Give ``target_sparsity`` (the overall, size-weighted sparsity wanted: the pruning that costs the least one-shot
+    drop per weight removed is taken first, so the big, insensitive layers take most of it and a small first
+    convolution, which saves no bytes, is barely touched) or ``max_drop`` (each layer pruned to the largest sparsity
+    whose own one-shot drop is within it). Curves are read through their lower convex hull, made non-decreasing.
 
     Args:
         scan: Dict from :func:`sensitivity`.
         max_drop: Float >= 0, points of one-shot validation drop allowed per layer, or None.
         target_sparsity: Float in [0, 1), the overall sparsity wanted, or None.
-        cluster_drop: Float >= 0 or None (the tolerance used for sparsity): per layer the fewest scanned
-            clusters within it (None for a layer when none is).
-        bits_drop: Float >= 0 or None (the same): per layer the fewest scanned bits within it (else 8).
+        cluster_drop: Float >= 0 or None (``max_drop``, else 0): per layer the fewest scanned clusters whose
+            one-shot drop is within it (None for a layer when none is).
+        bits_drop: Float >= 0 or None (``max_drop``, else 0): per layer the fewest scanned bits within it (else 8).
         max_sparsity: Float in (0, 1), no layer is planned beyond it.
 
     Returns:
-        ``{"sparsity": {layer: s}, "clusters": {layer: k or None}, "bits": {layer: b}, "tolerance": points,
-        "overall_sparsity": s}``.
+        ``{"sparsity": {layer: s}, "clusters": {layer: k or None}, "bits": {layer: b}, "overall_sparsity": s,
+        "predicted_drop": the sum of the layers' one-shot drops at their sparsity (an indication: fine-tuning
+        recovers much of it), "rate": the last drop per 1,000 weights taken (target mode) or None}``.
 
     >>> curves = {"conv": {"size": 10, "sparsity": {0.5: 1.0, 0.9: 9.0}},
     ...           "dense": {"size": 90, "sparsity": {0.5: 0.0, 0.9: 0.5, 0.95: 3.0}}}
-    >>> p = layer_budgets({"layers": curves}, target_sparsity=0.8)
-    >>> p["sparsity"], round(p["overall_sparsity"], 3)
-    ({'conv': 0.227, 'dense': 0.864}, 0.8)
+    >>> layer_budgets({"layers": curves}, target_sparsity=0.9)["sparsity"]
+    {'conv': 0.5, 'dense': 0.9444}
+    >>> layer_budgets({"layers": curves}, max_drop=1.0)["sparsity"]
+    {'conv': 0.5, 'dense': 0.91}
     """
     if (max_drop is None) == (target_sparsity is None):
-        raise ConfigError("layer_budgets needs exactly one of max_drop (points per layer) and target_sparsity (overall); "
-                          f"got max_drop={max_drop!r}, target_sparsity={target_sparsity!r}")
+        raise ConfigError("layer_budgets needs exactly one of max_drop (points per layer) and target_sparsity "
+                          f"(overall); got max_drop={max_drop!r}, target_sparsity={target_sparsity!r}")
     check_range("max_sparsity", max_sparsity, 0, 1, low_open=True, high_open=True)
     layers = scan.get("layers") if isinstance(scan, dict) else None
     if not layers:
         raise ConfigError("layer_budgets needs the dict sensitivity() returns, with at least one layer")
     sizes = {name: entry["size"] for name, entry in layers.items()}
-
-    def sparsities(tolerance):
-        return {name: min(max_sparsity, _largest_within(entry["sparsity"], tolerance))
-                for name, entry in layers.items()}
-
+    rate = None
     if max_drop is not None:
         check_range("max_drop", max_drop, 0)
-        tolerance = float(max_drop)
+        chosen = {name: min(max_sparsity, _largest_within(entry["sparsity"], max_drop))
+                  for name, entry in layers.items()}
     else:
         check_range("target_sparsity", target_sparsity, 0, 1, high_open=True)
-        drops = sorted({0.0} | {float(d) for e in layers.values() for d in e["sparsity"].values() if d > 0})
-        if _overall(sparsities(drops[-1]), sizes) < target_sparsity:
-            reach = _overall(sparsities(drops[-1]), sizes)
-            raise ConfigError(f"target_sparsity={target_sparsity} is beyond what the scan covers (at most "
-                              f"{reach:.3f} overall with max_sparsity={max_sparsity}); scan higher sparsities")
-        low, high = 0.0, drops[-1]
-        for _ in range(60):  # bisection on the common tolerance: the overall sparsity grows with it
-            mid = (low + high) / 2
-            low, high = (mid, high) if _overall(sparsities(mid), sizes) < target_sparsity else (low, mid)
-        tolerance = high
-    chosen = sparsities(tolerance)
-    limit_c = tolerance if cluster_drop is None else cluster_drop
-    limit_b = tolerance if bits_drop is None else bits_drop
+        chosen, rate = _cheapest_first(layers, sizes, target_sparsity, max_sparsity)
+    default = 0.0 if max_drop is None else max_drop
+    limit_c = default if cluster_drop is None else cluster_drop
+    limit_b = default if bits_drop is None else bits_drop
+    check_range("cluster_drop", limit_c, 0)
+    check_range("bits_drop", limit_b, 0)
     clusters = {name: min((k for k, d in entry.get("clusters", {}).items() if d <= limit_c), default=None)
                 for name, entry in layers.items()}
     bit_widths = {name: min((b for b, d in entry.get("bits", {}).items() if d <= limit_b), default=8)
                   for name, entry in layers.items()}
-    return {"sparsity": chosen, "clusters": clusters, "bits": bit_widths, "tolerance": tolerance,
-            "overall_sparsity": _overall(chosen, sizes)}
+    predicted = sum(_drop_at(entry["sparsity"], chosen[name]) for name, entry in layers.items())
+    return {"sparsity": chosen, "clusters": clusters, "bits": bit_widths, "overall_sparsity": _overall(chosen, sizes),
+            "predicted_drop": predicted, "rate": rate}
