@@ -48,7 +48,7 @@ def distill(
     teacher,
     student,
     train_ds,
-    temperature: float = 4.0,
+    temperature: float = 1.0,
     alpha: float = 0.1,
     epochs: int = 1,
     val_ds=None,
@@ -68,6 +68,16 @@ def distill(
     The teacher is frozen and runs in inference mode. The returned student is the same tf_keras
     object, trained and compiled with sparse categorical cross-entropy; it saves with no custom objects.
 
+    The recipe for a strong student (Beyer et al. 2022): a teacher better than the student by a margin, the SAME
+    augmented inputs for both at every step (``augment=``, or a ``train_ds`` that augments), and a long schedule.
+    The defaults (T=1, alpha=0.1, Adam with a cosine decay to 0 over the run) are what measured best on the 800
+    validation digits of mnist_5k (2-core AMD EPYC, shared; ``benchmarks/distillation.py`` lists every setting
+    tried): a 27k-parameter CNN student of a 422k-parameter CNN teacher, 60 epochs on "standard"-augmented digits,
+    val error T=1: 1.62% / 1.25% (Adam 1e-3 / 3e-3, cosine), T=2: 1.75% / 1.38%, T=4: 2.38% (1e-3); alpha 0.1
+    against 0: 1.50% / 1.12% vs 1.62% / 1.25%; cosine against a constant rate (3e-3): 1.12% vs 1.25%. Without
+    augmentation the teacher's targets on its own training digits are nearly one-hot and a higher T did better
+    (T=4: 1.50%, T=1: 1.75%): pass ``temperature=4`` there.
+
     Args:
         teacher: tf_keras model (trained), outputting logits or softmax probabilities.
         student: tf_keras model to train, with the teacher's output shape.
@@ -76,8 +86,9 @@ def distill(
         alpha: Float in [0, 1], the weight of the hard-label loss.
         epochs: Integer >= 1, training epochs.
         val_ds: tf.data.Dataset or None, validation batches.
-        optimizer: Optimizer or None (Adam at ``learning_rate``).
-        learning_rate: Float > 0, the rate of the default Adam.
+        optimizer: Optimizer or None (Adam from ``learning_rate``, cosine-decayed to 0 over the ``epochs``).
+        learning_rate: Float > 0, the initial rate of the default Adam (3e-3 did better than 1e-3 for the small
+            student above, alone and distilled).
         callbacks: Sequence of Keras callbacks (they see the Distiller as ``self.model``).
         strategy: tf.distribute.Strategy or None.
         verbose: "auto", 0, 1 or 2, as in ``fit``.
@@ -87,7 +98,7 @@ def distill(
             ``(x, y) -> (x, y)``: each batch is augmented once and BOTH models see it (see
             :func:`consistent_batches`); a ``train_ds`` that already augments does the same.
 
-    >>> student = distill(teacher, student, train_ds, temperature=4.0, alpha=0.1)  # doctest: +SKIP
+    >>> student = distill(teacher, student, train_ds, epochs=60, augment="standard")  # doctest: +SKIP
     """
     check_model(teacher, "distill")
     check_model(student, "distill")
@@ -97,12 +108,14 @@ def distill(
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs={epochs!r} must be an integer >= 1")
     _check_shapes(teacher, student)
-    count_steps(train_ds, "train_ds")
+    steps = count_steps(train_ds, "train_ds")
     if augment is not None:
         train_ds = consistent_batches(train_ds, augment, tuple(student.input_shape[1:]))
     _logits_fn(student, "student")  # a sigmoid student is refused before anything runs
     with strategy_scope(strategy):
-        compile_like(student, optimizer=optimizer or keras.optimizers.Adam(learning_rate))
+        if optimizer is None:
+            optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps))
+        compile_like(student, optimizer=optimizer)
     # the Distiller is made there: resumable, even batches under a strategy
     compression_fit(student, train_ds, epochs, val_ds=val_ds, callbacks=callbacks, verbose=verbose, strategy=strategy,
                     backup_dir=backup_dir, keep_backup=keep_backup, teacher=teacher, temperature=temperature,
