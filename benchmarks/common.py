@@ -24,7 +24,7 @@ from tfopt import data, losses, models, optimizers, schedules, train
 from tfopt._io import atomic_write_text, read_json, write_json
 from tfopt._keras import keras, set_seed, tf
 
-__all__ = ["Settings", "spread", "figure", "timed", "interleaved", "load_data", "baseline", "cached",
+__all__ = ["Settings", "spread", "figure", "timed", "interleaved", "load_data", "baseline", "augmented_baseline", "cached",
            "tflite_eval", "val_test", "keras_correct", "outcome", "compare", "fmt_acc", "fmt_delta", "fmt_p",
            "significance", "cpu_line",
            "machine", "versions", "save", "render_markdown", "main", "ROOT", "DATASET"]
@@ -163,6 +163,30 @@ def baseline(arch: str, settings: Settings):
         return model
 
     return cached(("baseline", arch, settings), make)
+
+
+def augmented_baseline(arch: str, settings: Settings, epochs=(40, 3), augment: str = "standard"):
+    """``arch`` (a key of BASELINES) trained with the demo recipe on AUGMENTED digits for longer: a stronger model
+    than :func:`baseline` (the distillation figure's teacher). Trained once per process.
+
+    Args:
+        arch: String, a key of BASELINES.
+        settings: The run's :class:`Settings`.
+        epochs: Pair of integers, the (full, quick) epochs.
+        augment: String, the ``tfopt.data`` augmentation of the training digits.
+    """
+
+    def make():
+        kwargs = dict(BASELINES[arch][0])
+        train_ds, _, _, info = load_data(settings, augment=augment)
+        set_seed(settings.seed)
+        model = models.build(kwargs.pop("name"), input_shape=info.input_shape, num_classes=info.num_classes, **kwargs)
+        n = settings.pick(*epochs)
+        compile_demo(model, n, math.ceil(info.n_train / BATCH))
+        train.fit(model, train_ds, epochs=n, verbose=0)
+        return model
+
+    return cached(("augmented_baseline", arch, tuple(epochs), augment, settings), make)
 
 
 # ---------------------------------------------------------------- TFLite measurements with a no-XNNPACK fallback
