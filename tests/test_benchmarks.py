@@ -85,6 +85,13 @@ def test_sanity_values(quick_run):
     seed = distill["per_seed"][0]
     assert seed["test_n"] == 1000 and seed["alone_test_error"] == pytest.approx(distill["alone"][0])
     assert 0 <= seed["mcnemar_p"] <= 1
+    # the student alone is the better of its two recipes on VALIDATION, and its test error is that recipe's
+    recipe = seed["alone_recipe"]
+    assert recipe in ("augmented", "plain")
+    assert seed["alone_val_error"] == min(seed["augmented_alone_val_error"], seed["plain_alone_val_error"])
+    assert seed["alone_test_error"] == seed[f"{recipe}_alone_test_error"]
+    assert distill["plain"][0] == seed["plain_alone_test_error"] and distill["teacher_val_error"] < 0.5
+    assert distill["never_worse"] == all(s["test_delta_points"] >= 0 for s in distill["per_seed"])
 
 
 def _tiny_pruned_model():
@@ -157,6 +164,32 @@ def test_constrained_search_budget_and_space():
     full = Space.parse(space())
     assert full.params["quantization"].values == ["int8", "dynamic"] and full.fixed["optimizer"] == "adamw"
     assert Space.parse(space(quick=True)).fixed["quantization"] == "int8"
+
+
+def test_compression_choice_is_the_smallest_within_half_a_point_on_validation():
+    from benchmarks import compression
+
+    def row(variant, kind, gzip, val_drop):
+        return {"variant": variant, "kind": kind, "gzip_bytes": gzip, "ratio": 1000 / gzip,
+                "val_drop_points": val_drop, "val_accuracy": 0.98 - val_drop / 100, "test_delta_points": -0.1}
+
+    rows = [row("float32", "float32", 1000, 0.0), row("fine-tuned float", "reference", 1000, -1.0),
+            row("a", "int8", 100, 0.25), row("b", "int4", 20, 0.5), row("c", "int4", 10, 0.625),
+            row("d", "int4", 30, 0.0)]
+    assert compression.MAX_DROP == 0.5 and compression.GOAL_RATIO == 40
+    assert compression.choose_best(rows)["variant"] == "b"  # c loses 5 digits of 800; the reference never counts
+    assert [r["variant"] for r in rows if r["frontier"]] == ["b", "c", "d"]  # a: d is smaller and more accurate
+    assert [r["within_drop_val"] for r in rows[2:]] == [True, True, False, True]
+    far = [row("float32", "float32", 1000, 0.0), row("x", "int4", 10, 2.0), row("y", "int4", 20, 1.0)]
+    assert compression.choose_best(far)["variant"] == "y"  # none within: the one losing least on validation
+
+
+def test_compression_int8_layers_are_small_or_sensitive():
+    from benchmarks.compression import layer_bits
+
+    scan = {"layers": {"conv1": {"size": 288, "bits": {4: 0.0}}, "dense1": {"size": 400_000, "bits": {4: 0.125}},
+                       "dense2": {"size": 30_000, "bits": {4: 0.5}}, "logits": {"size": 1280, "bits": {4: -0.125}}}}
+    assert layer_bits(scan) == {"conv1": 8, "dense2": 8, "logits": 8}
 
 
 def test_structured_choice_is_the_fastest_within_half_a_point_on_validation():
