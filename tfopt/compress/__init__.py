@@ -38,6 +38,7 @@ __all__ = [
     "flatten_model",
     "flops",
     "flops_by_layer",
+    "layer_budgets",
     "load_quantized",
     "m_by_n_ok",
     "prune",
@@ -47,5 +48,6 @@ __all__ = [
     "quantize_scheme",
     "rank_for_energy",
     "save_quantized",
+    "sensitivity",
     "sparsity",
 ]
