@@ -18,7 +18,7 @@ from tfopt.options import INT, NONE, at_least, options_from
 from tfopt.progress import keras_verbose
 from tfopt.techniques import StageResult, Technique, register_technique
 
-__all__ = ["fit", "compile_from_settings", "run_callbacks", "StopOnNaN", "in_strategy"]
+__all__ = ["fit", "keras_fit", "compile_from_settings", "run_callbacks", "StopOnNaN", "in_strategy"]
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,20 @@ def _write_dir(run_dir, strategy):
     return temp, temp
 
 
+def keras_fit(model, train_ds, strategy=None, **fit_kwargs):
+    """``model.fit(train_ds, **fit_kwargs)`` with the traps every tfopt training handles (``fit`` and the
+    compression fine-tunings): under a strategy, batches that do not split evenly over the replicas are padded and
+    weighed (the partial last one); dropout masks come from (layer, step), so a resumed run draws those of the run
+    it continues; tf_keras's BackupAndRestore deletes ``model._training_state`` at the end of training (the next
+    ``fit`` then fails with AttributeError), so it is put back."""
+    try:
+        with resumable_randomness(model):
+            return model.fit(distribute.even_batches(train_ds, strategy), **fit_kwargs)
+    finally:
+        if not hasattr(model, "_training_state"):
+            model._training_state = None
+
+
 def fit(
     model,
     train_ds,
@@ -250,16 +264,9 @@ def fit(
         all_callbacks = run_callbacks(write_dir, monitor, backup_dir=Path(backup_dir or Path(run_dir) / "backup"),
                                       keep_backup=keep_backup, train_ds=same_data) + all_callbacks
     try:
-        # replicas average their own rows: pad and weigh the batches that do not split evenly (the partial last one);
-        # dropout masks come from (layer, step): a resumed run draws those of the run it continues
-        with resumable_randomness(trained):
-            history = trained.fit(distribute.even_batches(train_ds, strategy), validation_data=val_ds, epochs=epochs,
-                                  callbacks=all_callbacks, verbose=keras_verbose(verbose))
+        history = keras_fit(trained, train_ds, strategy, validation_data=val_ds, epochs=epochs,
+                            callbacks=all_callbacks, verbose=keras_verbose(verbose))
     finally:
-        # tf_keras trap: BackupAndRestore deletes model._training_state at the end of training, and the
-        # next fit() on the same model then fails with AttributeError. Put the attribute back.
-        if not hasattr(trained, "_training_state"):
-            trained._training_state = None
         if throwaway is not None:
             shutil.rmtree(throwaway, ignore_errors=True)
     history.run_dir = throwaway or run_dir

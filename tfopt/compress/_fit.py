@@ -25,11 +25,12 @@ from pathlib import Path
 from tfopt import _faults, distribute
 from tfopt._keras import check_model, keras, tf
 from tfopt._model import strategy_scope
-from tfopt.checkpoints import FaultPoints, remove_backup, resumable_randomness, resume_callbacks, started
+from tfopt.checkpoints import FaultPoints, remove_backup, resume_callbacks, started
 from tfopt.compress._distiller import _EPS, Distiller, _check_shapes
 from tfopt.errors import ConfigError, check_range
 from tfopt.options import FLOAT, NONE, STR, Field, in_unit, positive
 from tfopt.progress import keras_verbose
+from tfopt.train import keras_fit
 
 __all__ = ["compression_fit", "distillation_settings", "stage_resume", "stage_teacher", "TEACHER_OPTIONS"]
 
@@ -172,15 +173,8 @@ def compression_fit(model, train_ds, epochs: int, val_ds=None, callbacks=(), ver
         all_callbacks = first + all_callbacks + faults + last
     else:
         all_callbacks += faults
-    try:
-        with resumable_randomness(trained):
-            history = trained.fit(distribute.even_batches(train_ds, strategy), validation_data=val_ds, epochs=epochs,
-                                  callbacks=all_callbacks, verbose=keras_verbose(verbose))
-    finally:
-        # tf_keras trap: BackupAndRestore deletes model._training_state at the end of training, and the next
-        # fit() on the same model then fails with AttributeError. Put the attribute back.
-        if not hasattr(trained, "_training_state"):
-            trained._training_state = None
+    history = keras_fit(trained, train_ds, strategy, validation_data=val_ds, epochs=epochs, callbacks=all_callbacks,
+                        verbose=keras_verbose(verbose))
     if backup_dir is not None and not keep_backup:
         remove_backup(backup_dir)
     return history
