@@ -33,6 +33,7 @@ __all__ = [
     "positive_int",
     "positive_ints",
     "input_shape_of",
+    "sequence_input",
     "activation_of",
     "dropout_of",
     "regularizer_of",
@@ -120,6 +121,39 @@ def input_shape_of(value, ndim: int | None = None, what: str = "") -> tuple:
     if not value or any(not _is_int(v) or v < 1 for v in value):
         raise ConfigError(f"input_shape={tuple(value)!r} is not allowed; allowed: integers >= 1 {what}".rstrip())
     return tuple(int(v) for v in value)
+
+
+def sequence_input(builder: str, input_shape, vocab_size, seq_len, what: str = "(length, features)"):
+    """The Input of a sequence model: feature vectors (``input_shape=(length, features)``) or token ids
+    (``vocab_size`` and ``seq_len``, both); exactly one of the two.
+
+    Args:
+        builder: String, the builder's name (for the message).
+        input_shape: Sequence of two integers or None.
+        vocab_size: Integer >= 1 or None.
+        seq_len: Integer >= 1 or None.
+        what: String, what the two axes of ``input_shape`` mean.
+
+    Returns:
+        ``(inputs, vocab_size)``: the Input tensor (int32 ``(seq_len,)`` for token ids) and the checked vocabulary
+        size, or None for feature vectors (the builder embeds token ids, projects features, or reads them as they are).
+
+    >>> inputs, vocab = sequence_input("lstm", None, 100, 8)
+    >>> tuple(inputs.shape), vocab
+    ((None, 8), 100)
+    """
+    tokens = vocab_size is not None or seq_len is not None
+    if (input_shape is None) == (not tokens) or (tokens and (vocab_size is None or seq_len is None)):
+        raise ConfigError(
+            f"{builder} got input_shape={input_shape!r}, vocab_size={vocab_size!r}, seq_len={seq_len!r}; "
+            f"allowed: exactly one of input_shape={what} for sequences of feature vectors, "
+            "or vocab_size and seq_len (both) for sequences of token ids"
+        )
+    if input_shape is not None:
+        return keras.Input(input_shape_of(input_shape, 2, what), name="input"), None
+    vocab_size = positive_int("vocab_size", vocab_size)
+    seq_len = positive_int("seq_len", seq_len)
+    return keras.Input((seq_len,), dtype="int32", name="input"), vocab_size
 
 
 def activation_of(value, name: str = "activation"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Sequence
 
 from tfopt._keras import keras
-from tfopt.errors import ConfigError
 from tfopt.models import blocks
 from tfopt.models.registry import register
 
@@ -18,23 +17,11 @@ __all__ = ["lstm"]
 
 def _inputs(input_shape, vocab_size, seq_len, embed_dim):
     """The Input tensor and the sequence tensor the LSTMs read (after the Embedding for token ids)."""
-    tokens = vocab_size is not None or seq_len is not None
-    if (input_shape is None) == (not tokens) or (tokens and (vocab_size is None or seq_len is None)):
-        raise ConfigError(
-            f"lstm got input_shape={input_shape!r}, vocab_size={vocab_size!r}, seq_len={seq_len!r}; "
-            "allowed: exactly one of input_shape=(timesteps, features) for sequences of features, "
-            "or vocab_size and seq_len (both) for sequences of token ids"
-        )
-    if input_shape is not None:
-        shape = blocks.input_shape_of(input_shape, 2, "(timesteps, features)")
-        inputs = keras.Input(shape, name="input")
+    inputs, vocab_size = blocks.sequence_input("lstm", input_shape, vocab_size, seq_len, "(timesteps, features)")
+    if vocab_size is None:
         return inputs, inputs
-    vocab_size = blocks.positive_int("vocab_size", vocab_size)
-    seq_len = blocks.positive_int("seq_len", seq_len)
     embed_dim = blocks.positive_int("embed_dim", embed_dim)
-    inputs = keras.Input((seq_len,), dtype="int32", name="input")
-    x = keras.layers.Embedding(vocab_size, embed_dim, mask_zero=False, name="embedding")(inputs)
-    return inputs, x
+    return inputs, keras.layers.Embedding(vocab_size, embed_dim, mask_zero=False, name="embedding")(inputs)
 
 
 @register("lstm")

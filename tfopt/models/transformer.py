@@ -171,20 +171,9 @@ def check_encoder(num_layers, num_heads, embed_dim, mlp_dim, dropout, activation
 def _embedded_inputs(input_shape, vocab_size, seq_len, embed_dim):
     """The Input tensor and its ``(batch, length, embed_dim)`` embedding: token ids through an Embedding, feature
     vectors through a Dense projection."""
-    tokens = vocab_size is not None or seq_len is not None
-    if (input_shape is None) == (not tokens) or (tokens and (vocab_size is None or seq_len is None)):
-        raise ConfigError(
-            f"transformer got input_shape={input_shape!r}, vocab_size={vocab_size!r}, seq_len={seq_len!r}; "
-            "allowed: exactly one of input_shape=(seq_len, features) for sequences of feature vectors, "
-            "or vocab_size and seq_len (both) for sequences of token ids"
-        )
-    if input_shape is not None:
-        shape = blocks.input_shape_of(input_shape, 2, "(seq_len, features)")
-        inputs = keras.Input(shape, name="input")
+    inputs, vocab_size = blocks.sequence_input("transformer", input_shape, vocab_size, seq_len, "(seq_len, features)")
+    if vocab_size is None:
         return inputs, keras.layers.Dense(embed_dim, name="projection")(inputs)
-    vocab_size = blocks.positive_int("vocab_size", vocab_size)
-    seq_len = blocks.positive_int("seq_len", seq_len)
-    inputs = keras.Input((seq_len,), dtype="int32", name="input")
     return inputs, keras.layers.Embedding(vocab_size, embed_dim, name="token_embedding")(inputs)
 
 
