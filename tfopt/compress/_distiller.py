@@ -15,9 +15,13 @@ from tfopt._keras import keras, serializable, tf
 from tfopt._model import outputs_logits
 from tfopt.errors import ConfigError
 
-__all__ = ["distillation_loss", "Distiller"]
+__all__ = ["distillation_loss", "Distiller", "TEMPERATURE", "ALPHA"]
 
 _EPS = 1e-7
+# the defaults of every distillation (distill, Distiller, distillation_loss, teacher= on a compression), measured on
+# validation: see tfopt.compress.distill's docstring and benchmarks/distillation.py's TUNING
+TEMPERATURE = 1.0
+ALPHA = 0.1
 
 
 def _last_activation(model) -> str:
@@ -37,7 +41,7 @@ def _logits_fn(model, role: str):
     )
 
 
-def distillation_loss(y_true, teacher_logits, student_logits, temperature: float = 4.0, alpha: float = 0.1,
+def distillation_loss(y_true, teacher_logits, student_logits, temperature: float = TEMPERATURE, alpha: float = ALPHA,
                       sample_weight=None):
     """Return ``(total, hard, soft)`` losses, each averaged over the batch (weighted per example, as Keras
     weighs a loss, when ``sample_weight`` is given: class-weighted data weighs both terms).
@@ -79,7 +83,7 @@ class Distiller(keras.Model):
     >>> distiller = Distiller(student, teacher, temperature=4.0, alpha=0.1)  # doctest: +SKIP
     """
 
-    def __init__(self, student, teacher, temperature: float = 4.0, alpha: float = 0.1, **kwargs):
+    def __init__(self, student, teacher, temperature: float = TEMPERATURE, alpha: float = ALPHA, **kwargs):
         super().__init__(**kwargs)
         self.student = student
         self.teacher = teacher

@@ -26,7 +26,7 @@ from tfopt import _faults, distribute
 from tfopt._keras import check_model, keras, tf
 from tfopt._model import strategy_scope
 from tfopt.checkpoints import FaultPoints, remove_backup, resume_callbacks, started
-from tfopt.compress._distiller import _EPS, Distiller, _check_shapes
+from tfopt.compress._distiller import _EPS, ALPHA, TEMPERATURE, Distiller, _check_shapes
 from tfopt.errors import ConfigError, check_range
 from tfopt.options import FLOAT, NONE, STR, Field, in_unit, positive
 from tfopt.progress import keras_verbose
@@ -46,14 +46,6 @@ TEACHER_OPTIONS = {
 }
 
 
-def _distill_default(name: str):
-    """The default of ``tfopt.compress.distill``'s option ``name`` (its signature's, read from its registered
-    technique: ``distill`` imports this module, so this module cannot import it)."""
-    from tfopt.techniques import get_technique
-
-    return get_technique("distill").options[name].default
-
-
 def distillation_settings(teacher, temperature=None, alpha=None, student=None) -> tuple:
     """``(temperature, alpha)`` checked, None meaning :func:`tfopt.compress.distill`'s default; with a teacher,
     also that it is a tf_keras model whose output shape matches ``student``'s (when given).
@@ -67,8 +59,8 @@ def distillation_settings(teacher, temperature=None, alpha=None, student=None) -
     >>> distillation_settings(None, 2.0, 0.5)
     (2.0, 0.5)
     """
-    temperature = _distill_default("temperature") if temperature is None else temperature
-    alpha = _distill_default("alpha") if alpha is None else alpha
+    temperature = TEMPERATURE if temperature is None else temperature
+    alpha = ALPHA if alpha is None else alpha
     check_range("temperature", temperature, 0, low_open=True)
     check_range("alpha", alpha, 0, 1)
     if teacher is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from tfopt._keras import check_model, keras, tf
 from tfopt._model import compile_like, count_steps, strategy_scope
-from tfopt.compress._distiller import Distiller, _check_shapes, _logits_fn, distillation_loss
+from tfopt.compress._distiller import ALPHA, TEMPERATURE, Distiller, _check_shapes, _logits_fn, distillation_loss
 from tfopt.compress._fit import compression_fit, stage_resume
 from tfopt.data.augment import AUGMENTATIONS, get_augmentation
 from tfopt.errors import ConfigError, check_range
@@ -48,8 +48,8 @@ def distill(
     teacher,
     student,
     train_ds,
-    temperature: float = 1.0,
-    alpha: float = 0.1,
+    temperature: float = TEMPERATURE,
+    alpha: float = ALPHA,
     epochs: int = 1,
     val_ds=None,
     optimizer=None,
