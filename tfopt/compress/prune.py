@@ -4,6 +4,12 @@ The pruning schedule is derived from the data so that the target is reached insi
 wrappers see steps 1..T (T = batches per epoch x epochs) and update their masks only at steps that are
 multiples of ``frequency`` and ``<= end_step``; ``end_step`` is put on such a multiple at ~75% of T, so the
 final update (at the full target) happens and the last quarter of the run fine-tunes at that sparsity.
+
+``budgets`` says how a float ``target_sparsity`` is spread over the layers: "uniform" gives every pruned kernel
+that sparsity; "sensitivity" reads it as the overall (size-weighted) sparsity and first runs a per-layer
+sensitivity scan on ``val_ds`` (``tfopt.compress.sensitivity``), then prunes to the per-layer budgets
+``tfopt.compress.layer_budgets`` plans from it: the big, insensitive layers take most of the zeros, a small first
+convolution or logits layer few.
 """
 
 from __future__ import annotations
@@ -12,14 +18,16 @@ from tfopt._keras import check_model, tfmot
 from tfopt._model import compile_like, count_steps, private_copy, strategy_scope, wrap_layers
 from tfopt.compress._fit import TEACHER_OPTIONS, compression_fit, distillation_settings, stage_resume, stage_teacher
 from tfopt.compress.inspect import m_by_n_ok, match_layers, prunable_weights, sparsity, walk_layers
-from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_choice, check_range
+from tfopt.compress.sensitivity import PLAN_SPARSITIES, layer_budgets, sensitivity
+from tfopt.errors import CompressionError, ConfigError, DataError, UnsupportedLayerError, check_choice, check_range
 from tfopt.options import LIST, NONE, STR, at_least, in_unit, int_list, options_from, positive
 from tfopt.techniques import StageResult, Technique, register_technique
 
-__all__ = ["prune", "pruning_schedule"]
+__all__ = ["prune", "pruning_schedule", "BUDGETS"]
 
 END_FRACTION = 0.75  # end_step ~ this fraction of the run; the rest fine-tunes at the target sparsity
 UPDATES = 10  # default number of mask updates before end_step
+BUDGETS = ("uniform", "sensitivity")  # how a float target_sparsity is spread over the layers (see the module doc)
 
 
 def _xnnpack_policy():
@@ -142,6 +150,52 @@ def _targets(work, layers, policy, m_by_n) -> list[str]:
     return names
 
 
+def _budgets_problem(budgets, target_sparsity, m_by_n, policy) -> str | None:
+    """What contradicts ``budgets="sensitivity"`` among the other options (None when nothing): it plans each layer's
+    sparsity from one overall float target, which a per-layer dict, an m-by-n pattern (its sparsity is m/n) or a
+    policy (it chooses the layers) would override. ``prune`` raises it; the prune stage reports it at file:line.
+
+    >>> _budgets_problem("sensitivity", 0.9, None, None) is None
+    True
+    """
+    if budgets != "sensitivity":
+        return None
+    if isinstance(target_sparsity, dict):
+        return (f"budgets='sensitivity' plans each layer's sparsity from one overall target_sparsity (a float); got "
+                f"target_sparsity={target_sparsity!r}: give one float, or budgets='uniform' with the per-layer dict (a "
+                "Python call of tfopt.compress.prune)")
+    if m_by_n is not None:
+        return (f"budgets='sensitivity' cannot be combined with m_by_n={m_by_n!r} (the m-by-n pattern fixes every "
+                "layer's sparsity at m/n); unset one of them")
+    if policy is not None:
+        return (f"budgets='sensitivity' cannot be combined with policy={policy!r} (the policy chooses the layers, the "
+                "scan plans all of them); unset one of them")
+    return None
+
+
+def _sensitivity_budgets(model, val_ds, target: float, layers, initial_sparsity: float) -> dict:
+    """The per-layer sparsities reaching ``target`` overall, planned from a scan of ``model`` on ``val_ds``.
+
+    Returns:
+        ``{"sparsity": {layer: s}, "overall_sparsity": planned, "predicted_drop": points (one-shot, before
+        fine-tuning), "val_accuracy": the scan's baseline, "val_examples": how many it was measured on}``.
+    """
+    check_range("target_sparsity", target, 0, 1, low_open=True, high_open=True)
+    if val_ds is None:
+        raise DataError("prune: budgets='sensitivity' needs val_ds, the labelled validation batches the per-layer "
+                        "sensitivity scan is measured on (never the test split); got val_ds=None")
+    scan = sensitivity(model, val_ds, sparsities=PLAN_SPARSITIES, clusters=(), bits=(), layers=layers)
+    plan = layer_budgets(scan, target_sparsity=target)
+    pruned = {name: value for name, value in plan["sparsity"].items() if value > 0}
+    lowest = min(pruned, key=pruned.get)
+    if initial_sparsity >= pruned[lowest]:
+        raise ConfigError(f"initial_sparsity={initial_sparsity} is not below every layer's budget: the sensitivity "
+                          f"scan gave {lowest!r} {pruned[lowest]}; with budgets='sensitivity' use initial_sparsity=0")
+    return {"sparsity": plan["sparsity"], "overall_sparsity": round(plan["overall_sparsity"], 4),
+            "predicted_drop": round(plan["predicted_drop"], 3), "val_accuracy": scan["baseline"],
+            "val_examples": scan["n"]}
+
+
 def _resolve_policy(policy):
     if policy is None or hasattr(policy, "allow_pruning"):
         return policy
@@ -204,14 +258,16 @@ def prune(
     alpha: float | None = None,
     backup_dir=None,
     keep_backup: bool = False,
+    budgets: str = "uniform",
 ):
     """Fine-tune a copy of ``model`` with magnitude pruning and return it stripped (plain layers, zeros in kernels).
 
     Args:
         model: tf_keras functional or Sequential model, trained; it is not modified.
         train_ds: tf.data.Dataset of (x, y) batches (finite).
-        target_sparsity: Float, the fraction of zeros wanted in each pruned kernel, 0 <= value < 1; or a dict
-            of layer (name, class or class name, as in ``layers``) -> sparsity: a budget per layer, e.g. from
+        target_sparsity: Float, the fraction of zeros wanted in each pruned kernel, 0 <= value < 1 (with
+            ``budgets="sensitivity"``: overall, over the weights of ``layers``, 0 < value < 1); or a dict of layer
+            (name, class or class name, as in ``layers``) -> sparsity: a budget per layer, e.g. from
             ``tfopt.compress.layer_budgets`` (the layers not named, and those at 0, are not pruned).
         epochs: Integer, the number of fine-tuning epochs (>= 1).
         schedule: String, "polynomial" (gradual, tfmot PolynomialDecay) or "constant" (ConstantSparsity).
@@ -222,7 +278,7 @@ def prune(
         policy: None, "xnnpack" (tfmot PruneForLatencyOnXNNPack: only 1x1 convs of a fitting model) or a
             tfmot PruningPolicy instance.
         layers: Iterable of layer names, classes or class names to prune, or None for every prunable layer.
-        val_ds: tf.data.Dataset or None, validation data for ``fit``.
+        val_ds: tf.data.Dataset or None, validation data for ``fit`` (and for ``budgets="sensitivity"``'s scan).
         callbacks: Sequence of extra Keras callbacks.
         optimizer: Optimizer or None (None: a fresh copy of the model's optimizer at ``learning_rate``, else
             Adam(learning_rate)).
@@ -241,16 +297,35 @@ def prune(
         backup_dir: String, Path or None: keep a resumable state there; a call killed mid-way and made again
             with the same ``backup_dir`` resumes at the epoch it was in (see ``compression_fit``).
         keep_backup: Boolean, keep that state when fine-tuning ends (a later call restores it, training nothing).
+        budgets: String, "uniform" (a float ``target_sparsity`` in every pruned kernel) or "sensitivity" (a float
+            ``target_sparsity`` overall: a per-layer sensitivity scan on ``val_ds`` plans each layer's sparsity
+            with ``tfopt.compress.layer_budgets``; not with a dict target, ``m_by_n`` or ``policy``).
 
     Returns:
-        The stripped, compiled tf_keras model (or ``(model, report)``); inspect it with ``sparsity(model)``.
+        The stripped, compiled tf_keras model (or ``(model, report)``, the report's ``sensitivity_plan`` holding
+        the per-layer budgets when ``budgets="sensitivity"``); inspect it with ``sparsity(model)``.
 
     >>> pruned = prune(model, train_ds, 0.5, epochs=2)  # doctest: +SKIP
     >>> sparsity(pruned)["overall"]  # doctest: +SKIP
     0.5
+    >>> pruned, report = prune(model, train_ds, 0.8, val_ds=val_ds, budgets="sensitivity",
+    ...                        return_report=True)  # doctest: +SKIP
+    >>> report["sensitivity_plan"]["sparsity"]  # doctest: +SKIP
+    {'conv1': 0.0, 'dense1': 0.8766, 'logits': 0.0}
     """
     check_model(model, "prune")
-    targets = _layer_targets(model, target_sparsity, layers) if isinstance(target_sparsity, dict) else None
+    check_choice("budgets", budgets, BUDGETS)
+    problem = _budgets_problem(budgets, target_sparsity, m_by_n, policy)
+    if problem:
+        raise ConfigError(problem)
+    plan = None
+    if budgets == "sensitivity":
+        _validate(target_sparsity, initial_sparsity, epochs, schedule, frequency)  # before the scan's cost
+        plan = _sensitivity_budgets(model, val_ds, target_sparsity, layers, initial_sparsity)
+        per_layer, layers = plan["sparsity"], None
+    else:
+        per_layer = target_sparsity
+    targets = _layer_targets(model, per_layer, layers) if isinstance(per_layer, dict) else None
     lowest = min(targets.values()) if targets else target_sparsity  # initial_sparsity stays below each target
     _validate(lowest, initial_sparsity, epochs, schedule, frequency)
     temperature, alpha = distillation_settings(teacher, temperature, alpha, model)
@@ -289,6 +364,8 @@ def prune(
     reached = {k: v for k, v in measured["layers"].items() if k.split("/")[0] in names}
     info = {
         "target": target_sparsity,
+        "budgets": budgets,
+        "sensitivity_plan": plan,
         "schedule": schedule,
         "m_by_n": m_by_n,
         "pruned_layers": names,
@@ -308,19 +385,30 @@ def prune(
 # ---------------------------------------------------------------- the "prune" technique (a recipe stage)
 
 
+def _stage_problem(o: dict) -> str | None:
+    """A stage's options that contradict ``budgets`` (reported at the stage's file:line before anything runs)."""
+    return _budgets_problem(o.get("budgets"), o.get("target_sparsity"), o.get("m_by_n"), o.get("policy"))
+
+
 def _run_stage(inputs, o: dict):
-    """The prune stage: magnitude pruning of the current model to ``target_sparsity``."""
+    """The prune stage: magnitude pruning of the current model to ``target_sparsity`` (with ``budgets: sensitivity``
+    overall, per-layer budgets planned on the stage's validation split; the metrics record them)."""
     train_ds, val_ds, _ = inputs.load()
-    pruned = prune(inputs.model(), train_ds, o["target_sparsity"], epochs=o["epochs"], schedule=o["schedule"],
-                   initial_sparsity=o["initial_sparsity"], frequency=o["frequency"],
-                   m_by_n=tuple(o["m_by_n"]) if o["m_by_n"] else None, policy=o["policy"], val_ds=val_ds,
-                   learning_rate=o["learning_rate"], verbose=inputs.verbose, **stage_teacher(inputs, o),
-                   **stage_resume(inputs))
+    pruned, report = prune(
+        inputs.model(), train_ds, o["target_sparsity"], epochs=o["epochs"], schedule=o["schedule"],
+        initial_sparsity=o["initial_sparsity"], frequency=o["frequency"],
+        m_by_n=tuple(o["m_by_n"]) if o["m_by_n"] else None, policy=o["policy"], val_ds=val_ds,
+        learning_rate=o["learning_rate"], verbose=inputs.verbose, budgets=o["budgets"], return_report=True,
+        **stage_teacher(inputs, o), **stage_resume(inputs))
     reached = sparsity(pruned)
-    metrics = {"target_sparsity": o["target_sparsity"], "sparsity": reached["overall"],
+    metrics = {"target_sparsity": o["target_sparsity"], "budgets": o["budgets"], "sparsity": reached["overall"],
                "layer_sparsity": reached["layers"], **inputs.held_out(pruned, val_ds)}
-    return StageResult(pruned, metrics, f"sparsity {reached['overall']:.3f}, val accuracy "
-                                        f"{metrics['val_accuracy']:.4f}")
+    note = f"sparsity {reached['overall']:.3f}"
+    if report["sensitivity_plan"] is not None:
+        metrics["sensitivity_plan"] = report["sensitivity_plan"]
+        budgets = report["sensitivity_plan"]["sparsity"]
+        note += f" (per-layer budgets {min(budgets.values()):.3f} to {max(budgets.values()):.3f})"
+    return StageResult(pruned, metrics, f"{note}, val accuracy {metrics['val_accuracy']:.4f}")
 
 
 def _apply(model, train_ds, target_sparsity, epochs=1, strategy=None, verbose=0):
@@ -331,9 +419,13 @@ def _apply(model, train_ds, target_sparsity, epochs=1, strategy=None, verbose=0)
 
 TECHNIQUE = register_technique(Technique(
     "prune",
-    options_from(prune, ["target_sparsity", "epochs", "schedule", "initial_sparsity", "frequency", "m_by_n", "policy",
-                         "learning_rate", *TEACHER_OPTIONS], **TEACHER_OPTIONS,
-                 target_sparsity={"check": in_unit(), "help": "the fraction of zeros wanted in each pruned kernel"},
+    options_from(prune, ["target_sparsity", "budgets", "epochs", "schedule", "initial_sparsity", "frequency", "m_by_n",
+                         "policy", "learning_rate", *TEACHER_OPTIONS], **TEACHER_OPTIONS,
+                 target_sparsity={"check": in_unit(), "help": "the fraction of zeros wanted in each pruned kernel "
+                                                              "(budgets: sensitivity: overall, over all of them)"},
+                 budgets={"choices": BUDGETS,
+                          "help": "uniform: target_sparsity in every kernel; sensitivity: per-layer budgets planned "
+                                  "from a one-shot scan on validation, target_sparsity overall"},
                  epochs={"default": 2, "check": at_least(1),
                          "help": "fine-tuning epochs (2 in a recipe: the schedule needs steps to reach its target)"},
                  schedule={"choices": tuple(_SCHEDULES)},
@@ -347,4 +439,5 @@ TECHNIQUE = register_technique(Technique(
     function=prune, own_defaults=("epochs",), sets=("pruned",),
     refuses_after={"clustered": "'prune' after 'cluster' loses the clusters; prune first, then cluster with "
                                 "preserve_sparsity"},
-    tune_keys={"target_sparsity": "target_sparsity", "prune_epochs": "epochs"}, tune_order=10, apply=_apply))
+    tune_keys={"target_sparsity": "target_sparsity", "prune_epochs": "epochs"}, tune_order=10, apply=_apply,
+    check=_stage_problem))

@@ -7,7 +7,8 @@ The first convolution and the logits layer usually lose more at a given sparsity
 that holds most of the weights, so one global sparsity wastes accuracy on the small layers.
 :func:`sensitivity` measures, per layer, the drop at several sparsities, cluster counts and bit widths;
 :func:`layer_budgets` turns it into per-layer budgets for ``tfopt.compress.prune`` (``target_sparsity`` as a dict),
-``tfopt.compress.cluster`` and ``tfopt.export.to_tflite(..., layer_bits=...)``.
+``tfopt.compress.cluster`` and ``tfopt.export.to_tflite(..., layer_bits=...)``. ``prune(..., budgets="sensitivity",
+val_ds=...)`` runs both (on :data:`PLAN_SPARSITIES`) for an overall ``target_sparsity``.
 
 >>> curve = {"size": 100, "sparsity": {0.5: 0.0, 0.9: 2.0}, "clusters": {}, "bits": {}}
 >>> layer_budgets({"layers": {"dense": curve}}, max_drop=1.0)["sparsity"]
@@ -22,9 +23,11 @@ from tfopt._keras import check_model, tf
 from tfopt.compress.inspect import match_layers, prunable_weights, walk_layers
 from tfopt.errors import ConfigError, DataError, check_range
 
-__all__ = ["sensitivity", "layer_budgets", "SPARSITIES", "CLUSTER_COUNTS", "BITS"]
+__all__ = ["sensitivity", "layer_budgets", "SPARSITIES", "PLAN_SPARSITIES", "CLUSTER_COUNTS", "BITS"]
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+# the finer grid an overall target is planned on (prune's budgets="sensitivity"): up to 0.99, the default max_sparsity
+PLAN_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
 CLUSTER_COUNTS = (32, 16, 8, 4)
 BITS = (8, 4)
 _KMEANS_ITERATIONS = 20
