@@ -113,7 +113,8 @@ def test_derived_tables_are_the_registry(scale):
     assert set(tfopt.tune.COMPRESSION_KEYS) == keys == {"target_sparsity", "prune_epochs", "n_clusters",
                                                         "cluster_epochs", "quantization", "channel_fraction",
                                                         "channel_epochs", "channel_importance", "factorize_energy",
-                                                        "factorize_epochs"}
+                                                        "factorize_epochs", "layer_bits"}
+    assert set(tfopt.tune.spaces.per_layer_keys()) == {"target_sparsity", "n_clusters", "layer_bits"}
     assert "scale_weights" in tfopt.pipeline.STAGES
 
 

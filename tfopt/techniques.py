@@ -64,6 +64,9 @@ class Technique:
             unset means "whether it is there").
         tune_keys: Dict search-space key -> option name (validated by that option's Field) or a Field of
             its own; the first key turns the technique on in a trial (a value that is not None or 0).
+        per_layer: Dict tune key -> Field of ONE layer's value: the search-space keys ``"<key>/<layer name>"`` tune
+            that layer's value, and a trial passes the technique ``{layer name: value, ...}`` as ``<key>``
+            (``target_sparsity/dense1``, ``n_clusters/conv2``, ``layer_bits/logits``). Each key is a tune key.
         tune_order: Integer, its place in a trial's compression chain (lower first).
         apply: Callable ``(model, train_ds, strategy=None, verbose=0, **options) -> model`` for a search's
             trials (options named as in ``tune_keys``' values), or None when searches do not apply it.
@@ -87,6 +90,7 @@ class Technique:
     preserves: dict = dataclasses.field(default_factory=dict)
     tune_keys: dict = dataclasses.field(default_factory=dict)
     tune_order: int = 0
+    per_layer: dict = dataclasses.field(default_factory=dict)
     apply: Callable | None = None
     check: Callable | None = None
 
@@ -198,10 +202,12 @@ def register_technique(technique: Technique, overwrite: bool = False) -> Techniq
         raise ConfigError(f"technique name {t.name!r} is not allowed; allowed: lower-case letters, digits and _, "
                           "starting with a letter")
     bad = [k for k, f in t.options.items() if not isinstance(f, Field)] + \
-        [k for k, f in t.tune_keys.items() if not (isinstance(f, Field) or f in t.options)]
+        [k for k, f in t.tune_keys.items() if not (isinstance(f, Field) or f in t.options)] + \
+        [k for k, f in t.per_layer.items() if not (isinstance(f, Field) and k in t.tune_keys)]
     if bad or "name" in t.options or not callable(t.run):
         raise ConfigError(f"technique {t.name!r}: options must be Fields (not 'name', which every stage has), "
-                          f"tune_keys must name options or be Fields, run must be callable; check {bad or ['run']}")
+                          f"tune_keys must name options or be Fields, per_layer must map tune keys to Fields, run "
+                          f"must be callable; check {bad or ['run']}")
     states = set(t.needs) | set(t.sets) | set(t.clears) | set(t.refuses_after) | set(t.preserves.values())
     if states - set(STATES):
         raise ConfigError(f"technique {t.name!r} names unknown states {sorted(states - set(STATES))}; "

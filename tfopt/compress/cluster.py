@@ -11,9 +11,10 @@ from tfopt._keras import check_model, tf, tfmot
 from tfopt._private import private
 from tfopt._model import compile_like, private_copy, strategy_scope, wrap_layers
 from tfopt.compress._fit import TEACHER_OPTIONS, compression_fit, distillation_settings, stage_resume, stage_teacher
-from tfopt.compress.inspect import cluster_counts, clusterable_weights, match_layers, sparsity, walk_layers
+from tfopt.compress.inspect import (cluster_counts, clusterable_weights, layer_values, match_layers, sparsity,
+                                    walk_layers)
 from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_choice
-from tfopt.options import BOOL, NONE, at_least, options_from, positive
+from tfopt.options import BOOL, INT, NONE, Field, at_least, options_from, positive
 from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["cluster", "INITS"]
@@ -28,11 +29,21 @@ INITS = {
 SPARSITY_TOLERANCE = 0.005  # preserve_sparsity: allowed drop of a layer's zero fraction
 
 
-def _validate(n_clusters, init, epochs, preserve_sparsity):
+def _check_count(name: str, value, preserve_sparsity: bool, skip: bool = False) -> None:
+    """ConfigError unless ``value`` is an integer >= 2 (>= 3 keeping zeros); with ``skip`` also 0 or None (that
+    layer left unclustered, in a per-layer dict)."""
     low = 3 if preserve_sparsity else 2
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < low:
+    if skip and value in (0, None) and not isinstance(value, bool):
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
         extra = " with preserve_sparsity=True (one centroid is pinned at zero)" if preserve_sparsity else ""
-        raise ConfigError(f"n_clusters={n_clusters!r} is out of range; allowed: an integer >= {low}{extra}")
+        skipped = " (or 0/None: leave the layer unclustered)" if skip else ""
+        raise ConfigError(f"{name}={value!r} is out of range; allowed: an integer >= {low}{extra}{skipped}")
+
+
+def _validate(n_clusters, init, epochs, preserve_sparsity):
+    if not isinstance(n_clusters, dict):  # a per-layer dict is checked against the model's layers in cluster()
+        _check_count("n_clusters", n_clusters, preserve_sparsity)
     check_choice("init", init, tuple(INITS))
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs={epochs!r} is out of range; allowed: an integer >= 1")
@@ -40,6 +51,24 @@ def _validate(n_clusters, init, epochs, preserve_sparsity):
 
 def _wrapper_type():
     return private("tfmot_cluster_wrapper")
+
+
+def _counts(work, n_clusters, layers, preserve_sparsity) -> dict:
+    """``{layer name: clusters}`` of the layers to cluster: every layer ``layers`` chooses at ``n_clusters``, or, with a
+    per-layer dict, its layers at their own counts (0/None: left unclustered)."""
+    if not isinstance(n_clusters, dict):
+        return {name: n_clusters for name in _targets(work, layers)}
+    if layers is not None:
+        raise ConfigError("n_clusters is a dict of layer -> clusters: its keys choose the layers; leave layers=None "
+                          f"(got layers={layers!r})")
+    counts = layer_values(work, n_clusters, "cluster", "n_clusters",
+                          lambda name, value: _check_count(name, value, preserve_sparsity, skip=True))
+    counts = {name: value for name, value in counts.items() if value}
+    if not counts:
+        raise ConfigError(f"n_clusters={n_clusters!r} clusters no layer (every value is 0 or None); allowed: a dict "
+                          "with at least one count >= 2")
+    _targets(work, list(counts))
+    return counts
 
 
 def _targets(work, layers) -> list[str]:
@@ -60,21 +89,23 @@ def _targets(work, layers) -> list[str]:
     return names
 
 
-def _check(stripped, clustered, n_clusters, per_channel, before, preserve_sparsity):
+def _check(stripped, clustered: dict, per_channel, before, preserve_sparsity):
+    """``clustered``: {layer name: its n_clusters} of the layers tfmot wrapped."""
     counts = cluster_counts(stripped)
     too_many = {}
     for name, count in counts["layers"].items():
-        if name.split("/")[0] not in clustered:
+        limit = clustered.get(name.split("/")[0])
+        if limit is None:
             continue
         per = counts["per_channel"].get(name) if per_channel else None
         value = per if per is not None else count
-        if value > n_clusters:
-            too_many[name] = value
+        if value > limit:
+            too_many[name] = (value, limit)
     if too_many:
         unit = "per output channel " if per_channel else ""
         raise CompressionError(
-            f"cluster: layers {too_many} have more than n_clusters={n_clusters} distinct kernel values {unit}"
-            "after stripping"
+            f"cluster: layers {too_many} (values, n_clusters) have more distinct kernel values {unit}than their "
+            "n_clusters after stripping"
         )
     if preserve_sparsity:
         after = sparsity(stripped)["layers"]
@@ -117,7 +148,8 @@ def cluster(
     Args:
         model: tf_keras functional or Sequential model, trained (or pruned); it is not modified.
         train_ds: tf.data.Dataset of (x, y) batches.
-        n_clusters: Integer, the number of centroids per kernel (>= 2; >= 3 with preserve_sparsity).
+        n_clusters: Integer, the number of centroids per kernel (>= 2; >= 3 with preserve_sparsity), or a dict of
+            layer name (or class) -> its count, 0 or None leaving that layer unclustered (``layers`` then None).
         init: String, the centroid initialization: "kmeans++", "linear", "density" or "random".
         per_channel: Boolean, cluster each output channel of Conv2D kernels separately (other layers ignore it).
         preserve_sparsity: Boolean, keep the zeros of a pruned model (one centroid pinned at zero).
@@ -150,16 +182,17 @@ def cluster(
     temperature, alpha = distillation_settings(teacher, temperature, alpha, model)
     before = sparsity(model)["layers"] if preserve_sparsity else {}
     params = {
-        "number_of_clusters": n_clusters,
         "cluster_centroids_init": INITS[init],
         "cluster_per_channel": bool(per_channel),
         "preserve_sparsity": bool(preserve_sparsity),
     }
     with strategy_scope(strategy):
         work = private_copy(model, "cluster")
-        names = _targets(work, layers)
+        counts = _counts(work, n_clusters, layers, preserve_sparsity)
+        names = list(counts)
         try:
-            wrapped = wrap_layers(work, lambda layer: tfmot.clustering.keras.cluster_weights(layer, **params), names)
+            wrapped = wrap_layers(work, lambda layer: tfmot.clustering.keras.cluster_weights(
+                layer, number_of_clusters=counts[layer.name], **params), names)
         except ValueError as err:
             raise UnsupportedLayerError(f"cluster: tfmot cannot wrap the model's layers {names}: {err}") from err
         except tf.errors.InvalidArgumentError as err:
@@ -170,7 +203,8 @@ def cluster(
                 "clusters; use fewer clusters, init='linear', or layers=[...] to skip small layers"
             ) from err
         wrapper = _wrapper_type()
-        clustered = [layer.layer.name for layer in walk_layers(wrapped) if isinstance(layer, wrapper)]
+        clustered = {layer.layer.name: counts[layer.layer.name] for layer in walk_layers(wrapped)
+                     if isinstance(layer, wrapper)}
         if not clustered:
             raise UnsupportedLayerError(
                 f"cluster: no layer among {names} has more weights than n_clusters={n_clusters}"
@@ -187,7 +221,7 @@ def cluster(
         # every layer again under its own name.
         stripped = private_copy(stripped, "cluster")
         compile_like(stripped, model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
-    _check(stripped, clustered, n_clusters, per_channel, before, preserve_sparsity)
+    _check(stripped, clustered, per_channel, before, preserve_sparsity)
     return stripped
 
 
@@ -228,4 +262,7 @@ TECHNIQUE = register_technique(Technique(
     _run_stage, summary="weight clustering (tfmot): at most n_clusters values per kernel, then stripped",
     function=cluster, own_defaults=("preserve_sparsity",), sets=("clustered",),
     preserves={"preserve_sparsity": "pruned"},
-    tune_keys={"n_clusters": "n_clusters", "cluster_epochs": "epochs"}, tune_order=20, apply=_apply))
+    tune_keys={"n_clusters": "n_clusters", "cluster_epochs": "epochs"}, tune_order=20, apply=_apply,
+    per_layer={"n_clusters": Field((INT, NONE), None, check=lambda v: None if v in (0, None) or v >= 2 else
+                                   "0 or None (leave the layer unclustered) or an integer >= 2",
+                                   help="one layer's centroids (0 or None: leave it unclustered)")}))

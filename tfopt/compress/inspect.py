@@ -21,6 +21,7 @@ __all__ = [
     "prunable_weights",
     "clusterable_weights",
     "match_layers",
+    "layer_values",
     "walk_layers",
 ]
 
@@ -258,3 +259,35 @@ def match_layers(model, layers: Iterable | None, where: str, usable) -> list[str
             )
         chosen += [layer.name for layer in hits if layer.name not in chosen]
     return chosen
+
+
+def layer_values(model, values: dict, where: str, option: str, check=None) -> dict:
+    """``{layer name: value}`` from a per-layer option such as ``target_sparsity`` or ``n_clusters`` given as a dict
+    whose keys are layer names, classes or class names (as ``layers`` takes them).
+
+    Args:
+        model: tf_keras model.
+        values: Dict of layer name, class or class name -> value.
+        where: String, the calling function's name, for messages.
+        option: String, the option's name, for messages.
+        check: Callable ``(name, value) -> None`` raising ConfigError for a value out of range, or None.
+
+    Raises ConfigError for an empty dict, a key matching no layer, or a layer matched by two keys.
+
+    >>> m = keras.Sequential([keras.layers.Dense(2, input_shape=(2,), name="d")])
+    >>> layer_values(m, {"Dense": 0.5}, "prune", "target_sparsity")
+    {'d': 0.5}
+    """
+    if not isinstance(values, dict) or not values:
+        problem = "is empty" if isinstance(values, dict) else "is not allowed"
+        raise ConfigError(f"{where}: {option}={values!r} {problem}; allowed: a non-empty dict of layer name -> value")
+    out, source = {}, {}
+    for key, value in values.items():
+        if check is not None:
+            check(f"{option}[{key!r}]", value)
+        for name in match_layers(model, [key], where, lambda layer: True):
+            if name in out:
+                raise ConfigError(f"{where}: {option}: layer {name!r} is matched by both {source[name]!r} and {key!r}; "
+                                  "give each layer one value")
+            out[name], source[name] = value, key
+    return out

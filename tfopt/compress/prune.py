@@ -17,10 +17,10 @@ from __future__ import annotations
 from tfopt._keras import check_model, tfmot
 from tfopt._model import compile_like, count_steps, private_copy, strategy_scope, wrap_layers
 from tfopt.compress._fit import TEACHER_OPTIONS, compression_fit, distillation_settings, stage_resume, stage_teacher
-from tfopt.compress.inspect import m_by_n_ok, match_layers, prunable_weights, sparsity, walk_layers
+from tfopt.compress.inspect import layer_values, m_by_n_ok, match_layers, prunable_weights, sparsity, walk_layers
 from tfopt.compress.sensitivity import PLAN_SPARSITIES, layer_budgets, sensitivity
 from tfopt.errors import CompressionError, ConfigError, DataError, UnsupportedLayerError, check_choice, check_range
-from tfopt.options import LIST, NONE, STR, at_least, in_unit, int_list, options_from, positive
+from tfopt.options import FLOAT, LIST, NONE, STR, Field, at_least, in_unit, int_list, options_from, positive
 from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["prune", "pruning_schedule", "BUDGETS"]
@@ -98,17 +98,9 @@ def _layer_targets(work, target_sparsity: dict, layers) -> dict:
     if layers is not None:
         raise ConfigError("target_sparsity is a dict of layer -> sparsity: its keys choose the layers; leave "
                           f"layers=None (got layers={layers!r})")
-    if not target_sparsity:
-        raise ConfigError("target_sparsity={} is empty; allowed: a float, or a dict of layer name -> sparsity")
-    targets, source = {}, {}
-    for key, value in target_sparsity.items():
-        check_range(f"target_sparsity[{key!r}]", value, 0, 1, high_open=True)
-        for name in match_layers(work, [key], "prune", lambda layer: True):
-            if name in targets:
-                raise ConfigError(f"target_sparsity: layer {name!r} is matched by both {source[name]!r} and {key!r}; "
-                                  "give each layer one sparsity")
-            targets[name], source[name] = float(value), key
-    targets = {name: value for name, value in targets.items() if value > 0}
+    targets = layer_values(work, target_sparsity, "prune", "target_sparsity",
+                           lambda name, value: check_range(name, value, 0, 1, high_open=True))
+    targets = {name: float(value) for name, value in targets.items() if value > 0}
     if not targets:
         raise ConfigError(f"target_sparsity={target_sparsity!r} prunes no layer (every value is 0); allowed: a dict "
                           "with at least one sparsity above 0")
@@ -440,4 +432,5 @@ TECHNIQUE = register_technique(Technique(
     refuses_after={"clustered": "'prune' after 'cluster' loses the clusters; prune first, then cluster with "
                                 "preserve_sparsity"},
     tune_keys={"target_sparsity": "target_sparsity", "prune_epochs": "epochs"}, tune_order=10, apply=_apply,
+    per_layer={"target_sparsity": Field((FLOAT,), check=in_unit(), help="one layer's fraction of zeros (0: unpruned)")},
     check=_stage_problem))

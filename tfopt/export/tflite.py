@@ -20,8 +20,8 @@ from tfopt.flops import flops
 from tfopt.errors import ConfigError, DataError, ExportError
 from tfopt.export import _guard
 from tfopt.export._guard import CRASH_PRONE
-from tfopt.export.int4 import INT4_QUANTIZATIONS, layer_bits_problem, quantize_tflite
-from tfopt.options import LIST, MAP, NONE, STR, Field, at_least, options_from, safe_name
+from tfopt.export.int4 import INT4_QUANTIZATIONS, LAYER_BITS, layer_bits_problem, quantize_tflite
+from tfopt.options import INT, LIST, MAP, NONE, STR, Field, at_least, options_from, safe_name
 from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["QUANTIZATIONS", "CALIBRATED", "CRASH_PRONE", "QUANTIZATION_NAMES", "VARIANT", "TFLiteModel", "to_tflite", "interpreter",
@@ -618,4 +618,7 @@ TECHNIQUE = register_technique(Technique(
     _run_stage, summary="convert models to TFLite files (float32, dynamic, float16, int8, int16x8, int4)",
     function=to_tflite, makes_model=False, trains=False, sets=("exported",),
     tune_keys={"quantization": Field((STR, NONE), None, choices=tuple(q for q in QUANTIZATIONS if q),
-                                     help="the quantization of the trial's TFLite file")}))
+                                     help="the quantization of the trial's TFLite file"),
+               "layer_bits": VARIANT["layer_bits"]},
+    per_layer={"layer_bits": Field((INT, NONE), 4, choices=LAYER_BITS,
+                                   help="one layer's weight bits in an int4 quantization (None: left float)")}))

@@ -15,6 +15,7 @@ from tfopt.tune.distributed import distributed_env, role_from_env, serve
 from tfopt.tune.objectives import METRICS, parse_constraints, parse_objectives
 from tfopt.tune.oracles import ORACLES
 from tfopt.tune.pareto import dominates, pareto_front, plot_pareto
+from tfopt.tune.per_layer import search_compression
 from tfopt.tune.results import SearchResult, Trials
 from tfopt.tune.spaces import DEFAULT_SPACES, TRAINING_KEYS, Space, compression_keys
 from tfopt.tune.training import SCHEDULES
@@ -29,6 +30,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "search",
+    "search_compression",
     "run_role",
     "search_stage",
     "SearchResult",

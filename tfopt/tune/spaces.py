@@ -12,7 +12,8 @@ The dict format (one entry per setting):
 Keys:
 
 * ``"model"``: a registered builder name (see :func:`tfopt.models.list_models`), or a choice of names
-  (each trial passes a builder only the arguments it takes).
+  (each trial passes a builder only the arguments it takes), or a TRAINED tf_keras model: every trial starts
+  from a copy of it and its weights (a search over compression settings; ``max_epochs=0`` skips training).
 * builder arguments, e.g. ``filters``, ``dense``, ``dropout``, ``units``, ``width``, ``blocks``.
 * training settings (:data:`TRAINING_KEYS`): ``optimizer`` (a name of :mod:`tfopt.optimizers`),
   ``learning_rate``, ``schedule`` (a name of :data:`tfopt.schedules.SCHEDULES` or a dict with its
@@ -21,7 +22,11 @@ Keys:
 * compression settings (:data:`COMPRESSION_KEYS`), the ``tune_keys`` every registered technique declares
   (see :mod:`tfopt.techniques`), each checked by that technique's option: ``target_sparsity`` (prune after
   training), ``prune_epochs``, ``n_clusters`` (cluster after that), ``cluster_epochs``, ``quantization``
-  (of the exported TFLite model: None or a name of :data:`tfopt.export.QUANTIZATIONS`).
+  (of the exported TFLite model: None or a name of :data:`tfopt.export.QUANTIZATIONS`), ``layer_bits``.
+* per-layer compression settings (:func:`per_layer_keys`, each technique's ``per_layer``):
+  ``"target_sparsity/<layer>"``, ``"n_clusters/<layer>"`` (0: leave it unclustered), ``"layer_bits/<layer>"``
+  (4, 8 or None with an int4 ``quantization``) tune one layer's value; a trial passes the technique the dict
+  ``{layer: value}`` of them (see :func:`split`).
 
 >>> space = Space.parse({"model": "cnn", "filters": [[8], [8, 16]], "dropout": {"min": 0.0, "max": 0.5}})
 >>> sorted(space.params), space.fixed
@@ -38,7 +43,7 @@ from typing import Any, Callable
 
 from tfopt.errors import ConfigError, check_choice, check_range
 
-__all__ = ["Space", "Param", "DEFAULT_SPACES", "TRAINING_KEYS", "COMPRESSION_KEYS", "SAMPLINGS"]
+__all__ = ["Space", "Param", "DEFAULT_SPACES", "TRAINING_KEYS", "COMPRESSION_KEYS", "SAMPLINGS", "per_layer_keys"]
 
 SAMPLINGS = ("linear", "log", "reverse_log")
 
@@ -119,6 +124,30 @@ def compression_keys() -> dict[str, Callable]:
             field = target if not isinstance(target, str) else technique.options[target]
             out[key] = validator(key, field, i == 0)
     return out
+
+
+def per_layer_keys() -> dict[str, Callable]:
+    """Tune key -> validator of ONE layer's value, for the ``per_layer`` keys every registered technique declares:
+    ``"<key>/<layer>"`` space keys tune one layer each.
+
+    >>> sorted(per_layer_keys())
+    ['layer_bits', 'n_clusters', 'target_sparsity']
+    """
+    import tfopt.compress  # noqa: F401  (their techniques register on import)
+    import tfopt.export  # noqa: F401
+    from tfopt.options import check_value
+    from tfopt.techniques import TECHNIQUES
+
+    def validator(field):
+        return lambda name, v: check_value(name, field, v)
+
+    return {key: validator(field) for technique in TECHNIQUES.values() for key, field in technique.per_layer.items()}
+
+
+def _per_layer_name(name: str, keys) -> tuple[str, str] | None:
+    """``(key, layer)`` when ``name`` is ``"<key>/<layer>"`` for a per-layer key, else None."""
+    key, sep, layer = name.partition("/")
+    return (key, layer) if sep and key in keys and layer else None
 
 
 def __getattr__(name: str):
@@ -233,6 +262,7 @@ class Space:
     params: dict[str, Param] = dataclasses.field(default_factory=dict)
     fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
     fn: Callable | None = None
+    trained: Any = None  # a trained tf_keras model every trial starts from ("model": <model>), or None
 
     @classmethod
     def parse(cls, space) -> "Space":
@@ -260,6 +290,11 @@ class Space:
         if "model" not in space:
             raise ConfigError(f"space has no 'model' entry (keys: {sorted(space)}); allowed: 'model': 'cnn' etc.")
         out = cls()
+        if not isinstance(space["model"], (str, list, dict)):
+            from tfopt._keras import check_model
+
+            out.trained = check_model(space["model"], "space['model']")
+            space = {**space, "model": f"trained:{out.trained.name}"}  # what trial records show
         for name, spec in space.items():
             if not isinstance(name, str) or not name or name.startswith("tuner/"):
                 raise ConfigError(f"space key {name!r} is not allowed; allowed: non-empty names not starting 'tuner/'")
@@ -272,7 +307,9 @@ class Space:
         return out
 
     def models(self) -> list[str]:
-        """The builder names the space can pick."""
+        """The builder names the space can pick (none for a trained model)."""
+        if self.trained is not None:
+            return []
         param = self.params.get("model")
         names = param.candidates() if param is not None else [self.fixed["model"]]
         return names
@@ -282,6 +319,7 @@ class Space:
 
         builders = {name: get_builder(name) for name in self.models()}
         validators = _validators()
+        per_layer = per_layer_keys()
         accepted = set()
         for builder in builders.values():
             accepted |= set(inspect.signature(builder).parameters)
@@ -289,14 +327,30 @@ class Space:
             if name == "model":
                 continue
             values = self.params[name].candidates() if name in self.params else [self.fixed[name]]
-            if name in validators:
+            layered = _per_layer_name(name, per_layer)
+            if layered is not None:
+                if layered[0] in self.params or layered[0] in self.fixed:
+                    raise ConfigError(f"space keys {layered[0]!r} and {name!r} both set {layered[0]}; allowed: one "
+                                      f"value for every layer ({layered[0]!r}) or per-layer keys ('{layered[0]}/<layer>')")
+                for value in values:
+                    per_layer[layered[0]](name, value)
+            elif name in validators:
                 for value in values:
                     validators[name](value)
             elif name not in accepted:
+                what = f"model(s) {sorted(builders)}" if builders else "a trained model (it takes no builder arguments)"
                 raise ConfigError(
-                    f"space key {name!r} is not an argument of model(s) {sorted(builders)} nor a setting; "
-                    f"allowed: {', '.join(sorted(accepted | set(validators)))}"
+                    f"space key {name!r} is not an argument of {what} nor a setting; allowed: "
+                    f"{', '.join(sorted(accepted | set(validators) | {k + '/<layer>' for k in per_layer}))}"
                 )
+        bits = [name for name in [*self.params, *self.fixed] if name.split("/")[0] == "layer_bits"]
+        quantizations = self.params["quantization"].candidates() if "quantization" in self.params else \
+            [self.fixed.get("quantization")]
+        from tfopt.export import INT4_QUANTIZATIONS
+
+        if bits and any(q not in INT4_QUANTIZATIONS for q in quantizations):
+            raise ConfigError(f"space keys {bits} need an int4 quantization; got quantization {quantizations}; allowed: "
+                              f"{', '.join(INT4_QUANTIZATIONS)}")
 
     def declare(self, hp) -> None:
         """Register every tuned setting on a keras-tuner ``HyperParameters``."""
@@ -325,11 +379,24 @@ class Space:
 def split(values: dict) -> tuple[dict, dict, dict]:
     """Split one trial's settings into (builder arguments, training settings, compression settings).
 
+    Per-layer keys (``"target_sparsity/dense1"``) become one dict per key in the compression settings.
+
     >>> split({"model": "cnn", "filters": [8], "learning_rate": 0.01, "target_sparsity": 0.5})
     ({'model': 'cnn', 'filters': [8]}, {'learning_rate': 0.01}, {'target_sparsity': 0.5})
+    >>> split({"model": "mlp", "target_sparsity/dense1": 0.9, "target_sparsity/logits": 0.5})[2]
+    {'target_sparsity': {'dense1': 0.9, 'logits': 0.5}}
     """
     compression_keys_ = compression_keys()
-    build = {k: v for k, v in values.items() if k not in TRAINING_KEYS and k not in compression_keys_}
-    training = {k: v for k, v in values.items() if k in TRAINING_KEYS}
-    compression = {k: v for k, v in values.items() if k in compression_keys_}
+    per_layer = per_layer_keys()
+    build, training, compression = {}, {}, {}
+    for key, value in values.items():
+        layered = _per_layer_name(key, per_layer)
+        if layered is not None:
+            compression.setdefault(layered[0], {})[layered[1]] = value
+        elif key in TRAINING_KEYS:
+            training[key] = value
+        elif key in compression_keys_:
+            compression[key] = value
+        else:
+            build[key] = value
     return build, training, compression

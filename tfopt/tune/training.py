@@ -111,6 +111,33 @@ def chain() -> list:
     return sorted((t for t in TECHNIQUES.values() if t.apply is not None and t.tune_keys), key=lambda t: t.tune_order)
 
 
+def _turned_on(value) -> bool:
+    """Whether a technique's first tune key turns it on: a value that is not None or 0 (a per-layer dict: one
+    layer's value that is not)."""
+    return any(value.values()) if isinstance(value, dict) else bool(value)
+
+
+def compression_epochs(compression: dict) -> int:
+    """The fine-tuning epochs of the first technique of :func:`chain` a trial's ``compression`` turns on (its
+    epochs key, else its option's default; 1 when none is on): what a trained model's schedule spans.
+
+    >>> compression_epochs({"target_sparsity": 0.5, "prune_epochs": 4, "n_clusters": 8})
+    4
+    """
+    import tfopt.compress  # noqa: F401  (its techniques register on import)
+
+    for technique in chain():
+        keys = technique.tune_keys
+        if not _turned_on(compression.get(next(iter(keys)))):
+            continue
+        for key, target in keys.items():
+            if target == "epochs":
+                epochs = compression.get(key, technique.options["epochs"].default)
+                return int(epochs) if isinstance(epochs, int) and epochs >= 1 else 1
+        return 1
+    return 1
+
+
 def compress(model, train_ds, compression: dict, strategy=None, verbose=0):
     """Apply each technique of :func:`chain` a trial's ``compression`` settings turn on (the first of its
     ``tune_keys`` set and not 0), in order; returns the stripped, compiled model.
@@ -123,7 +150,7 @@ def compress(model, train_ds, compression: dict, strategy=None, verbose=0):
     states: set = set()
     for technique in chain():
         keys = technique.tune_keys
-        if not compression.get(next(iter(keys))):
+        if not _turned_on(compression.get(next(iter(keys)))):
             continue
         # a key declared by an option's name passes that option; a key declared with a Field of its own, itself
         options = {target if isinstance(target, str) else key: compression[key] for key, target in keys.items()
@@ -142,11 +169,12 @@ def measure(model, train_ds, val_ds, compression: dict, needs: set, latency_runs
     metrics["params"], metrics["nonzero_params"] = weight_count(model)
     metrics["flops"] = flops(model)
     if needs & {"export", "tflite_eval"}:
-        from tfopt.export import CALIBRATED, evaluate, to_tflite
+        from tfopt.export import CALIBRATED, INT4_QUANTIZATIONS, evaluate, to_tflite
 
         quantization = compression.get("quantization")
         rep = train_ds if quantization in CALIBRATED else None
-        tfl = to_tflite(model, quantization=quantization, representative_data=rep)
+        tfl = to_tflite(model, quantization=quantization, representative_data=rep,
+                        layer_bits=compression.get("layer_bits") if quantization in INT4_QUANTIZATIONS else None)
         metrics["tflite_bytes"] = int(tfl.bytes)
         metrics["tflite_gzip_bytes"] = int(tfl.gzip_bytes)
         if "tflite_eval" in needs:

@@ -30,6 +30,7 @@ from tfopt import _faults
 from tfopt._io import atomic_path, write_json
 from tfopt._private import private
 from tfopt._keras import derive_seed, keras, set_seed
+from tfopt._model import private_copy
 from tfopt.errors import TrainingError
 from tfopt.options import ANY, LIST, MAP, NONE, Field, at_least, options_from
 from tfopt.techniques import StageResult, Technique, register_technique
@@ -98,11 +99,16 @@ class TfoptTuner(base_tuner.BaseTuner):
 
         values = self.space.values(hp)
         s = self.settings
-        _, train_cfg, _ = split(values)
+        _, train_cfg, comp_cfg = split(values)
         with training.scope(s["strategy"]):
             if self.space.fn is not None:
                 model = training.check_user_model(self.space.fn(hp))
                 return training.compile_model(model, train_cfg, s["steps_per_epoch"], s["max_epochs"], force=False)
+            if self.space.trained is not None:  # every trial starts from a copy of the trained model
+                model = private_copy(self.space.trained, "tune.search")
+                # with max_epochs=0 it trains only while compressing: a schedule spans the first compression's epochs
+                epochs = s["max_epochs"] or training.compression_epochs(comp_cfg)
+                return training.compile_model(model, train_cfg, s["steps_per_epoch"], epochs, force=bool(train_cfg))
             build_cfg, _, _ = split(values)
             model = training.build_model(build_cfg, s["input_shape"], s["num_classes"])
             return training.compile_model(model, train_cfg, s["steps_per_epoch"], s["max_epochs"])
@@ -152,7 +158,10 @@ class TfoptTuner(base_tuner.BaseTuner):
         else:
             initial = 0
         verbose = 2 if s["verbose"] >= 2 else 0
-        logs = training.fit(model, train_ds, val_ds, train_cfg, epochs, initial, s["input_shape"], verbose)
+        if epochs > initial:
+            logs = training.fit(model, train_ds, val_ds, train_cfg, epochs, initial, s["input_shape"], verbose)
+        else:  # max_epochs=0: a trained model's compression search
+            logs = {"epochs_trained": 0}
         trained = model
         model = training.compress(model, train_ds, comp_cfg, s["strategy"], verbose)
         metrics = training.measure(model, train_ds, val_ds, comp_cfg, s["needs"])
@@ -311,7 +320,8 @@ def search(space, train_ds, val_ds, algorithm: str = "hyperband", objective="val
         algorithm: String, "hyperband", "random", "bayesian" or "grid".
         objective: String (see :mod:`tfopt.tune.objectives`) or (name, direction) pair.
         max_trials: Integer >= 1, the number of trials (Hyperband: a cap on its brackets' trials).
-        max_epochs: Integer >= 1, the epochs of a trial (Hyperband: of its longest rounds).
+        max_epochs: Integer >= 1, the epochs of a trial (Hyperband: of its longest rounds); 0 when the space's
+            ``"model"`` is a trained model (its trials only compress it).
         constraints: Dict ``{metric: upper bound | {"min": a, "max": b}}``; a trial breaking one is
             INFEASIBLE (see :mod:`tfopt.tune.oracles`) and never the best.
         objectives: List of metric names for a multi-objective search: the oracle minimises keras-tuner's
@@ -358,11 +368,13 @@ def search(space, train_ds, val_ds, algorithm: str = "hyperband", objective="val
     check_choice("algorithm", algorithm, tuple(ORACLES))
     seed = check_seed(seed)
     max_trials = _check_int("max_trials", max_trials, 1)
-    max_epochs = _check_int("max_epochs", max_epochs, 1)
     executions = _check_int("executions_per_trial", executions_per_trial, 1)
     max_failed = _check_int("max_consecutive_failed_trials", max_consecutive_failed_trials, 1)
     factor = _check_int("factor", factor, 2)
     parsed = Space.parse(space)
+    trained_only = parsed.trained is not None and algorithm != "hyperband"
+    max_epochs = _check_int("max_epochs" + ("" if trained_only else " (0 only for a trained model's space, not with "
+                                            "hyperband)"), max_epochs, 0 if trained_only else 1)
     custom = parsed.fn is not None
     wanted = objs.parse_objectives(objective, objectives, custom)
     bounds = objs.parse_constraints(constraints, custom)

@@ -1,0 +1,112 @@
+"""A search over each layer's compression of a TRAINED model: its sparsity, its clusters and its weight bits, with
+the gzip size of the exported TFLite file as the objective and the drop of that file's VALIDATION accuracy as the
+constraint.
+
+One trial prunes a copy of the trained model with a sparsity per layer (``tfopt.compress.prune`` with a dict),
+clusters the layers given a count (keeping the zeros), exports an int4 file with 4 or 8 bits per layer
+(``layer_bits``), gzips it and runs it over the validation split. Every setting is a keras-tuner hyperparameter of
+the space keys ``target_sparsity/<layer>``, ``n_clusters/<layer>`` and ``layer_bits/<layer>`` (see
+:mod:`tfopt.tune.spaces`), so the search is :func:`tfopt.tune.search` itself: resumable, distributable, with its
+trial records and Pareto plot. Report the chosen file on the test split, which the search never saw.
+
+>>> result = search_compression(trained, train_ds, val_ds, max_trials=20, directory="runs")  # doctest: +SKIP
+>>> result.best_hyperparameters["target_sparsity/dense1"], result.best_score  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from tfopt._io import write_json
+from tfopt._keras import check_model
+from tfopt.compress.inspect import match_layers, prunable_weights
+from tfopt.errors import ConfigError, check_range
+
+__all__ = ["search_compression", "SPARSITIES", "CLUSTERS", "BITS"]
+
+SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98)  # each layer's sparsity choices
+CLUSTERS = (0, 16, 8)  # each layer's cluster counts; 0 leaves it unclustered
+BITS = (4, 8)  # each layer's weight bits in the int4 file
+
+
+def _choices(name: str, value, layers: list[str]) -> dict:
+    """``{layer: [choices]}`` from one list for every layer or a dict of layer -> list (a layer left out gets none)."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(layers))
+        if unknown:
+            raise ConfigError(f"{name} names layers {unknown} that are not searched; allowed: {', '.join(layers)}")
+        out = {layer: value[layer] for layer in layers if layer in value}
+    else:
+        out = {layer: value for layer in layers}
+    for layer, choices in out.items():
+        if not isinstance(choices, (list, tuple)) or not choices:
+            raise ConfigError(f"{name}[{layer!r}]={choices!r} is not allowed; allowed: a non-empty list of values")
+    return {layer: list(choices) for layer, choices in out.items()}
+
+
+def search_compression(model, train_ds, val_ds, sparsity=SPARSITIES, clusters=CLUSTERS, bits=BITS, layers=None,
+                       max_drop: float = 0.005, quantization: str = "int4", prune_epochs: int = 2,
+                       cluster_epochs: int = 1, training: dict | None = None, algorithm: str = "random", max_trials: int = 20, directory="tune",
+                       project_name: str = "per_layer", overwrite: bool = False, seed: int = 0, verbose: int = 1,
+                       **search_kwargs):
+    """Search each layer's sparsity, clusters and bits of trained ``model`` for the smallest gzip TFLite file whose
+    validation accuracy is at most ``max_drop`` below the float32 file's.
+
+    Args:
+        model: Trained tf_keras functional or Sequential model (not modified; every trial compresses a copy).
+        train_ds: tf.data.Dataset of (x, y) batches: the fine-tuning data (an augmenting one helps at high sparsity).
+        val_ds: tf.data.Dataset of (x, y) batches: the constraint is measured on it. Never pass the test split.
+        sparsity: List of each layer's sparsity choices, or a dict layer -> list (a layer left out is not pruned).
+        clusters: List of each layer's cluster counts (0: unclustered), a dict layer -> list, or None (no clustering).
+        bits: List of each layer's weight bits (4, 8, None: left float), a dict layer -> list, or None (the
+            quantization's bits everywhere).
+        layers: List of layer names (or classes) to search, or None for every layer with prunable weights.
+        max_drop: Float in [0, 1), the validation accuracy the compressed file may lose against the float32 file
+            (0.005 = half a point).
+        quantization: String, the file's quantization: an int4 one ("int4", "int4_weight_only", "int4_block32").
+        prune_epochs: Integer >= 1, each trial's pruning fine-tuning epochs.
+        cluster_epochs: Integer >= 1, each trial's clustering fine-tuning epochs.
+        training: Dict of training settings for the fine-tuning (``optimizer``, ``learning_rate``, ``schedule``,
+            ``weight_decay``, ``label_smoothing``: see :data:`tfopt.tune.TRAINING_KEYS`; a schedule spans the pruning
+            epochs), or None (a fresh copy of the model's own optimizer). To augment, pass an augmenting ``train_ds``.
+        algorithm: String, "random" or "bayesian" (keras-tuner's oracles).
+        max_trials: Integer >= 1, the number of trials.
+        directory, project_name, overwrite, seed, verbose: As for :func:`tfopt.tune.search`.
+        **search_kwargs: Passed to :func:`tfopt.tune.search` (``strategy``, ``data_fn``, ``role``...).
+
+    Returns:
+        The :class:`tfopt.tune.SearchResult`; ``result.best_trial`` is the smallest file within the constraint (``result.best_model`` its model). The
+        float32 file's validation accuracy and the constraint are in ``<directory>/<project_name>/baseline.json``.
+    """
+    from tfopt.export import INT4_QUANTIZATIONS, evaluate, to_tflite
+    from tfopt.tune.tuner import search
+
+    check_model(model, "search_compression")
+    check_range("max_drop", max_drop, 0, 1, high_open=True)
+    if quantization not in INT4_QUANTIZATIONS:
+        raise ConfigError(f"quantization={quantization!r} is not allowed; allowed: {', '.join(INT4_QUANTIZATIONS)}")
+    if algorithm not in ("random", "bayesian"):
+        raise ConfigError(f"algorithm={algorithm!r} is not allowed; allowed: 'random', 'bayesian' (a trained model's "
+                          "search has no epochs for hyperband to share out)")
+    names = match_layers(model, layers, "search_compression", lambda layer: bool(prunable_weights(layer)))
+    if not names:
+        raise ConfigError("search_compression: the model has no layer with prunable weights (Dense, Conv...)")
+    training = dict(training or {})
+    if "augment" in training:
+        raise ConfigError("training={'augment': ...} is not allowed here (a trained model's trials do not train); "
+                          "pass an augmenting train_ds (tfopt.data.load(..., augment=...))")
+    space: dict = {"model": model, "quantization": quantization, "prune_epochs": prune_epochs,
+                   "cluster_epochs": cluster_epochs, **{key: {"fixed": value} for key, value in training.items()}}
+    for key, value in (("target_sparsity", sparsity), ("n_clusters", clusters), ("layer_bits", bits)):
+        if value is None:
+            continue
+        for layer, choices in _choices(key if key != "target_sparsity" else "sparsity", value, names).items():
+            space[f"{key}/{layer}"] = choices if len(choices) > 1 else {"fixed": choices[0]}
+    base = evaluate(to_tflite(model), val_ds, runs=5, warmup=1)["accuracy"]
+    floor = base - max_drop
+    result = search(space, train_ds, val_ds, algorithm=algorithm, objective="tflite_gzip_bytes",
+                    constraints={"tflite_accuracy": {"min": floor}}, max_trials=max_trials, max_epochs=0,
+                    directory=directory, project_name=project_name, overwrite=overwrite, seed=seed, verbose=verbose,
+                    **search_kwargs)
+    write_json(result.directory / "baseline.json",
+               {"float32_val_accuracy": base, "max_drop": max_drop, "min_val_accuracy": floor, "layers": names,
+                "quantization": quantization, "seed": seed})
+    return result
