@@ -13,6 +13,10 @@ For the documents' CNN and for LeNet-300-100:
    for layers under 1% of the weights and for a layer whose one-shot int4 drop exceeds a quarter point), and, on
    the largest budgets, 8 clusters per kernel (keeping the zeros) before the export.
 
+5. a per-layer SEARCH (``tfopt.tune.search_compression``: keras-tuner random search over each layer's sparsity,
+   clusters and bits, objective the gzip bytes of the exported int4 file, constraint its validation accuracy within
+   MAX_DROP of the float32 file's), each trial fine-tuned like the planned variants.
+
 The previous figure's int8 variants (pruned 80% + PQAT; 90% + 16 clusters + PCQAT, which the latency and structured
 figures reuse) are measured beside them. Every accuracy is measured with LiteRT on the exported file, on validation
 and on test; sparsity, values per channel and bits are read back from the file. The best variant (smallest gzip
@@ -30,10 +34,12 @@ Huffman coding and sparse indices; here only standard TFLite + gzip is used.
 from __future__ import annotations
 
 import math
+import tempfile
 
 from benchmarks import common
-from tfopt import compress, export, optimizers
+from tfopt import compress, export, optimizers, tune
 from tfopt._keras import keras, set_seed
+from tfopt.tune.spaces import split
 
 NAME = "compression"
 GOAL_RATIO, MAX_DROP, FRONTIER = 40.0, 0.5, 60.0  # x smaller gzip, accuracy points, x smaller shown beyond
@@ -49,6 +55,18 @@ PLANS = {
 }
 QUICK_TARGETS = {"cnn": (0.97,), "lenet-300-100": (0.95,)}
 CLUSTERS, CLUSTER_EPOCHS = 8, (3, 1)
+# the per-layer search's choices per layer (sparsity, clusters with 0 = none, bits), fixed before the run from the
+# validation scan; (full, quick) trials
+SEARCH = {
+    "cnn": {"sparsity": {"conv1": [0.5], "conv2": [0.85, 0.9, 0.95], "dense1": [0.975, 0.98, 0.985, 0.99],
+                         "logits": [0.5, 0.8]},
+            "clusters": {"conv2": [0, 8], "dense1": [0, 8]},
+            "bits": {"conv1": [8], "conv2": [4, 8], "dense1": [4], "logits": [8]}, "trials": (12, 2)},
+    "lenet-300-100": {"sparsity": {"dense1": [0.96, 0.97, 0.975, 0.98, 0.985], "dense2": [0.85, 0.9, 0.93, 0.95],
+                                   "logits": [0.5, 0.8]},
+                      "clusters": {"dense1": [0, 8], "dense2": [0, 8]},
+                      "bits": {"dense1": [4], "dense2": [4, 8], "logits": [8]}, "trials": (12, 2)},
+}
 # the previous figure's int8 variants: (label, uniform sparsity, clusters or None); quick runs the second only
 REFERENCE = [
     ("pruned 80% + PQAT int8", 0.80, None),
@@ -169,6 +187,31 @@ def fine_tuned_float(arch: str, settings: common.Settings):
     return common.cached(("fine_tuned_float", arch, settings), make)
 
 
+def searched(arch: str, settings: common.Settings) -> dict:
+    """The per-layer search's best trial (smallest gzip int4 file within MAX_DROP of float32 on VALIDATION):
+    ``{"model", "settings", "trials", "feasible"}``, or None when no trial met the constraint; cached per process."""
+
+    def make():
+        plan = SEARCH[arch]
+        train_ds, _, _, _ = _augmented_train(settings)
+        val_ds = common.load_data(settings).val
+        with tempfile.TemporaryDirectory() as folder:
+            result = tune.search_compression(
+                common.baseline(arch, settings), train_ds, val_ds, sparsity=plan["sparsity"],
+                clusters=plan["clusters"], bits=plan["bits"], max_drop=MAX_DROP / 100,
+                prune_epochs=settings.pick(*PLANS[arch]["epochs"]), cluster_epochs=settings.pick(*CLUSTER_EPOCHS),
+                training={"optimizer": "adamw", "learning_rate": LEARNING_RATE, "schedule": "cosine",
+                          "weight_decay": 1e-4},
+                max_trials=settings.pick(*plan["trials"]), directory=folder, seed=settings.seed, verbose=0)
+            done = [r for r in result.trials if r["status"] in ("COMPLETED", "INFEASIBLE")]
+            if result.best_trial is None:
+                return {"model": None, "trials": len(result.trials), "feasible": 0}
+            return {"model": result.best_model, "settings": split(result.best_hyperparameters)[2],
+                    "trials": len(result.trials), "feasible": sum(r["status"] == "COMPLETED" for r in done)}
+
+    return common.cached(("searched", arch, settings), make)
+
+
 def _budget_text(budgets: dict) -> str:
     return ", ".join(f"{name} {100 * value:g}%" for name, value in budgets["sparsity"].items())
 
@@ -217,6 +260,16 @@ def _measure(arch, settings):
                      + " + int4")
             tfl = export.to_tflite(model, "int4", layer_bits=bits or None)
             rows.append(row(label, tfl, "int4", target, clusters, budgets, bits))
+    found = searched(arch, settings)
+    if found["model"] is not None:
+        chosen = found["settings"]
+        clusters = {k: v for k, v in (chosen.get("n_clusters") or {}).items() if v}
+        label = (f"searched per layer (best of {found['trials']} trials, {found['feasible']} within "
+                 f"{MAX_DROP:g} pt on val)" + (" + clusters " + ", ".join(f"{k} {v}" for k, v in clusters.items())
+                                               if clusters else "") + " + int4")
+        tfl = export.to_tflite(found["model"], "int4", layer_bits=chosen.get("layer_bits"))
+        rows.append(row(label, tfl, "int4", None, clusters or None, {"sparsity": chosen["target_sparsity"]},
+                        chosen.get("layer_bits")))
     return rows, choose_best(rows)
 
 
@@ -310,13 +363,18 @@ def figure_from_rows(all_rows) -> dict:
         "int4 variants: a per-layer sensitivity scan of the baseline on validation (tfopt.compress.sensitivity: each "
         "layer alone pruned in one shot to 50-99%), per-layer budgets for the overall sparsity named "
         "(tfopt.compress.layer_budgets: least validation drop per weight removed first; the per-layer column), "
-        f"gradual pruning to them (tfopt.compress.prune with a dict), fine-tuned "
+        "gradual pruning to them (tfopt.compress.prune with a dict), fine-tuned "
         + ", ".join(f"{e} epochs ({a})" for a, e in epochs.items())
         + f" on '{AUGMENT}'-augmented training digits with AdamW (weight decay 1e-4) cosine-decayed from "
         f"{LEARNING_RATE:g}; '+ {CLUSTERS} clusters' then clusters each kernel (zeros kept, {CLUSTER_EPOCHS[0]} "
         f"epochs at 1e-4); export int4 per channel (LiteRT quantizer), int8 for layers under {100 * INT8_SHARE:g}% "
         f"of the weights or losing more than {BITS_DROP:g} point at int4 in the scan.",
-        "the 'float32 fine-tuned' reference row is the baseline trained with the same fine-tuning and no compression: "
+        "'searched per layer': tfopt.tune.search_compression, a keras-tuner random search over each layer's "
+        "sparsity, clusters (0 = none) and bits from the choices in SEARCH (fixed before the run from the "
+        "validation scan), each trial fine-tuned like the planned variants (clusters: the same AdamW schedule), "
+        f"objective the gzip bytes of the int4 file, constraint its validation accuracy within {MAX_DROP:g} point of "
+        "the float32 file's; the smallest feasible trial is the row (its test accuracy was never looked at).",
+                "the 'float32 fine-tuned' reference row is the baseline trained with the same fine-tuning and no compression: "
         "not a candidate. Part of what the int4 variants keep (or gain) over the baseline comes from that extra "
         "training on augmented digits; compare each variant with that row to see what the compression itself costs.",
         "sparsity, values/channel and bits are read back from the integer kernels stored in the .tflite file "
