@@ -107,3 +107,32 @@ def test_search_compression_refuses_bad_arguments(trained, digits):
         tune.search_compression(trained, train_ds, val_ds, algorithm="hyperband")
     with pytest.raises(ConfigError, match=r"sparsity names layers \['nope'\]"):
         tune.search_compression(trained, train_ds, val_ds, sparsity={"nope": [0.5]})
+
+
+def test_search_compression_stage_ships_its_file_and_evaluate_measures_it(tmp_path):
+    from tfopt.pipeline import run_recipe
+
+    recipe = {
+        "name": "searched", "seed": 0, "data": {"name": "digits"},
+        "model": {"builder": "mlp", "args": {"units": [32, 16]}},
+        "training": {"epochs": 10, "batch_size": 64, "optimizer": "adam", "learning_rate": 0.003},
+        "stages": ["train",
+                   {"search_compression": {"sparsity": {"dense1": [0.5, 0.8]}, "clusters": None,
+                                           "bits": {"logits": [4, 8]}, "max_drop": 0.3, "max_trials": 2,
+                                           "prune_epochs": 1}},
+                   {"export": {"variants": [{"name": "float32", "model": "train"}]}},
+                   {"evaluate": {"runs": 5, "warmup": 1}}],
+    }
+    results = run_recipe(recipe, run_dir=tmp_path / "run", verbose=0)
+    stage = results["stages"][1]["metrics"]
+    assert stage["trials"] == 2 and 1 <= stage["feasible_trials"] <= 2
+    assert set(stage["per_layer"]) == {"target_sparsity", "layer_bits"}
+    assert stage["per_layer"]["target_sparsity"]["dense1"] in (0.5, 0.8)
+    variants = {v["variant"]: v for v in results["variants"]}
+    searched = variants["search_compression_int4"]
+    assert (tmp_path / "run" / searched["path"]).is_file()
+    assert searched["gzip_bytes"] < variants["float32"]["gzip_bytes"]
+    assert searched["test_n"] == 360 and searched["test_accuracy"] > 0.5  # chance is 0.1
+    with pytest.raises(ConfigError, match="max_drop"):
+        run_recipe({**recipe, "stages": ["train", {"search_compression": {"max_drop": 2}}]},
+                   run_dir=tmp_path / "bad", verbose=0)

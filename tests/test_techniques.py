@@ -23,8 +23,8 @@ from tfopt.techniques import (
 )
 from tfopt.tune import training as tune_training
 
-BUILT_IN = ("train", "tune", "prune_channels", "factorize", "prune", "cluster", "quantize_aware", "distill", "fine_tune",
-            "export", "evaluate")
+BUILT_IN = ("train", "tune", "search_compression", "prune_channels", "factorize", "prune", "cluster", "quantize_aware",
+            "distill", "fine_tune", "export", "evaluate")
 
 
 # ---------------------------------------------------------------- a technique of the user's own (this module)

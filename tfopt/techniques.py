@@ -133,6 +133,7 @@ class StageInputs:
         baseline: String or None, the exported variant the others are compared with.
         verbose: Keras verbosity.
         strategy: tf.distribute strategy or None.
+        name: String, the stage's own name (what a later stage or export variant calls its model).
     """
 
     model: Callable
@@ -154,6 +155,7 @@ class StageInputs:
     baseline: str | None = None
     verbose: object = "auto"
     strategy: object = None
+    name: str = ""
 
     def history(self, fresh: bool = True) -> list:
         """Callbacks writing the stage's ``history.csv`` (removed first when ``fresh``: compression restarts)."""

@@ -44,7 +44,8 @@ def _choices(name: str, value, layers: list[str]) -> dict:
 
 def search_compression(model, train_ds, val_ds, sparsity=SPARSITIES, clusters=CLUSTERS, bits=BITS, layers=None,
                        max_drop: float = 0.005, quantization: str = "int4", prune_epochs: int = 2,
-                       cluster_epochs: int = 1, training: dict | None = None, algorithm: str = "random", max_trials: int = 20, directory="tune",
+                       cluster_epochs: int = 1, training: dict | None = None, algorithm: str = "random",
+                       max_trials: int = 20, directory="tune",
                        project_name: str = "per_layer", overwrite: bool = False, seed: int = 0, verbose: int = 1,
                        **search_kwargs):
     """Search each layer's sparsity, clusters and bits of trained ``model`` for the smallest gzip TFLite file whose
@@ -73,8 +74,8 @@ def search_compression(model, train_ds, val_ds, sparsity=SPARSITIES, clusters=CL
         **search_kwargs: Passed to :func:`tfopt.tune.search` (``strategy``, ``data_fn``, ``role``...).
 
     Returns:
-        The :class:`tfopt.tune.SearchResult`; ``result.best_trial`` is the smallest file within the constraint (``result.best_model`` its model). The
-        float32 file's validation accuracy and the constraint are in ``<directory>/<project_name>/baseline.json``.
+        The :class:`tfopt.tune.SearchResult`; ``result.best_trial`` is the smallest file within the constraint
+        (``result.best_model`` its model). The float32 file's validation accuracy and the constraint are in ``<directory>/<project_name>/baseline.json``.
     """
     from tfopt.export import INT4_QUANTIZATIONS, evaluate, to_tflite
     from tfopt.tune.tuner import search
@@ -110,3 +111,88 @@ def search_compression(model, train_ds, val_ds, sparsity=SPARSITIES, clusters=CL
                {"float32_val_accuracy": base, "max_drop": max_drop, "min_val_accuracy": floor, "layers": names,
                 "quantization": quantization, "seed": seed})
     return result
+
+
+# ---------------------------------------------------------------- the "search_compression" technique (a recipe stage)
+
+
+def _run_stage(inputs, o: dict):
+    """The search_compression stage: the per-layer search on the current model; its best trial becomes the current
+    model, and its int4 file (``searched.tflite``) an exported variant that an ``evaluate`` stage measures."""
+    from pathlib import Path
+
+    from tfopt._model import weight_count
+    from tfopt.errors import CompressionError
+    from tfopt.export import to_tflite
+    from tfopt.flops import flops
+    from tfopt.techniques import StageResult
+    from tfopt.tune.spaces import split
+
+    train_ds, val_ds, _ = inputs.load()
+    folder = Path(inputs.stage_dir)
+    result = search_compression(
+        inputs.model(), train_ds, val_ds, sparsity=o["sparsity"], clusters=o["clusters"], bits=o["bits"],
+        layers=o["layers"], max_drop=o["max_drop"], quantization=o["quantization"], prune_epochs=o["prune_epochs"],
+        cluster_epochs=o["cluster_epochs"], algorithm=o["algorithm"], max_trials=o["max_trials"],
+        directory=str(folder / "search"), project_name=inputs.project, seed=inputs.seed,
+        verbose=1 if inputs.verbose == "auto" else int(inputs.verbose))
+    baseline = (result.directory / "baseline.json").read_text()
+    if result.best_trial is None:
+        accuracies = sorted((r.get("metrics") or {}).get("tflite_accuracy", float("nan")) for r in result.trials)
+        raise CompressionError(
+            f"search_compression: none of {len(result.trials)} trials kept the validation accuracy within "
+            f"max_drop={o['max_drop']} of the float32 file ({baseline.strip()}); their accuracies: "
+            f"{[round(a, 4) for a in accuracies]}; allow a larger max_drop, lower sparsities or more trials")
+    chosen = split(result.best_hyperparameters)[2]
+    model = result.best_model
+    tfl = to_tflite(model, o["quantization"], layer_bits=chosen.get("layer_bits"))
+    path = tfl.save(folder / "searched.tflite")
+    params, nonzero = weight_count(model)
+    row = {"variant": f"{inputs.name}_{o['quantization']}", "model": inputs.name, "quantization": o["quantization"],
+           "path": str(path.relative_to(inputs.run_dir)), "bytes": tfl.bytes, "gzip_bytes": tfl.gzip_bytes,
+           "params": params, "nonzero_params": nonzero, "flops": flops(model), "notes": list(tfl.notes),
+           "data": inputs.model_data(inputs.current)}
+    per_layer = {key: chosen[key] for key in ("target_sparsity", "n_clusters", "layer_bits") if key in chosen}
+    feasible = sum(r["status"] == "COMPLETED" for r in result.trials)
+    metrics = {"variants": [row], "baseline": None, "per_layer": per_layer, "trials": len(result.trials),
+               "feasible_trials": feasible, "search": str(result.directory.relative_to(inputs.run_dir)),
+               "val_tflite_accuracy": result.best_trial["metrics"].get("tflite_accuracy"),
+               "gzip_bytes": tfl.gzip_bytes, **inputs.held_out(model, val_ds)}
+    return StageResult(model, metrics, f"best of {len(result.trials)} trials ({feasible} within max_drop): "
+                                       f"{tfl.gzip_bytes:,} gzip bytes, val accuracy of the file "
+                                       f"{metrics['val_tflite_accuracy']:.4f}")
+
+
+def _register():
+    from tfopt.export import INT4_QUANTIZATIONS
+    from tfopt.options import FLOAT, INT, LIST, MAP, NONE, Field, at_least, in_unit, options_from
+    from tfopt.techniques import Technique, register_technique
+
+    def lists(value):
+        return None if value is None or (isinstance(value, (list, dict)) and value) else "a non-empty list or dict"
+
+    return register_technique(Technique(
+        "search_compression",
+        options_from(search_compression, ["sparsity", "clusters", "bits", "layers", "max_drop", "quantization",
+                                          "prune_epochs", "cluster_epochs", "algorithm", "max_trials"],
+                     sparsity=Field((LIST, MAP), list(SPARSITIES), check=lists,
+                                    help="each layer's sparsity choices (a list, or {layer: [...]})"),
+                     clusters=Field((LIST, MAP, NONE), list(CLUSTERS), check=lists,
+                                    help="each layer's cluster counts, 0 = unclustered (null: no clustering)"),
+                     bits=Field((LIST, MAP, NONE), list(BITS), check=lists,
+                                help="each layer's weight bits, 4 or 8 (null: the quantization's everywhere)"),
+                     layers=Field((LIST, NONE), None, help="the layers searched (unset: every prunable layer)"),
+                     max_drop=Field((FLOAT, INT), 0.005, check=in_unit(),
+                                    help="validation accuracy the file may lose against the float32 file"),
+                     quantization={"choices": tuple(INT4_QUANTIZATIONS)},
+                     prune_epochs={"check": at_least(1)}, cluster_epochs={"check": at_least(1)},
+                     algorithm={"choices": ("random", "bayesian")}, max_trials={"check": at_least(1)}),
+        _run_stage, summary="per-layer search of sparsity, clusters and int4/int8 bits: the smallest gzip file within "
+                            "max_drop of the float32 file on validation",
+        function=search_compression, sets=("pruned", "exported"),
+        refuses_after={"pruned": "'search_compression' prunes the trained model itself: put it before 'prune'",
+                       "clustered": "'search_compression' clusters itself: put it before 'cluster'",
+                       "qat": "'search_compression' cannot follow 'quantize_aware'"}))
+
+
+TECHNIQUE = _register()

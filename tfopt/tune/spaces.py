@@ -330,8 +330,9 @@ class Space:
             layered = _per_layer_name(name, per_layer)
             if layered is not None:
                 if layered[0] in self.params or layered[0] in self.fixed:
-                    raise ConfigError(f"space keys {layered[0]!r} and {name!r} both set {layered[0]}; allowed: one "
-                                      f"value for every layer ({layered[0]!r}) or per-layer keys ('{layered[0]}/<layer>')")
+                    raise ConfigError(f"space keys {layered[0]!r} and {name!r} both set {layered[0]}; allowed: "
+                                      f"one value for every layer ({layered[0]!r}) or per-layer keys "
+                                      f"('{layered[0]}/<layer>')")
                 for value in values:
                     per_layer[layered[0]](name, value)
             elif name in validators:
@@ -349,8 +350,8 @@ class Space:
         from tfopt.export import INT4_QUANTIZATIONS
 
         if bits and any(q not in INT4_QUANTIZATIONS for q in quantizations):
-            raise ConfigError(f"space keys {bits} need an int4 quantization; got quantization {quantizations}; allowed: "
-                              f"{', '.join(INT4_QUANTIZATIONS)}")
+            raise ConfigError(f"space keys {bits} need an int4 quantization; got quantization {quantizations}; "
+                              f"allowed: {', '.join(INT4_QUANTIZATIONS)}")
 
     def declare(self, hp) -> None:
         """Register every tuned setting on a keras-tuner ``HyperParameters``."""

@@ -41,7 +41,7 @@ def stage_inputs(ctx: Context, spec: StageSpec, stage_dir: Path) -> StageInputs:
         backup_dir=ctx.shared_dir / spec.dirname / "backup", training=ctx.recipe.training, seed=ctx.recipe.seed,
         project=ctx.recipe.name, current=ctx.current, exported=list(ctx.exported), baseline=ctx.baseline,
         verbose=ctx.verbose,
-        strategy=ctx.strategy)
+        strategy=ctx.strategy, name=spec.name)
 
 
 def _write_fault(err: Exception, ctx: Context, stage_dir: Path):
