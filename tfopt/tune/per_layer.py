@@ -44,7 +44,8 @@ def _choices(name: str, value, layers: list[str]) -> dict:
 
 def search_compression(model, train_ds, val_ds, sparsity=SPARSITIES, clusters=CLUSTERS, bits=BITS, layers=None,
                        max_drop: float = 0.005, quantization: str = "int4", prune_epochs: int = 2,
-                       cluster_epochs: int = 1, training: dict | None = None, algorithm: str = "random",
+                       cluster_epochs: int = 1, learning_rate: float | None = None, training: dict | None = None,
+                       algorithm: str = "random",
                        max_trials: int = 20, directory="tune",
                        project_name: str = "per_layer", overwrite: bool = False, seed: int = 0, verbose: int = 1,
                        **search_kwargs):
@@ -65,6 +66,9 @@ def search_compression(model, train_ds, val_ds, sparsity=SPARSITIES, clusters=CL
         quantization: String, the file's quantization: an int4 one ("int4", "int4_weight_only", "int4_block32").
         prune_epochs: Integer >= 1, each trial's pruning fine-tuning epochs.
         cluster_epochs: Integer >= 1, each trial's clustering fine-tuning epochs.
+        learning_rate: Float > 0 or None: each trial fine-tunes with a fresh AdamW (weight decay 1e-4) from this rate,
+            cosine-decayed to 0 over the pruning epochs (the compression benchmark's fine-tuning); None: ``training``,
+            else a fresh copy of the model's own optimizer.
         training: Dict of training settings for the fine-tuning (``optimizer``, ``learning_rate``, ``schedule``,
             ``weight_decay``, ``label_smoothing``: see :data:`tfopt.tune.TRAINING_KEYS`; a schedule spans the pruning
             epochs), or None (a fresh copy of the model's own optimizer). To augment, pass an augmenting ``train_ds``.
@@ -91,6 +95,10 @@ def search_compression(model, train_ds, val_ds, sparsity=SPARSITIES, clusters=CL
     if not names:
         raise ConfigError("search_compression: the model has no layer with prunable weights (Dense, Conv...)")
     training = dict(training or {})
+    if learning_rate is not None:
+        check_range("learning_rate", learning_rate, 0, low_open=True)
+        training = {"optimizer": "adamw", "weight_decay": 1e-4, "schedule": "cosine", **training,
+                    "learning_rate": learning_rate}
     if "augment" in training:
         raise ConfigError("training={'augment': ...} is not allowed here (a trained model's trials do not train); "
                           "pass an augmenting train_ds (tfopt.data.load(..., augment=...))")
@@ -119,6 +127,7 @@ def search_compression(model, train_ds, val_ds, sparsity=SPARSITIES, clusters=CL
 def _run_stage(inputs, o: dict):
     """The search_compression stage: the per-layer search on the current model; its best trial becomes the current
     model, and its int4 file (``searched.tflite``) an exported variant that an ``evaluate`` stage measures."""
+    import json
     from pathlib import Path
 
     from tfopt._model import weight_count
@@ -133,16 +142,18 @@ def _run_stage(inputs, o: dict):
     result = search_compression(
         inputs.model(), train_ds, val_ds, sparsity=o["sparsity"], clusters=o["clusters"], bits=o["bits"],
         layers=o["layers"], max_drop=o["max_drop"], quantization=o["quantization"], prune_epochs=o["prune_epochs"],
-        cluster_epochs=o["cluster_epochs"], algorithm=o["algorithm"], max_trials=o["max_trials"],
+        cluster_epochs=o["cluster_epochs"], learning_rate=o["learning_rate"], algorithm=o["algorithm"],
+        max_trials=o["max_trials"],
         directory=str(folder / "search"), project_name=inputs.project, seed=inputs.seed,
         verbose=1 if inputs.verbose == "auto" else int(inputs.verbose))
-    baseline = (result.directory / "baseline.json").read_text()
+    baseline = json.loads((result.directory / "baseline.json").read_text())
     if result.best_trial is None:
         accuracies = sorted((r.get("metrics") or {}).get("tflite_accuracy", float("nan")) for r in result.trials)
         raise CompressionError(
             f"search_compression: none of {len(result.trials)} trials kept the validation accuracy within "
-            f"max_drop={o['max_drop']} of the float32 file ({baseline.strip()}); their accuracies: "
-            f"{[round(a, 4) for a in accuracies]}; allow a larger max_drop, lower sparsities or more trials")
+            f"max_drop={o['max_drop']} of the float32 file's {baseline['float32_val_accuracy']:.4f} (at least "
+            f"{baseline['min_val_accuracy']:.4f}); their accuracies: {[round(a, 4) for a in accuracies]}; allow a "
+            "larger max_drop, lower sparsities, more prune_epochs or trials, or a learning_rate")
     chosen = split(result.best_hyperparameters)[2]
     model = result.best_model
     tfl = to_tflite(model, o["quantization"], layer_bits=chosen.get("layer_bits"))
@@ -165,7 +176,7 @@ def _run_stage(inputs, o: dict):
 
 def _register():
     from tfopt.export import INT4_QUANTIZATIONS
-    from tfopt.options import FLOAT, INT, LIST, MAP, NONE, Field, at_least, in_unit, options_from
+    from tfopt.options import FLOAT, INT, LIST, MAP, NONE, Field, at_least, in_unit, options_from, positive
     from tfopt.techniques import Technique, register_technique
 
     def lists(value):
@@ -174,7 +185,8 @@ def _register():
     return register_technique(Technique(
         "search_compression",
         options_from(search_compression, ["sparsity", "clusters", "bits", "layers", "max_drop", "quantization",
-                                          "prune_epochs", "cluster_epochs", "algorithm", "max_trials"],
+                                          "prune_epochs", "cluster_epochs", "learning_rate", "algorithm",
+                                          "max_trials"],
                      sparsity=Field((LIST, MAP), list(SPARSITIES), check=lists,
                                     help="each layer's sparsity choices (a list, or {layer: [...]})"),
                      clusters=Field((LIST, MAP, NONE), list(CLUSTERS), check=lists,
@@ -186,6 +198,9 @@ def _register():
                                     help="validation accuracy the file may lose against the float32 file"),
                      quantization={"choices": tuple(INT4_QUANTIZATIONS)},
                      prune_epochs={"check": at_least(1)}, cluster_epochs={"check": at_least(1)},
+                     learning_rate={"kinds": (FLOAT, NONE), "check": positive,
+                                    "help": "AdamW from this rate, cosine-decayed over the pruning (unset: the "
+                                            "model's optimizer)"},
                      algorithm={"choices": ("random", "bayesian")}, max_trials={"check": at_least(1)}),
         _run_stage, summary="per-layer search of sparsity, clusters and int4/int8 bits: the smallest gzip file within "
                             "max_drop of the float32 file on validation",

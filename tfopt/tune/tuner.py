@@ -36,7 +36,7 @@ from tfopt.options import ANY, LIST, MAP, NONE, Field, at_least, options_from
 from tfopt.techniques import StageResult, Technique, register_technique
 from tfopt.tune import objectives as objs
 from tfopt.tune import training
-from tfopt.tune.oracles import ORACLES, save_state
+from tfopt.tune.oracles import ORACLES, is_infeasible, save_state
 from tfopt.tune.results import SIDECAR
 
 __all__ = ["TfoptTuner", "WEIGHTS", "TRAINED_WEIGHTS", "search_stage"]
@@ -263,9 +263,9 @@ class TfoptTuner(base_tuner.BaseTuner):
         else:
             status = "done"
         scores = " ".join(f"{n}={metrics[n]:.4g}" for n in objectives if n in metrics) or "-"
-        best_text = "-"
-        best = self.oracle.get_best_trials(1)
-        if best and best[0].status == "COMPLETED" and best[0].score is not None:
+        best_text = "- (no feasible trial yet)" if self.settings["constraints"] else "-"
+        best = self.oracle.get_best_trials(1)  # feasible trials first, then the infeasible ones
+        if best and best[0].status == "COMPLETED" and best[0].score is not None and not is_infeasible(best[0]):
             names = [n for n in objectives if best[0].metrics.exists(n)]
             best_text = " ".join(f"{n}={best[0].metrics.get_last_value(n):.4g}" for n in names)
             best_text += f" (trial {best[0].trial_id})"
