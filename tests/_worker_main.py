@@ -79,6 +79,7 @@ def mirrored(out: str) -> None:
         fit(base, train, epochs=2, verbose=0)  # the same trained model for both compression runs
         pruned = prune(base, train, 0.5, epochs=1, strategy=strategy, verbose=0, learning_rate=0.01, check=False)
         facts[f"{name}_sparsity"] = sparsity(pruned)["overall"]
+        facts[f"{name}_pruned_accuracy"] = float(pruned.evaluate(train, verbose=0)[1])  # evaluates under its strategy
         qat = quantize_aware(base, train, epochs=1, strategy=strategy, verbose=0, learning_rate=0.01)
         facts[f"{name}_qat_accuracy"] = float(qat.evaluate(train, verbose=0)[1])
         facts[f"{name}_qat_in_scope"] = bool(strategy is None or strategy.extended.variable_created_in_scope(qat.weights[0]))

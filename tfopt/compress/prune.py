@@ -348,8 +348,10 @@ def prune(
                     callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), *callbacks], verbose=verbose,
                     strategy=strategy, backup_dir=backup_dir, keep_backup=keep_backup, teacher=teacher,
                     temperature=temperature, alpha=alpha, what="prune")
-    stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     with strategy_scope(strategy):
+        # built in the scope: a model made outside a strategy but compiled in it cannot evaluate ("SyncOnReadVariable
+        # does not support assign_add in cross-replica context")
+        stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
         compile_like(stripped, model, optimizer=optimizer, loss=loss, learning_rate=learning_rate)
 
     measured = sparsity(stripped)
