@@ -20,7 +20,8 @@ model: {builder: cnn, args: {filters: [8], dense: [16]}}
 training: {epochs: 2, batch_size: 32, learning_rate: 3.0e-3}
 stages:
   - train
-  - export: {variants: [{name: float32}]}
+  - prune: {target_sparsity: 0.5, epochs: 1}
+  - export: {variants: [{name: float32, model: train}, {name: pruned}]}
   - evaluate
 """
 
@@ -50,11 +51,14 @@ def test_two_workers_run_a_recipe_and_only_the_chief_writes_the_run(tmp_path):
         _kill(procs)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["recipe"]["training"]["strategy"] == "multi_worker"
-    assert [s["status"] for s in manifest["stages"]] == ["done"] * 3
+    assert [s["status"] for s in manifest["stages"]] == ["done"] * 4
     with open(run_dir / "01_train" / "history.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1]
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["variants"][0]["accuracy"] > 0.3  # 2 epochs on digits, 10 classes
+    assert all(v["accuracy"] > 0.3 for v in results["variants"])  # 2 epochs on digits, 10 classes
+    # the prune stage fine-tuned under the workers' strategy (and its model, built in the scope, evaluated)
+    prune_metrics = json.loads((run_dir / "02_prune" / "metrics.json").read_text())
+    assert prune_metrics["sparsity"] == pytest.approx(0.5, abs=0.01) and prune_metrics["val_accuracy"] > 0.3
     # the other worker kept its own files beside the chief's run directory, not in it
     assert (tmp_path / "run.worker-1" / "manifest.json").is_file()
     assert not list(run_dir.glob("*worker*"))

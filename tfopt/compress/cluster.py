@@ -234,7 +234,7 @@ def _run_stage(inputs, o: dict):
     clustered = cluster(inputs.model(), train_ds, n_clusters=o["n_clusters"], init=o["init"],
                         per_channel=o["per_channel"], preserve_sparsity=bool(o["preserve_sparsity"]),
                         epochs=o["epochs"], val_ds=val_ds, learning_rate=o["learning_rate"], verbose=inputs.verbose,
-                        **stage_teacher(inputs, o), **stage_resume(inputs))
+                        **stage_teacher(inputs, o), strategy=inputs.strategy, **stage_resume(inputs, inputs.strategy))
     counts = cluster_counts(clustered)
     metrics = {"n_clusters": o["n_clusters"], "cluster_counts": counts["layers"],
                "sparsity": sparsity(clustered)["overall"], **inputs.held_out(clustered, val_ds)}

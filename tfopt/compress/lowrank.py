@@ -462,7 +462,7 @@ def _run_stage(inputs, o: dict):
                               target_flops=o["target_flops"], layers=o["layers"], min_size=o["min_size"],
                               epochs=o["epochs"], val_ds=val_ds, learning_rate=o["learning_rate"],
                               verbose=inputs.verbose, return_report=True, **stage_teacher(inputs, o),
-                              **stage_resume(inputs))
+                              strategy=inputs.strategy, **stage_resume(inputs, inputs.strategy))
     metrics = {"flops_before": report["flops_before"], "flops_after": report["flops_after"],
                "flops_ratio": report["flops_ratio"], "ranks": {n: v["rank"] for n, v in report["layers"].items()},
                "report": report, **inputs.held_out(small, val_ds)}

@@ -393,7 +393,7 @@ def _run_stage(inputs, o: dict):
         initial_sparsity=o["initial_sparsity"], frequency=o["frequency"],
         m_by_n=tuple(o["m_by_n"]) if o["m_by_n"] else None, policy=o["policy"], val_ds=val_ds,
         learning_rate=o["learning_rate"], verbose=inputs.verbose, budgets=o["budgets"], return_report=True,
-        **stage_teacher(inputs, o), **stage_resume(inputs))
+        **stage_teacher(inputs, o), strategy=inputs.strategy, **stage_resume(inputs, inputs.strategy))
     reached = sparsity(pruned)
     metrics = {"target_sparsity": o["target_sparsity"], "budgets": o["budgets"], "sparsity": reached["overall"],
                "layer_sparsity": reached["layers"], **inputs.held_out(pruned, val_ds)}

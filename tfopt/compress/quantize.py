@@ -326,7 +326,8 @@ def _run_stage(inputs, o: dict):
                                  preserve_sparsity=bool(o["preserve_sparsity"]),
                                  preserve_clusters=bool(o["preserve_clusters"]), val_ds=val_ds,
                                  learning_rate=o["learning_rate"], verbose=inputs.verbose, return_report=True,
-                                 **stage_teacher(inputs, o), **stage_resume(inputs))
+                                 strategy=inputs.strategy, **stage_teacher(inputs, o),
+                                 **stage_resume(inputs, inputs.strategy))
     metrics = {"report": report, **inputs.held_out(qat, val_ds)}
     return StageResult(qat, metrics, f"{len(report['quantized'])} layers quantized ({report['scheme']}), "
                                      f"val accuracy {metrics['val_accuracy']:.4f}")
