@@ -39,13 +39,14 @@ import tempfile
 from benchmarks import common
 from tfopt import compress, export, optimizers, tune
 from tfopt._keras import keras, set_seed
+from tfopt.compress.sensitivity import PLAN_SPARSITIES
 from tfopt.tune.spaces import split
 
 NAME = "compression"
 GOAL_RATIO, MAX_DROP, FRONTIER = 40.0, 0.5, 60.0  # x smaller gzip, accuracy points, x smaller shown beyond
 AUGMENT = "standard"  # the fine-tuning's augmentation of the training digits
 LEARNING_RATE = 1e-3  # AdamW (weight decay 1e-4), cosine-decayed to 0 over the fine-tuning
-SCAN_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
+SCAN_SPARSITIES = PLAN_SPARSITIES  # the scan's grid: the one prune(budgets='sensitivity') plans on
 INT8_SHARE = 0.01  # layers holding less than this share of the weights keep 8 bits (they cost no bytes)
 BITS_DROP = 0.25  # points: a layer whose one-shot int4 drop on validation is larger keeps 8 bits
 # per model: the overall sparsities of the per-layer budgets, the ones also clustered, the fine-tuning epochs
