@@ -119,11 +119,9 @@ def _one_seed(student: str, teacher, settings, seed: int, epochs: int) -> dict:
     init = _student(student, info, seed).get_weights()
     trained = {}
     for recipe, (augment, dropout) in ALONE_RECIPES.items():
-        set_seed(seed)
-        train_ds = common.load_data(settings, augment=augment).train if augment else plain_ds
+        train_ds = common.load_data(settings, augment=augment, seed=seed).train if augment else plain_ds
         trained[recipe] = _alone(student, info, init, train_ds, epochs, seed, dropout)
-    set_seed(seed)
-    augmented_ds = common.load_data(settings, augment=AUGMENT).train  # the same augmented stream again
+    augmented_ds = common.load_data(settings, augment=AUGMENT, seed=seed).train  # the same augmented stream again
     kd = _student(student, info, seed)
     kd.set_weights(init)
     compress.distill(teacher, kd, augmented_ds, temperature=TEMPERATURE, alpha=ALPHA, epochs=epochs,
