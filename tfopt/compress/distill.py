@@ -131,11 +131,12 @@ def _run_stage(inputs, o: dict):
     """The distill stage: the current model teaches a new student built from the ``student`` section."""
     train_ds, val_ds, info = inputs.load()
     teacher = inputs.model()
-    student = inputs.build(o["student"], info)
+    with strategy_scope(inputs.strategy):  # the student trains under the run's strategy: its variables are made there
+        student = inputs.build(o["student"], info)
     epochs = o["epochs"] or inputs.training["epochs"]
     student = distill(teacher, student, train_ds, temperature=o["temperature"], alpha=o["alpha"], epochs=epochs,
                       val_ds=val_ds, learning_rate=o["learning_rate"], verbose=inputs.verbose, augment=o["augment"],
-                      **stage_resume(inputs))
+                      strategy=inputs.strategy, **stage_resume(inputs, inputs.strategy))
     teacher_metrics = inputs.held_out(teacher, val_ds)
     metrics = {"epochs": epochs, "teacher_val_accuracy": teacher_metrics["val_accuracy"],
                "teacher_params": teacher_metrics["params"], **inputs.held_out(student, val_ds)}
