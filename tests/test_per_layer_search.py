@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tfopt import compress, data, models, train, tune
-from tfopt._keras import keras
+from tfopt._keras import keras, tf
 from tfopt.compress.inspect import cluster_counts, sparsity
 from tfopt.errors import ConfigError
 from tfopt.tune.spaces import Space, split
@@ -136,3 +136,23 @@ def test_search_compression_stage_ships_its_file_and_evaluate_measures_it(tmp_pa
     with pytest.raises(ConfigError, match="max_drop"):
         run_recipe({**recipe, "stages": ["train", {"search_compression": {"max_drop": 2}}]},
                    run_dir=tmp_path / "bad", verbose=0)
+
+
+def test_a_users_model_with_a_gru_and_a_nested_model_is_searched_without_bits_for_the_gru(tmp_path):
+    rng = np.random.RandomState(0)
+    ds = tf.data.Dataset.from_tensor_slices((rng.rand(64, 8, 8).astype("float32"), rng.randint(0, 3, 64))).batch(16)
+    inp = keras.Input((8, 8))
+    seq = keras.layers.Dense(8, name="embed")(inp)
+    head = keras.Sequential([keras.layers.Dense(8, activation="relu", name="inner")], name="head")
+    out = keras.layers.Dense(3, name="logits")(head(keras.layers.GRU(8, name="gru")(seq)))
+    user = keras.Model(inp, out)
+    user.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    result = tune.search_compression(user, ds, ds, sparsity=[0.5], clusters=None, bits=[4, 8], max_drop=0.99,
+                                     max_trials=1, prune_epochs=1, directory=tmp_path, verbose=0)
+    trial = result.trials[0]
+    assert trial["status"] == "COMPLETED", trial.get("error")
+    keys = {k for k in trial["hyperparameters"] if "/" in k}
+    assert {"target_sparsity/gru", "target_sparsity/inner", "layer_bits/inner", "layer_bits/logits"} <= keys
+    assert "layer_bits/gru" not in keys  # the fused GRU has no weight op for the int4 quantizer to take
+    with pytest.raises(ConfigError, match=r"bits names layers \['gru'\]"):
+        tune.search_compression(user, ds, ds, bits={"gru": [4]}, directory=tmp_path, verbose=0)

@@ -26,7 +26,7 @@ import numpy as np
 
 from tfopt.errors import ConfigError, ExportError
 
-__all__ = ["INT4_QUANTIZATIONS", "LAYER_BITS", "layer_bits_problem", "quantize_tflite"]
+__all__ = ["INT4_QUANTIZATIONS", "LAYER_BITS", "layer_bits_problem", "layers_with_weight_ops", "quantize_tflite"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,18 @@ def _weight_ops(content: bytes) -> list:
                     weights = None if data is None or data.dtype != np.float32 else np.array(data)
             found.append(_WeightOp(name, fb.get_op_scope(op, subgraph.tensors), kernel, weights))
     return found
+
+
+def layers_with_weight_ops(content: bytes, layers) -> list[str]:
+    """The names among ``layers`` whose kernels are weight ops of TFLite file ``content`` (what ``layer_bits`` can
+    name; a fused recurrent layer, for one, has none).
+
+    Args:
+        content: Bytes of a float32 TFLite flatbuffer.
+        layers: Iterable of Keras layer names.
+    """
+    ops = _weight_ops(content)
+    return [layer for layer in layers if any(op.of(layer) for op in ops)]
 
 
 def _op_regex(op: _WeightOp) -> str:

@@ -79,9 +79,11 @@ def search_compression(model, train_ds, val_ds, sparsity=SPARSITIES, clusters=CL
 
     Returns:
         The :class:`tfopt.tune.SearchResult`; ``result.best_trial`` is the smallest file within the constraint
-        (``result.best_model`` its model). The float32 file's validation accuracy and the constraint are in ``<directory>/<project_name>/baseline.json``.
+        (``result.best_model`` its model). The float32 file's validation accuracy and the constraint are in
+        ``<directory>/<project_name>/baseline.json``.
     """
     from tfopt.export import INT4_QUANTIZATIONS, evaluate, to_tflite
+    from tfopt.export.int4 import layers_with_weight_ops
     from tfopt.tune.tuner import search
 
     check_model(model, "search_compression")
@@ -104,12 +106,19 @@ def search_compression(model, train_ds, val_ds, sparsity=SPARSITIES, clusters=CL
                           "pass an augmenting train_ds (tfopt.data.load(..., augment=...))")
     space: dict = {"model": model, "quantization": quantization, "prune_epochs": prune_epochs,
                    "cluster_epochs": cluster_epochs, **{key: {"fixed": value} for key, value in training.items()}}
-    for key, value in (("target_sparsity", sparsity), ("n_clusters", clusters), ("layer_bits", bits)):
+    float_file = to_tflite(model)
+    # layer_bits can only name layers with a weight op in the file (a fused GRU/LSTM has none)
+    with_ops = layers_with_weight_ops(float_file.content, names)
+    for key, value, searched in (("target_sparsity", sparsity, names), ("n_clusters", clusters, names),
+                                 ("layer_bits", bits, with_ops)):
         if value is None:
             continue
-        for layer, choices in _choices(key if key != "target_sparsity" else "sparsity", value, names).items():
+        if isinstance(value, dict) and key == "layer_bits" and set(value) - set(with_ops):
+            raise ConfigError(f"bits names layers {sorted(set(value) - set(with_ops))} that have no weight op in the "
+                              f"TFLite file (a fused recurrent layer has none); allowed: {', '.join(with_ops)}")
+        for layer, choices in _choices(key if key != "target_sparsity" else "sparsity", value, searched).items():
             space[f"{key}/{layer}"] = choices if len(choices) > 1 else {"fixed": choices[0]}
-    base = evaluate(to_tflite(model), val_ds, runs=5, warmup=1)["accuracy"]
+    base = evaluate(float_file, val_ds, runs=5, warmup=1)["accuracy"]
     floor = base - max_drop
     result = search(space, train_ds, val_ds, algorithm=algorithm, objective="tflite_gzip_bytes",
                     constraints={"tflite_accuracy": {"min": floor}}, max_trials=max_trials, max_epochs=0,
