@@ -1,10 +1,8 @@
 """Knowledge distillation (Hinton et al., 2015): train a small student on a frozen teacher's soft targets.
 
-The loss is ``alpha * CE(y, student) + (1 - alpha) * T**2 * KL(softmax(teacher / T) || softmax(student / T))``:
-``alpha`` weights the HARD-label loss, ``1 - alpha`` the soft (distillation) loss, and ``T**2`` keeps
-the soft gradients' scale independent of the temperature. Both models should output logits; a model
-whose last layer ends in softmax is read as probabilities and turned into logits with ``log``
-(a sigmoid output is ambiguous and rejected).
+The loss, what ``alpha`` weights (the HARD-label loss) and which outputs are read as logits are those of
+:mod:`tfopt.compress._distiller` (``distillation_loss``, ``Distiller``), re-exported here; this module holds the
+``distill`` function, its defaults (measured: see :func:`distill`) and the "distill" stage.
 """
 
 from __future__ import annotations
