@@ -111,10 +111,13 @@ def chain() -> list:
     return sorted((t for t in TECHNIQUES.values() if t.apply is not None and t.tune_keys), key=lambda t: t.tune_order)
 
 
-def _turned_on(value) -> bool:
-    """Whether a technique's first tune key turns it on: a value that is not None or 0 (a per-layer dict: one
-    layer's value that is not)."""
-    return any(value.values()) if isinstance(value, dict) else bool(value)
+def _turned_on(compression: dict) -> list:
+    """The techniques of :func:`chain` a trial's ``compression`` turns on: their first tune key set to a value that
+    is not None or 0 (a per-layer dict: one layer's value that is not), in order."""
+    def on(value):
+        return any(value.values()) if isinstance(value, dict) else bool(value)
+
+    return [t for t in chain() if on(compression.get(next(iter(t.tune_keys))))]
 
 
 def compression_epochs(compression: dict) -> int:
@@ -126,15 +129,11 @@ def compression_epochs(compression: dict) -> int:
     """
     import tfopt.compress  # noqa: F401  (its techniques register on import)
 
-    for technique in chain():
-        keys = technique.tune_keys
-        if not _turned_on(compression.get(next(iter(keys)))):
-            continue
-        for key, target in keys.items():
+    for technique in _turned_on(compression)[:1]:
+        for key, target in technique.tune_keys.items():
             if target == "epochs":
                 epochs = compression.get(key, technique.options["epochs"].default)
                 return int(epochs) if isinstance(epochs, int) and epochs >= 1 else 1
-        return 1
     return 1
 
 
@@ -148,10 +147,8 @@ def compress(model, train_ds, compression: dict, strategy=None, verbose=0):
     import tfopt.compress  # noqa: F401  (its techniques register on import)
 
     states: set = set()
-    for technique in chain():
+    for technique in _turned_on(compression):
         keys = technique.tune_keys
-        if not _turned_on(compression.get(next(iter(keys)))):
-            continue
         # a key declared by an option's name passes that option; a key declared with a Field of its own, itself
         options = {target if isinstance(target, str) else key: compression[key] for key, target in keys.items()
                    if key in compression}
