@@ -585,6 +585,16 @@ VARIANT = {
 }
 
 
+def variant_row(name: str, stage: str, quantization, tfl, model, path: Path, run_dir: Path, data: dict) -> dict:
+    """The record of one exported TFLite file that the pipeline's ``evaluate`` stage and report read: its variant
+    name, the stage whose model it converts, its quantization, path (relative to ``run_dir``), bytes, gzip bytes, the
+    model's parameters, non-zero parameters and multiply-adds, the converter's notes and the model's data section."""
+    params, nonzero = weight_count(model)
+    return {"variant": name, "model": stage, "quantization": quantization, "path": str(Path(path).relative_to(run_dir)),
+            "bytes": tfl.bytes, "gzip_bytes": tfl.gzip_bytes, "params": params, "nonzero_params": nonzero,
+            "flops": flops(model), "notes": list(tfl.notes), "data": dict(data)}
+
+
 def _run_stage(inputs, o: dict):
     """The export stage: each variant's model converted to TFLite, ``<variant>.tflite`` in the stage folder."""
     rows = []
@@ -598,11 +608,7 @@ def _run_stage(inputs, o: dict):
                         layer_bits=v.get("layer_bits"))
         _faults.reached(f"export:{v['name']}")
         path = tfl.save(Path(inputs.stage_dir) / f"{v['name']}.tflite")
-        params, nonzero = weight_count(model)
-        rows.append({"variant": v["name"], "model": v["model"], "quantization": v["quantization"],
-                     "path": str(path.relative_to(inputs.run_dir)), "bytes": tfl.bytes, "gzip_bytes": tfl.gzip_bytes,
-                     "params": params, "nonzero_params": nonzero, "flops": flops(model), "notes": list(tfl.notes),
-                     "data": dict(data)})
+        rows.append(variant_row(v["name"], v["model"], v["quantization"], tfl, model, path, inputs.run_dir, data))
     metrics = {"variants": rows, "baseline": o["baseline"]}
     return StageResult(None, metrics, f"{len(rows)} TFLite file(s) in {Path(inputs.stage_dir).name}/")
 

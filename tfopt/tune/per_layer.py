@@ -139,10 +139,9 @@ def _run_stage(inputs, o: dict):
     import json
     from pathlib import Path
 
-    from tfopt._model import weight_count
     from tfopt.errors import CompressionError
     from tfopt.export import to_tflite
-    from tfopt.flops import flops
+    from tfopt.export.tflite import variant_row
     from tfopt.techniques import StageResult
     from tfopt.tune.spaces import split
 
@@ -167,11 +166,8 @@ def _run_stage(inputs, o: dict):
     model = result.best_model
     tfl = to_tflite(model, o["quantization"], layer_bits=chosen.get("layer_bits"))
     path = tfl.save(folder / "searched.tflite")
-    params, nonzero = weight_count(model)
-    row = {"variant": f"{inputs.name}_{o['quantization']}", "model": inputs.name, "quantization": o["quantization"],
-           "path": str(path.relative_to(inputs.run_dir)), "bytes": tfl.bytes, "gzip_bytes": tfl.gzip_bytes,
-           "params": params, "nonzero_params": nonzero, "flops": flops(model), "notes": list(tfl.notes),
-           "data": inputs.model_data(inputs.current)}
+    row = variant_row(f"{inputs.name}_{o['quantization']}", inputs.name, o["quantization"], tfl, model, path,
+                      inputs.run_dir, inputs.model_data(inputs.current))
     per_layer = {key: chosen[key] for key in ("target_sparsity", "n_clusters", "layer_bits") if key in chosen}
     feasible = sum(r["status"] == "COMPLETED" for r in result.trials)
     metrics = {"variants": [row], "baseline": None, "per_layer": per_layer, "trials": len(result.trials),
