@@ -99,7 +99,7 @@ class TfoptTuner(base_tuner.BaseTuner):
 
         values = self.space.values(hp)
         s = self.settings
-        _, train_cfg, comp_cfg = split(values)
+        build_cfg, train_cfg, comp_cfg = split(values)
         with training.scope(s["strategy"]):
             if self.space.fn is not None:
                 model = training.check_user_model(self.space.fn(hp))
@@ -109,7 +109,6 @@ class TfoptTuner(base_tuner.BaseTuner):
                 # with max_epochs=0 it trains only while compressing: a schedule spans the first compression's epochs
                 epochs = s["max_epochs"] or training.compression_epochs(comp_cfg)
                 return training.compile_model(model, train_cfg, s["steps_per_epoch"], epochs, force=bool(train_cfg))
-            build_cfg, _, _ = split(values)
             model = training.build_model(build_cfg, s["input_shape"], s["num_classes"])
             return training.compile_model(model, train_cfg, s["steps_per_epoch"], s["max_epochs"])
 
