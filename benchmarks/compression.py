@@ -15,14 +15,14 @@ For the documents' CNN and for LeNet-300-100:
 
 5. a per-layer SEARCH (``tfopt.tune.search_compression``: keras-tuner random search over each layer's sparsity,
    clusters and bits, objective the gzip bytes of the exported int4 file, constraint its validation accuracy within
-   MAX_DROP of the float32 file's), each trial fine-tuned like the planned variants.
+   SELECT_DROP of the float32 file's), each trial fine-tuned like the planned variants.
 
 The previous figure's int8 variants (pruned 80% + PQAT; 90% + 16 clusters + PCQAT, which the latency and structured
 figures reuse) are measured beside them. Every accuracy is measured with LiteRT on the exported file, on validation
 and on test; sparsity, values per channel and bits are read back from the file. The best variant (smallest gzip
-within MAX_DROP points of the float32 file) is chosen on the VALIDATION accuracies; the figure reports its TEST
-accuracy with a 95% Wilson interval and its paired test difference from the float32 file on the same 1,000 test
-digits (95% interval, exact McNemar p). A reference row trains the float32 model with the same fine-tuning and no
+within SELECT_DROP = MAX_DROP - SELECTION_MARGIN points of the float32 file) is chosen on the VALIDATION
+accuracies; the figure reports its TEST accuracy with a 95% Wilson interval and its paired test difference from the
+float32 file on the same 1,000 test digits (95% interval, exact McNemar p). A reference row trains the float32 model with the same fine-tuning and no
 compression, so that what the extra training alone gives is in sight.
 
 Deep Compression (Han et al. 2016) reached 40x on LeNet-300-100 (1070 KB -> 27 KB, 1.64% -> 1.58% error) with
@@ -44,6 +44,13 @@ from tfopt.tune.spaces import split
 
 NAME = "compression"
 GOAL_RATIO, MAX_DROP, FRONTIER = 40.0, 0.5, 60.0  # x smaller gzip, accuracy points, x smaller shown beyond
+# The choice's limit on VALIDATION is MAX_DROP - SELECTION_MARGIN: half the allowed test drop is kept back for the noise
+# of 800 validation digits (one digit is 0.125 point; two models disagreeing on ~1.5% of the digits differ by ~0.4
+# point standard deviation), so that the choice is not the variant validation flatters most. Fixed on 2026-12-01
+# before the runs it reports, after runs with no margin had chosen at the edge (CNN: val -0.50, test -0.7). The
+# per-layer search's constraint is the same limit.
+SELECTION_MARGIN = 0.25
+SELECT_DROP = MAX_DROP - SELECTION_MARGIN
 AUGMENT = "standard"  # the fine-tuning's augmentation of the training digits
 LEARNING_RATE = 1e-3  # AdamW (weight decay 1e-4), cosine-decayed to 0 over the fine-tuning
 SCAN_SPARSITIES = PLAN_SPARSITIES  # the scan's grid: the one prune(budgets='sensitivity') plans on
@@ -189,7 +196,7 @@ def fine_tuned_float(arch: str, settings: common.Settings):
 
 
 def searched(arch: str, settings: common.Settings) -> dict:
-    """The per-layer search's best trial (smallest gzip int4 file within MAX_DROP of float32 on VALIDATION):
+    """The per-layer search's best trial (smallest gzip int4 file within SELECT_DROP of float32 on VALIDATION):
     ``{"model", "settings", "trials", "feasible"}``, or None when no trial met the constraint; cached per process."""
 
     def make():
@@ -199,7 +206,7 @@ def searched(arch: str, settings: common.Settings) -> dict:
         with tempfile.TemporaryDirectory() as folder:
             result = tune.search_compression(
                 common.baseline(arch, settings), train_ds, val_ds, sparsity=plan["sparsity"],
-                clusters=plan["clusters"], bits=plan["bits"], max_drop=MAX_DROP / 100,
+                clusters=plan["clusters"], bits=plan["bits"], max_drop=SELECT_DROP / 100,
                 prune_epochs=settings.pick(*PLANS[arch]["epochs"]), cluster_epochs=settings.pick(*CLUSTER_EPOCHS),
                 training={"optimizer": "adamw", "learning_rate": LEARNING_RATE, "schedule": "cosine",
                           "weight_decay": 1e-4},
@@ -266,7 +273,7 @@ def _measure(arch, settings):
         chosen = found["settings"]
         clusters = {k: v for k, v in (chosen.get("n_clusters") or {}).items() if v}
         label = (f"searched per layer (best of {found['trials']} trials, {found['feasible']} within "
-                 f"{MAX_DROP:g} pt on val)" + (" + clusters " + ", ".join(f"{k} {v}" for k, v in clusters.items())
+                 f"{SELECT_DROP:g} pt on val)" + (" + clusters " + ", ".join(f"{k} {v}" for k, v in clusters.items())
                                                if clusters else "") + " + int4")
         tfl = export.to_tflite(found["model"], "int4", layer_bits=chosen.get("layer_bits"))
         rows.append(row(label, tfl, "int4", None, clusters or None, {"sparsity": chosen["target_sparsity"]},
@@ -279,10 +286,10 @@ def _candidate(r) -> bool:
 
 
 def choose_best(rows):
-    """Mark and return the smallest-gzip variant within MAX_DROP points of float32 on VALIDATION (or, if none,
+    """Mark and return the smallest-gzip variant within SELECT_DROP points of float32 on VALIDATION (or, if none,
     the one losing least on validation); mark the frontier (no other variant smaller and at least as accurate on
     validation). Test figures play no part in either."""
-    within = lambda r: r["val_drop_points"] <= MAX_DROP + 1e-6  # noqa: E731  (1 digit = 0.125 point; no float slop)
+    within = lambda r: r["val_drop_points"] <= SELECT_DROP + 1e-6  # noqa: E731  (1 digit = 0.125 point; no float slop)
     candidates = [r for r in rows if _candidate(r)]
     ok = [r for r in candidates if within(r)]
     best = max(ok, key=lambda r: r["ratio"]) if ok else min(candidates, key=lambda r: r["val_drop_points"])
@@ -337,7 +344,7 @@ def figure_from_rows(all_rows) -> dict:
     value = min(s["value"] for s in summary)
     table = [
         [r["model"], r["variant"] + (" **best**" if r["best"] else "") + (" ◆" if r["frontier"] else "")
-         + ("" if r["within_drop_val"] or not _candidate(r) else f" (> {MAX_DROP:g} pt on val)"),
+         + ("" if r["within_drop_val"] or not _candidate(r) else f" (> {SELECT_DROP:g} pt on val)"),
          _layers_text(r), r["bytes"], r["gzip_bytes"], round(r["ratio"], 1), f"{r['val_accuracy']:.4f}",
          "" if r["kind"] == "float32" else f"{-r['val_drop_points']:+.2f}",
          common.fmt_acc(r["test_accuracy"], r["test_accuracy_ci95"]),
@@ -355,7 +362,8 @@ def figure_from_rows(all_rows) -> dict:
     notes = [
         "ratio = float32 TFLite gzip bytes / variant gzip bytes. Accuracies are measured with LiteRT on the exported "
         f"files: val Δ on the {n_val:,} validation digits (1 digit = {100 / n_val:.3g} point) is what chose the best "
-        f"variant (smallest gzip with val Δ >= -{MAX_DROP:g} point); test accuracy [95% Wilson interval] and test Δ "
+        f"variant (smallest gzip with val Δ >= -{SELECT_DROP:g} point: {SELECTION_MARGIN:g} of the {MAX_DROP:g} "
+        "point allowed on test is kept back for validation noise, a margin fixed before this run); test accuracy [95% Wilson interval] and test Δ "
         f"on the {n_test:,} fixed test digits are what is reported. ◆ = on the validation frontier (no other "
         "variant smaller and at least as accurate on validation).",
         "test Δ = variant test accuracy - float32 test accuracy on the same digits, in points, with its 95% paired "
@@ -373,7 +381,7 @@ def figure_from_rows(all_rows) -> dict:
         "'searched per layer': tfopt.tune.search_compression, a keras-tuner random search over each layer's "
         "sparsity, clusters (0 = none) and bits from the choices in SEARCH (fixed before the run from the "
         "validation scan), each trial fine-tuned like the planned variants (clusters: the same AdamW schedule), "
-        f"objective the gzip bytes of the int4 file, constraint its validation accuracy within {MAX_DROP:g} point of "
+        f"objective the gzip bytes of the int4 file, constraint its validation accuracy within {SELECT_DROP:g} point of "
         "the float32 file's; the smallest feasible trial is the row (its test accuracy was never looked at).",
                 "the 'float32 fine-tuned' reference row is the baseline trained with the same fine-tuning and no compression: "
         "not a candidate. Part of what the int4 variants keep (or gain) over the baseline comes from that extra "
@@ -392,7 +400,7 @@ def figure_from_rows(all_rows) -> dict:
     if no_xnnpack:
         notes.append(f"{common.NO_XNNPACK}: {', '.join(no_xnnpack)} (accuracy measured that way).")
     return common.figure(
-        NAME, f"float32 TFLite gzip bytes / best compressed variant's (chosen on validation within {MAX_DROP:g} "
+        NAME, f"float32 TFLite gzip bytes / best compressed variant's (chosen on validation within {SELECT_DROP:g} "
               "point; test drop reported)", value, "x",
         f">= {GOAL_RATIO:g}x with <= {MAX_DROP:g} point test drop, both models", all(s["met"] for s in summary),
         common.spread([s["value"] for s in summary]),
