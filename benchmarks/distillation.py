@@ -78,6 +78,15 @@ TUNING = [
 ]
 
 
+def teacher_bound(alone_error: float, teacher_error: float) -> float:
+    """The ratio a distilled student would reach by matching its teacher: ``alone_error / teacher_error``.
+
+    >>> round(teacher_bound(0.0277, 0.014), 2)
+    1.98
+    """
+    return alone_error / max(teacher_error, 1e-9)
+
+
 def _pct(outcome: dict) -> str:
     """``1.9% [1.2, 2.9]``: an error rate with its 95% Wilson interval (from an accuracy outcome)."""
     lo, hi = outcome["ci95"]
@@ -203,6 +212,8 @@ def run(settings: common.Settings) -> dict:
         per_student[student] = [{k: v for k, v in s.items() if k != "_tests"} for s in per_seed]
     head = summaries[HEADLINE]
     n_test = per_student[HEADLINE][0]["test_n"]
+    teacher_error = 1 - teacher_test["accuracy"]
+    bounds = {name: teacher_bound(sm["mean_alone"], teacher_error) for name, sm in summaries.items()}
     goal = f">= {GOAL:g}x (mean over seeds) and the distilled student never worse than alone on a seed"
     students_text = "; ".join(
         f"{name}: {STUDENTS[name][0]} -> {summaries[name]['params']:,} parameters "
@@ -230,6 +241,11 @@ def run(settings: common.Settings) -> dict:
         + "; ".join(TUNING) + " (val error %).",
         "Hinton et al. 2015 (MNIST, 60k train, 10k test; MLP teacher and student): 146 -> 74 errors, about 2x "
         "against an unregularized student: the aim.",
+        f"the teacher bounds the ratio: a distilled student as good as its teacher ({100 * teacher_error:.1f}% test "
+        "error) would reach " + ", ".join(f"{name} {bound:.2f}x" for name, bound in bounds.items())
+        + f" (mean error alone / teacher error); {GOAL:g}x needs a distilled student at most "
+        + ", ".join(f"{name} {100 * summaries[name]['mean_alone'] / GOAL:.2f}%" for name in summaries)
+        + " in error, i.e. about as good as (or better than) its teacher.",
     ]
     summary = []
     for name, sm in summaries.items():
@@ -240,7 +256,7 @@ def run(settings: common.Settings) -> dict:
                      f"{'never worse on a seed' if sm['never_worse'] else 'worse on a seed'})",
             "value": sm["ratio"], "unit": "x",
             "interval": f"per-seed ratios [{sm['spread']['min']:.2f}, {sm['spread']['max']:.2f}] over "
-                        f"{sm['spread']['n']}",
+                        f"{sm['spread']['n']}; a student matching its teacher would reach {bounds[name]:.2f}x",
             "goal": goal if name == HEADLINE else "report", "met": sm["met"] if name == HEADLINE else None})
         summary.append({
             "label": f"distillation, {name}: plain student's test error (no augmentation, Hinton's baseline) / "
@@ -259,7 +275,7 @@ def run(settings: common.Settings) -> dict:
                  "per_seed": per_student[HEADLINE], "students": {n: {k: v for k, v in sm.items()}
                                                                  for n, sm in summaries.items()},
                  "per_student_seed": per_student, "headline": HEADLINE,
-                 "teacher_error": 1 - teacher_test["accuracy"], "teacher_test_accuracy_ci95": teacher_test["ci95"],
+                 "teacher_error": teacher_error, "teacher_bounds": bounds, "teacher_test_accuracy_ci95": teacher_test["ci95"],
                  "teacher_val_error": 1 - teacher_val["accuracy"], "test_n": n_test,
                  "teacher_params": teacher_params, "student_params": head["params"], "temperature": TEMPERATURE,
                  "alpha": ALPHA, "epochs": head["epochs"], "learning_rate": LR, "augment": AUGMENT, "seeds": seeds,
