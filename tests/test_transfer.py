@@ -115,3 +115,42 @@ def test_errors_name_the_bad_value(tasks, kwargs, message):
     args.update(kwargs)
     with pytest.raises(ConfigError, match=message):
         fine_tune(_base(), train_ds=_ds(tasks["b_val"]), verbose=0, **args)
+
+
+def test_a_fine_tuning_killed_in_its_second_phase_restores_the_first_and_resumes_the_second(tasks, base_weights,
+                                                                                            tmp_path):
+    import csv
+
+    backup, history = tmp_path / "backup", tmp_path / "history.csv"
+
+    class Crash(keras.callbacks.Callback):
+        """Counts the epochs begun; raises (a crash) as the second phase's epoch 1 begins."""
+
+        begun = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            Crash.begun += 1
+            if Crash.begun == 4:  # head epochs 0, 1; fine-tuning epoch 0; now its epoch 1
+                raise KeyboardInterrupt
+
+    def run(callbacks):
+        logger = keras.callbacks.CSVLogger(str(history), append=True)
+        return fine_tune(_trained_base(base_weights), 5, _ds(tasks["b_train"]), epochs=(2, 3), learning_rate=3e-2,
+                         verbose=0, callbacks=[logger, *callbacks], backup_dir=backup)
+
+    with pytest.raises(KeyboardInterrupt):
+        run([Crash()])
+    assert (backup / "head" / "chief").is_dir() and (backup / "fine_tune" / "chief").is_dir()
+
+    class Count(keras.callbacks.Callback):
+        epochs = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            Count.epochs.append(epoch)
+
+    model = run([Count()])
+    assert Count.epochs == [1, 2]  # the head is restored, not trained again; the fine-tuning resumes at epoch 1
+    with open(history) as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1", "0", "1", "2"]
+    assert not backup.exists() or not any(backup.rglob("chief"))  # removed once both phases are done
+    assert _accuracy(model, tasks["b_val"]) > 0.5  # five classes: chance is 0.2

@@ -9,11 +9,14 @@ fine-tuning on a small new dataset needs. The base model passed in is never modi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tfopt._keras import check_model, keras
 from tfopt._model import compile_like, count_steps, flatten_model, strategy_scope
+from tfopt.checkpoints import remove_backup
+from tfopt.compress._fit import compression_fit, stage_resume
 from tfopt.errors import ConfigError, UnsupportedLayerError, check_range
 from tfopt.options import INT, MAP, NONE, STR, Field, at_least, in_unit, int_list, one_of_or, options_from, positive
-from tfopt.progress import keras_verbose
 from tfopt.techniques import StageResult, Technique, register_technique
 
 __all__ = ["fine_tune", "build_transfer_model"]
@@ -123,6 +126,9 @@ def fine_tune(
     head_dropout: float = 0.0,
     strategy=None,
     verbose="auto",
+    callbacks=(),
+    backup_dir=None,
+    keep_backup: bool = False,
 ):
     """Transfer ``base`` to a new ``num_classes`` task: train a new head, then fine-tune the top layers.
 
@@ -143,6 +149,12 @@ def fine_tune(
         head_dropout: Float in [0, 1), dropout before the new head.
         strategy: tf.distribute.Strategy or None.
         verbose: "auto", 0, 1 or 2, as in ``fit``.
+        callbacks: Sequence of Keras callbacks, given to both phases (a ``CSVLogger`` with ``append=True`` gets
+            the rows of both).
+        backup_dir: String, Path or None: keep a resumable state of each phase there (``head/``, ``fine_tune/``;
+            see ``tfopt.compress.prune``): a killed fine-tuning called again with the same ``backup_dir`` restores
+            a finished phase and resumes the other at the epoch it was in.
+        keep_backup: Boolean, keep that state when both phases end.
 
     Returns:
         The new flat functional model, outputting logits, compiled for the last phase it ran.
@@ -157,15 +169,21 @@ def fine_tune(
     with strategy_scope(strategy):
         model, base_layers = build_transfer_model(base, num_classes, head_dropout)
     first_trainable = _frozen_count(freeze, len(base_layers))
-    phases = ((len(base_layers), epochs[0], learning_rate), (first_trainable, epochs[1], learning_rate * lr_scale))
-    for first, n_epochs, rate in phases:
+    phases = {"head": (len(base_layers), epochs[0], learning_rate),
+              "fine_tune": (first_trainable, epochs[1], learning_rate * lr_scale)}
+    for phase, (first, n_epochs, rate) in phases.items():
         if not n_epochs:
             continue
         _set_trainable(base_layers, first)
         with strategy_scope(strategy):
             compile_like(model, learning_rate=rate)
-        model.fit(train_ds, epochs=n_epochs, validation_data=val_ds, verbose=keras_verbose(verbose))
-    if not any(phases[i][1] for i in range(2)):
+        # each phase keeps its state until both are done: a kill in the second restores the first, not retrains it
+        compression_fit(model, train_ds, n_epochs, val_ds=val_ds, callbacks=callbacks, verbose=verbose,
+                        strategy=strategy, backup_dir=None if backup_dir is None else Path(backup_dir) / phase,
+                        keep_backup=True, what="fine_tune")
+    if backup_dir is not None and not keep_backup:
+        remove_backup(backup_dir)
+    if not any(n_epochs for _, n_epochs, _ in phases.values()):
         with strategy_scope(strategy):
             compile_like(model, learning_rate=learning_rate)
     return model
@@ -181,7 +199,8 @@ def _run_stage(inputs, o: dict):
     num_classes = o["num_classes"] or info.num_classes
     model = fine_tune(inputs.model(), num_classes, train_ds, freeze=o["freeze"], epochs=tuple(o["epochs"]),
                       lr_scale=o["lr_scale"], learning_rate=o["learning_rate"], val_ds=val_ds,
-                      head_dropout=o["head_dropout"], verbose=inputs.verbose)
+                      head_dropout=o["head_dropout"], verbose=inputs.verbose, strategy=inputs.strategy,
+                      **stage_resume(inputs, inputs.strategy))
     metrics = {"num_classes": num_classes, "data": dict(new_data), **inputs.held_out(model, val_ds)}
     return StageResult(model, metrics, f"{num_classes} classes, val accuracy {metrics['val_accuracy']:.4f}",
                        data=new_data)
