@@ -82,9 +82,12 @@ def test_evaluate_splits_reports_test_and_keeps_validation_for_choosing(argmax_m
 
 
 def test_compare_with_baseline_and_predictions_round_trip(tmp_path):
-    outcomes = {"base": {"labels": LABELS, "predictions": LABELS},  # all right
-                "small": {"labels": LABELS, "predictions": PREDICTED},  # 2 lost
-                "other_data": {"labels": [0, 1], "predictions": [0, 1]}}
+    digits = {"name": "mnist_5k", "classes": [0, 1, 2, 3, 4]}
+    outcomes = {"base": {"labels": LABELS, "predictions": LABELS, "data": digits},  # all right
+                "small": {"labels": LABELS, "predictions": PREDICTED, "data": digits},  # 2 lost
+                "other_data": {"labels": [0, 1], "predictions": [0, 1], "data": digits},
+                # another task with as many classes and test examples: the same labels, other examples
+                "new_task": {"labels": LABELS, "predictions": LABELS, "data": {**digits, "classes": [5, 6, 7, 8, 9]}}}
     path = write_predictions(tmp_path / "predictions.json", outcomes)
     assert read_predictions(path) == outcomes
     got = compare_with_baseline(read_predictions(path), "base")
@@ -101,6 +104,7 @@ def test_compare_with_baseline_and_predictions_round_trip(tmp_path):
     ('{"variants": {"a": {"labels": [0, -1], "predictions": [0, 1]}}}', "a.labels is not a list of class ids"),
     ('{"variants": {"a": {"labels": [0, 1]}}}', "not the shape tfopt writes .no 'predictions'"),
     ('{"variants": []}', "'variants' is not an object"),
+    ('{"variants": {"a": {"labels": [0], "predictions": [0], "data": "mnist"}}}', "a.data is not an object"),
     ("[1, 2]", "not the shape tfopt writes"),
     ('{"variants": {"a": {"lab', "not valid JSON"),
     (b"\xff\xfe", "unreadable"),

@@ -182,6 +182,9 @@ def test_fine_tune_recipe_measures_each_task_on_its_own_classes(tmp_path):
     assert results["stages"][1]["metrics"]["num_classes"] == 5
     assert all(r["accuracy"] > 0.3 for r in v.values())  # chance is 0.2
     assert v["new_task_float32"]["accuracy_delta"] == 0.0
+    # the base model's file was measured on the other task's digits: no difference to the baseline, paired or not
+    assert v["base_float32"]["accuracy_delta"] is None and v["base_float32"].get("test_delta") is None
+    assert v["new_task_int8"].get("test_delta") is not None
 
 
 def test_saved_model_path_recipe_and_its_data_check(tmp_path, tiny_run):

@@ -211,17 +211,19 @@ def compare_with_baseline(outcomes: dict, baseline: str | None) -> dict:
     """Each variant against the baseline on the same test examples (:func:`tfopt.stats.paired_comparison`).
 
     Args:
-        outcomes: ``{variant: {"labels": [...], "predictions": [...]}}`` on the test split (as
-            :func:`evaluate_splits` returns them, or :func:`read_predictions` reads them back).
+        outcomes: ``{variant: {"labels": [...], "predictions": [...], "data": {...}}}`` on the test split (as
+            :func:`evaluate_splits` returns them, or :func:`read_predictions` reads them back); ``data``
+            (optional) names the data section the test split came from.
         baseline: String or None, the variant compared against.
 
     Returns:
         ``{variant: {"test_delta", "test_delta_ci95", "mcnemar_p", "significant_drop", "test_discordant"}}``
         where ``test_delta`` is the variant's test accuracy minus the baseline's, ``test_delta_ci95`` its
         95% interval (paired bootstrap, seed 0), ``mcnemar_p`` the exact McNemar p-value,
-        ``significant_drop`` whether it is a drop with p < 0.05 (the test decides, not the interval), ``test_discordant`` ``[baseline right only, variant right only]``. A variant measured on
-        other examples (other data, or other labels) than the baseline is left out; so is everything when
-        the baseline was not measured.
+        ``significant_drop`` whether it is a drop with p < 0.05 (the test decides, not the interval),
+        ``test_discordant`` ``[baseline right only, variant right only]``. A variant measured on other examples
+        than the baseline (another data section, or other labels) is left out: two tasks of as many classes
+        and test examples can have the same labels; so is everything when the baseline was not measured.
 
     >>> out = {"a": {"labels": [0, 1, 1], "predictions": [0, 1, 1]}, "b": {"labels": [0, 1, 1], "predictions": [0, 0, 1]}}
     >>> compare_with_baseline(out, "a")["b"]["test_discordant"], compare_with_baseline(out, "a")["a"]["mcnemar_p"]
@@ -233,10 +235,12 @@ def compare_with_baseline(outcomes: dict, baseline: str | None) -> dict:
         return {}
     base_labels = np.asarray(outcomes[baseline]["labels"])
     base_right = np.asarray(outcomes[baseline]["predictions"]) == base_labels
+    base_data = outcomes[baseline].get("data")
     out = {}
     for variant, outcome in outcomes.items():
         labels = np.asarray(outcome["labels"])
-        if labels.shape != base_labels.shape or not np.array_equal(labels, base_labels):
+        if (outcome.get("data") != base_data or labels.shape != base_labels.shape
+                or not np.array_equal(labels, base_labels)):
             continue
         r = paired_comparison(base_right, np.asarray(outcome["predictions"]) == labels)
         out[variant] = {"test_delta": r["delta"], "test_delta_ci95": r["delta_ci"], "mcnemar_p": r["p_value"],
@@ -246,19 +250,22 @@ def compare_with_baseline(outcomes: dict, baseline: str | None) -> dict:
 
 
 def write_predictions(path, outcomes: dict):
-    """Save ``{variant: {"labels", "predictions"}}`` (test split) as JSON, atomically; returns the path."""
+    """Save ``{variant: {"labels", "predictions", "data"}}`` (test split; ``data`` optional: the data section it
+    came from) as JSON, atomically; returns the path."""
     import json
 
     from tfopt._io import atomic_write_text
 
     content = {"split": "test", "variants": {name: {"labels": [int(v) for v in o["labels"]],
-                                                    "predictions": [int(v) for v in o["predictions"]]}
+                                                    "predictions": [int(v) for v in o["predictions"]],
+                                                    **({"data": o["data"]} if o.get("data") is not None else {})}
                                              for name, o in outcomes.items()}}
     return atomic_write_text(path, json.dumps(content, separators=(",", ":")) + "\n")
 
 
 def read_predictions(path) -> dict:
-    """Read a file :func:`write_predictions` wrote, checked: ``{variant: {"labels", "predictions"}}``.
+    """Read a file :func:`write_predictions` wrote, checked: ``{variant: {"labels", "predictions"}}`` (and
+    ``"data"`` where the file records it).
 
     A damaged file (not JSON, or not that shape) is one ConfigError naming the file and what is wrong.
     """
@@ -279,6 +286,10 @@ def read_predictions(path) -> dict:
             if len(labels) != len(predictions) or not labels:
                 raise TypeError(f"{name} has {len(labels)} labels and {len(predictions)} predictions")
             out[name] = {"labels": labels, "predictions": predictions}
+            if "data" in outcome:
+                if not isinstance(outcome["data"], dict):
+                    raise TypeError(f"{name}.data is not an object")
+                out[name]["data"] = outcome["data"]
         return out
     except json.JSONDecodeError as err:
         why = f"not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
@@ -333,14 +344,17 @@ def _run_stage(inputs, o: dict):
         _, val_ds, _ = inputs.load(row["data"])
         measured = evaluate_splits(inputs.run_dir / row["path"], val_ds, inputs.test(row["data"]), threads=o["threads"],
                                    warmup=o["warmup"], runs=o["runs"], limit=o["limit"])
-        outcomes[row["variant"]] = {"labels": measured.pop("labels"), "predictions": measured.pop("predictions")}
+        outcomes[row["variant"]] = {"labels": measured.pop("labels"), "predictions": measured.pop("predictions"),
+                                    "data": row["data"]}
         rows.append({**row, **measured})
     write_predictions(inputs.stage_dir / PREDICTIONS, outcomes)
     compared = compare_with_baseline(outcomes, inputs.baseline)
     rows = [{**r, **compared.get(r["variant"], {})} for r in rows]
     if not rows:
         return StageResult(None, {"variants": rows}, "nothing exported")
-    best = max(rows, key=lambda r: r["val_accuracy"])  # chosen on validation, reported on test
+    base_data = next((r["data"] for r in rows if r["variant"] == inputs.baseline), rows[0]["data"])
+    # chosen on validation among the files of the baseline's task, reported on test
+    best = max((r for r in rows if r["data"] == base_data), key=lambda r: r["val_accuracy"])
     low, high = best["test_accuracy_ci95"]
     return StageResult(None, {"variants": rows}, f"best on validation {best['variant']} ({best['val_accuracy']:.4f}): "
                        f"test accuracy {best['test_accuracy']:.4f} [95% CI {low:.4f}, {high:.4f}], n={best['test_n']:,}")

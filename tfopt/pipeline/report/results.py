@@ -31,7 +31,8 @@ def versions() -> dict:
 
 
 def with_ratios(rows: list, baseline: str | None) -> list:
-    """Copy of ``rows`` with ``gzip_x_smaller``, ``speedup_p50`` and ``accuracy_delta`` against ``baseline``.
+    """Copy of ``rows`` with ``gzip_x_smaller``, ``speedup_p50`` and ``accuracy_delta`` against ``baseline``
+    (``accuracy_delta`` None for a row measured on another data section than the baseline: another task).
 
     >>> rows = [{"variant": "a", "gzip_bytes": 100, "latency_us_p50": 10.0, "accuracy": 0.9},
     ...         {"variant": "b", "gzip_bytes": 25, "latency_us_p50": 5.0, "accuracy": 0.88}]
@@ -49,7 +50,9 @@ def with_ratios(rows: list, baseline: str | None) -> list:
             r["speedup_p50"] = base["latency_us_p50"] / r["latency_us_p50"]
         else:
             r["speedup_p50"] = None
-        r["accuracy_delta"] = r["accuracy"] - base["accuracy"] if "accuracy" in r and "accuracy" in base else None
+        same_data = r.get("data") == base.get("data")
+        r["accuracy_delta"] = (r["accuracy"] - base["accuracy"] if "accuracy" in r and "accuracy" in base and same_data
+                               else None)
         out.append(r)
     return out
 
