@@ -185,6 +185,8 @@ def test_fine_tune_recipe_measures_each_task_on_its_own_classes(tmp_path):
     # the base model's file was measured on the other task's digits: no difference to the baseline, paired or not
     assert v["base_float32"]["accuracy_delta"] is None and v["base_float32"].get("test_delta") is None
     assert v["new_task_int8"].get("test_delta") is not None
+    front = (tmp_path / "report.md").read_text().split("Pareto-optimal (validation accuracy vs gzip size): ")[1]
+    assert "new_task" in front.split(".")[0] and "base_float32" not in front.split(".")[0]  # chosen within a task
 
 
 def test_saved_model_path_recipe_and_its_data_check(tmp_path, tiny_run):
