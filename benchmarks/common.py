@@ -27,11 +27,18 @@ from tfopt._keras import keras, set_seed, tf
 __all__ = ["Settings", "spread", "figure", "timed", "interleaved", "load_data", "baseline", "augmented_baseline", "cached",
            "tflite_eval", "val_test", "keras_correct", "outcome", "compare", "fmt_acc", "fmt_delta", "fmt_p",
            "significance", "cpu_line",
-           "machine", "versions", "save", "render_markdown", "main", "ROOT", "DATASET"]
+           "machine", "versions", "save", "render_markdown", "main", "ROOT", "DATASET", "SELECTION_MARGIN"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = "mnist_5k"
 BATCH = 64
+# Points of validation accuracy a figure's choice keeps back from the drop its goal allows on test (a goal of at most
+# 0.5 point test drop chooses within 0.25 on validation): the noise of 800 validation digits (one digit is 0.125
+# point; two models disagreeing on ~1.5% of the digits differ by ~0.4 point standard deviation) makes the choice at
+# the edge the variant validation flatters most. Fixed on 2026-12-01 after seed-0 runs without it had chosen at the
+# edge (compression: val -0.50, test -0.7; structured: the CNN's channels -70% at test -1.0, then -0.4), so those
+# seed-0 rows were known; the --seed 1 and 2 runs in benchmarks/results/ came after it.
+SELECTION_MARGIN = 0.25
 
 
 @dataclass(frozen=True)

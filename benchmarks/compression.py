@@ -44,13 +44,9 @@ from tfopt.tune.spaces import split
 
 NAME = "compression"
 GOAL_RATIO, MAX_DROP, FRONTIER = 40.0, 0.5, 60.0  # x smaller gzip, accuracy points, x smaller shown beyond
-# The choice's limit on VALIDATION is MAX_DROP - SELECTION_MARGIN: half the allowed test drop is kept back for the noise
-# of 800 validation digits (one digit is 0.125 point; two models disagreeing on ~1.5% of the digits differ by ~0.4
-# point standard deviation), so that the choice is not the variant validation flatters most. Fixed on 2026-12-01
-# after seed-0 runs with no margin had chosen at the edge (CNN: val -0.50, test -0.7), so the seed-0 rows were known;
-# the --seed 1 and --seed 2 runs came after it (benchmarks/results/compression_seed*.md). The per-layer search's
-# constraint is the same limit.
-SELECTION_MARGIN = 0.25
+# the choice's limit on VALIDATION: half the allowed test drop is kept back for validation noise
+# (common.SELECTION_MARGIN says why and when it was fixed); the per-layer search's constraint is the same limit
+SELECTION_MARGIN = common.SELECTION_MARGIN
 SELECT_DROP = MAX_DROP - SELECTION_MARGIN
 AUGMENT = "standard"  # the fine-tuning's augmentation of the training digits
 LEARNING_RATE = 1e-3  # AdamW (weight decay 1e-4), cosine-decayed to 0 over the fine-tuning
@@ -385,8 +381,8 @@ def figure_from_rows(all_rows) -> dict:
         f"objective the gzip bytes of the int4 file, constraint its validation accuracy within {SELECT_DROP:g} point "
         "of the float32 file's; the smallest feasible trial is the row (its test accuracy was never looked at).",
         "the 'float32 fine-tuned' reference row is the baseline trained with the same fine-tuning and no "
-        "compression: not a candidate. Part of what the int4 variants keep (or gain) over the baseline comes from that extra "
-        "training on augmented digits; compare each variant with that row to see what the compression itself costs.",
+        "compression: not a candidate. Part of what the int4 variants keep (or gain) over the baseline comes from "
+        "that extra training on augmented digits; compare each variant with that row to see what the compression itself costs.",
         "sparsity, values/channel and bits are read back from the integer kernels stored in the .tflite file "
         "(values per output channel include the zero; per-channel int4 has at most 15 levels, so clusters do not "
         "survive exactly; int8 PCQAT keeps at most n_clusters per channel).",

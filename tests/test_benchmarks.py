@@ -195,14 +195,15 @@ def test_compression_int8_layers_are_small_or_sensitive():
     assert layer_bits(scan) == {"conv1": 8, "dense2": 8, "logits": 8}
 
 
-def test_structured_choice_is_the_fastest_within_half_a_point_on_validation():
+def test_structured_choice_is_the_fastest_within_a_quarter_point_on_validation():
     from benchmarks import structured
 
     def row(name, kind, drop, speed):
         return {"variant": name, "kind": kind, "val_drop_points": drop, "speedup": {"median": speed}}
 
-    rows = [row("base", "baseline", 0.0, 1.0), row("a", "structured", 0.5, 2.0), row("b", "structured", 0.625, 3.0),
+    rows = [row("base", "baseline", 0.0, 1.0), row("a", "structured", 0.25, 2.0), row("b", "structured", 0.375, 3.0),
             row("c", "combined", 0.25, 4.0), row("d", "magnitude", 0.0, 5.0)]
-    assert structured.choose(rows, ("structured",))["variant"] == "a"  # b loses 5 digits of 800 on validation
+    assert structured.SELECT_DROP == 0.25 and structured.MAX_DROP == 0.5
+    assert structured.choose(rows, ("structured",))["variant"] == "a"  # b loses 3 digits of 800 on validation
     assert structured.choose(rows, ("structured", "combined"))["variant"] == "c"
     assert structured.choose(rows[:1], ("structured",)) is None
