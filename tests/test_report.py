@@ -217,6 +217,22 @@ def test_report_recomputes_missing_comparisons_and_a_damaged_predictions_file_is
     assert [r["accuracy"] for r in _md_table(text, "Variants")] == [r["accuracy"] for r in rows]
 
 
+def test_a_run_without_a_named_baseline_still_has_a_pareto_front(run, tmp_path):
+    """Variants recorded with no baseline (e.g. only a search_compression stage's file) are compared with the first,
+    and the front is chosen among the variants of its data section: all of them here."""
+    import json
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run[0], copy)
+    saved = read_json(copy / "results.json")
+    (copy / "results.json").write_text(json.dumps({**saved, "baseline": None}))
+    write_report(copy)
+    front = (copy / "report.md").read_text().split("Pareto-optimal (validation accuracy vs gzip size): ")[1]
+    named = [name.strip() for name in front.split(".")[0].split(",")]
+    assert named and set(named) <= {v["variant"] for v in saved["variants"]}
+
+
 @pytest.mark.parametrize("edit,match", [
     (lambda v: v.update(test_accuracy_ci95=[0.9]), r"variants\[0\].test_accuracy_ci95 is not a \[low, high\] pair"),
     (lambda v: v.update(test_delta_ci95="wide"), r"variants\[0\].test_delta_ci95 is a string, not a list"),

@@ -12,8 +12,8 @@ from tfopt.export.tflite import TFLiteModel, _Runner, interpreter
 from tfopt.options import Number, options_from
 from tfopt.techniques import StageResult, Technique, register_technique
 
-__all__ = ["evaluate", "evaluate_splits", "compare", "latency", "compare_with_baseline", "write_predictions",
-           "read_predictions", "PREDICTIONS", "OPTIONS", "MAX_THREADS"]
+__all__ = ["evaluate", "evaluate_splits", "compare", "latency", "baseline_row", "compare_with_baseline",
+           "write_predictions", "read_predictions", "PREDICTIONS", "OPTIONS", "MAX_THREADS"]
 
 PREDICTIONS = "predictions.json"  # an evaluate stage's per-example test predictions, for paired comparisons
 MAX_THREADS = 256  # LiteRT aborts the whole process (in LLVM's thread pool) when asked for far more
@@ -207,6 +207,17 @@ def evaluate_splits(model, val_data, test_data, threads: int = 1, warmup: int = 
             "val_accuracy": val["accuracy"], "val_n": val["n"], "val_accuracy_ci95": val["accuracy_ci95"]}
 
 
+def baseline_row(rows: list, baseline: str | None):
+    """The row (a dict with ``"variant"``) of ``baseline`` among ``rows``, or the first row when none is named or
+    it is not there (None for no rows). Differences, ratios and choices are made against it, among the rows of its
+    ``"data"`` section: a variant of another data section (another task) was measured on other examples.
+
+    >>> baseline_row([{"variant": "a"}, {"variant": "b"}], "b"), baseline_row([{"variant": "a"}], None)
+    ({'variant': 'b'}, {'variant': 'a'})
+    """
+    return next((r for r in rows if r["variant"] == baseline), rows[0] if rows else None)
+
+
 def compare_with_baseline(outcomes: dict, baseline: str | None) -> dict:
     """Each variant against the baseline on the same test examples (:func:`tfopt.stats.paired_comparison`).
 
@@ -352,7 +363,7 @@ def _run_stage(inputs, o: dict):
     rows = [{**r, **compared.get(r["variant"], {})} for r in rows]
     if not rows:
         return StageResult(None, {"variants": rows}, "nothing exported")
-    base_data = next((r["data"] for r in rows if r["variant"] == inputs.baseline), rows[0]["data"])
+    base_data = baseline_row(rows, inputs.baseline)["data"]
     # chosen on validation among the files of the baseline's task, reported on test
     best = max((r for r in rows if r["data"] == base_data), key=lambda r: r["val_accuracy"])
     low, high = best["test_accuracy_ci95"]

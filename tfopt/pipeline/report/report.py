@@ -320,9 +320,11 @@ def write_report(run_dir) -> dict:
         log.warning("%s; the report shows the paired comparisons results.json holds", damaged)
     rows = results.get("variants") or []
     layers = layer_stats(run_dir, rows)
+    from tfopt.export.evaluate import baseline_row
+
     # the Pareto front is a choice: made on validation accuracy where it was measured, among the files of the
     # baseline's task (a fine_tune run's earlier task is measured on other examples)
-    base_data = next((r.get("data") for r in rows if r["variant"] == results.get("baseline")), None)
+    base_data = (baseline_row(rows, results.get("baseline")) or {}).get("data")
     chosen_on = [{**r, "accuracy": r["val_accuracy"]} if r.get("val_accuracy") is not None else r for r in rows
                  if r.get("gzip_bytes") and r.get("accuracy") is not None and r.get("data") == base_data]
     front = plots.front_variants(chosen_on)

@@ -39,9 +39,11 @@ def with_ratios(rows: list, baseline: str | None) -> list:
     >>> [(r["gzip_x_smaller"], r["speedup_p50"], round(r["accuracy_delta"], 2)) for r in with_ratios(rows, "a")]
     [(1.0, 1.0, 0.0), (4.0, 2.0, -0.02)]
     """
+    from tfopt.export.evaluate import baseline_row
+
     if not rows:
         return []
-    base = next((r for r in rows if r["variant"] == baseline), rows[0])
+    base = baseline_row(rows, baseline)
     out = []
     for r in rows:
         r = dict(r)
