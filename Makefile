@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/tfopt demo
 
 # Two pytest-xdist workers, each test file on one worker (its module fixtures built once): on the 2-core AMD EPYC
-# the suite took 820 s this way against 1,342 s in one process (2026-12-01, the same 1,343 tests).
+# the suite took 820-917 s this way against 1,342 s in one process (2026-12-01, the same 1,343 tests).
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 

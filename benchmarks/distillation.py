@@ -80,8 +80,9 @@ TUNING = [
     "tried 2026-12-01 after the figure): a teacher trained WITHOUT label smoothing (Mueller et al. 2019: smoothing "
     "erases the class similarities distillation transfers): teacher 1.50 / 1.25 against 1.00 / 0.88 with smoothing "
     "0.1, students 1.75 / 1.88 (T=2: 1.62 / 1.62) against 1.25 / 1.75 from the smoothed teacher; an ENSEMBLE of 3 "
-    "smoothed teachers (0.88 / 0.88; its members 0.88-1.00 / 0.75-0.88): students 1.75 / 1.50: neither kept; a longer schedule, 1200 epochs against 600 (Beyer's patience): augmented "
-    "alone 2.25 / 1.88 (600: 2.25 / 1.88), distilled 1.62 / 1.88 (600: 1.25 / 1.75): not kept",
+    "smoothed teachers (0.88 / 0.88; its members 0.88-1.00 / 0.75-0.88): students 1.75 / 1.50: neither kept; a "
+    "longer schedule, 1200 epochs against 600 (Beyer's patience): augmented alone 2.25 / 1.88 (600: 2.25 / 1.88), "
+    "distilled 1.62 / 1.88 (600: 1.25 / 1.75): not kept",
     "without augmentation (the previous figure's setting), 30 epochs Adam 1e-3, teacher of 8 epochs, T=4 alpha=0.1: "
     "2.50",
 ]
