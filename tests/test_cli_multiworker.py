@@ -66,14 +66,17 @@ def test_two_workers_run_a_recipe_and_only_the_chief_writes_the_run(tmp_path):
 
 def test_tune_command_as_chief_and_two_workers(tmp_path):
     from tests.test_cli import TUNE_RECIPE
+    from tests.test_tune_distributed import TRIAL_BARRIER
 
     recipe = tmp_path / "tune.yaml"
     recipe.write_text(TUNE_RECIPE.replace("MAX", "4"))
     (port,) = _free_ports(1)
     # tfopt's main() after the imports, with a marker saying the process is ready: the workers (which wait
     # for the chief) start first, so that both are up before the chief hands out the trials.
-    launcher = ("import pathlib, sys, tfopt.cli; pathlib.Path(sys.argv[1]).write_text('ready'); "
-                "sys.exit(tfopt.cli.main(sys.argv[2:]))")
+    # Both workers begin a trial before either runs one (TRIAL_BARRIER), so that the trials are split for sure.
+    launcher = TRIAL_BARRIER + (f"_install_trial_barrier({str(tmp_path)!r}, ['w0', 'w1'])\n"
+                                "import pathlib, sys, tfopt.cli; pathlib.Path(sys.argv[1]).write_text('ready'); "
+                                "sys.exit(tfopt.cli.main(sys.argv[2:]))")
     args = ["tune", str(recipe), "--directory", str(tmp_path / "s"), "--address", f"127.0.0.1:{port}"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     roles = [["--role", "worker", "--tuner-id", "w0"], ["--role", "worker", "--tuner-id", "w1"],

@@ -8,9 +8,29 @@ import sys
 import textwrap
 import time
 
+# Each worker, on beginning its first trial, waits until the other has begun one too: the split of the trials
+# between the workers is then certain rather than a race a loaded CPU can lose (in CI one worker once took all
+# four trials while the other was still starting). Executed inside the search processes, before the search.
+TRIAL_BARRIER = textwrap.dedent(
+    """
+    def _install_trial_barrier(directory, tuner_ids, timeout=120):
+        import time
+        from pathlib import Path
+        from keras_tuner.engine import base_tuner
+
+        def on_trial_begin(self, trial):
+            Path(directory, f"began.{self.tuner_id}").write_text(trial.trial_id)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and not all(Path(directory, f"began.{t}").exists() for t in tuner_ids):
+                time.sleep(0.1)
+
+        base_tuner.BaseTuner.on_trial_begin = on_trial_begin
+    """
+)
+
 SCRIPT = textwrap.dedent(
     """
-    import json, sys, time
+    import json, sys
     from pathlib import Path
     from tfopt import data, tune
     from tfopt._keras import keras
@@ -20,11 +40,11 @@ SCRIPT = textwrap.dedent(
 
     def space(hp):
         units = hp.Choice("units", [8, 12, 16, 20, 24, 28])
-        time.sleep(0.5)  # trials long enough for both workers to take some
         inputs = keras.Input((8, 8, 1))
         x = keras.layers.Dense(units, activation="relu")(keras.layers.Flatten()(inputs))
         return keras.Model(inputs, keras.layers.Dense(10)(x))
 
+    _install_trial_barrier(directory, ["worker0", "worker1"])
     Path(directory, f"{tuner_id}.ready").write_text("ready")
     result = tune.search(space, train_ds, val_ds, algorithm="random", max_trials=4, max_epochs=1,
                          directory=directory, role=role, address=address, tuner_id=tuner_id,
@@ -55,7 +75,7 @@ def _wait(paths, procs, deadline):
 
 def test_chief_and_two_workers_split_the_trials(tmp_path):
     script = tmp_path / "search_role.py"
-    script.write_text(SCRIPT)
+    script.write_text(TRIAL_BARRIER + SCRIPT)
     address = f"127.0.0.1:{_free_port()}"
     work = tmp_path / "tune"
     work.mkdir()
