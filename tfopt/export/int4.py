@@ -7,11 +7,13 @@ The TFLite converter stores at least 8 bits per weight; the LiteRT team's post-t
   (``recipe.dynamic_wi4_afp32``);
 * ``"int4_weight_only"``: int4 weights per channel, dequantized to float before each op (float compute);
 * ``"int4_block32"``: int4 weights with one scale per block of 32 inputs for Dense and embedding kernels
-  (convolutions per channel). A block of 32 zeros (pruning makes them) gets the scale 0, which LiteRT's XNNPACK delegate refuses
-  and the builtin kernels turn into NaN: an op holding such a block is quantized per channel instead (a note says
-  which).
+  (convolutions per channel). A block of 32 zeros (pruning makes them) gets the scale 0, which LiteRT's XNNPACK
+  delegate refuses and the builtin kernels turn into NaN, and a kernel whose inputs are not a multiple of 32 has no
+  blocks: such an op is quantized per channel instead (a note says which, and why).
 
-``layer_bits`` sets a layer's bits apart from the rest: 4, 8, or None (left float).
+``layer_bits`` sets a layer's bits apart from the rest: 4, 8, or None (left float). An op is a layer's when its
+tensors' names say so (``model/<layer>/MatMul``); an op inside a recurrent layer's loop (``while/MatMul``) is the
+layer whose kernel it holds, value for value, when the Keras layers are given.
 
 >>> sorted(INT4_QUANTIZATIONS)
 ['int4', 'int4_block32', 'int4_weight_only']
@@ -54,10 +56,14 @@ class _WeightOp:
     scope: str  # the quantizer's name for it: its output tensors' names, ";"-joined (the model's output's, last)
     kernel: str  # the weight tensor's name: "model/<layer>/MatMul", "model/<sub-model>/<layer>/Conv2D"
     weights: np.ndarray | None  # the float kernel, as stored (output channel first for FULLY_CONNECTED)
+    owner: str | None = None  # the Keras layer, when :func:`_resolve_owners` found it
 
     @property
     def layer(self) -> str:
-        """The Keras layer the op came from, as its kernel's name (else its output's) says."""
+        """The Keras layer the op came from: its owner when known, else as its kernel's name (else its output's)
+        says."""
+        if self.owner is not None:
+            return self.owner
         for names in (self.kernel, self.scope):
             parts = names.split(";")[0].split("/")
             if len(parts) > 1:
@@ -65,12 +71,58 @@ class _WeightOp:
         return self.scope.split(";")[0]
 
     def of(self, layer: str) -> bool:
-        """Whether the op computes Keras layer ``layer`` (by its kernel's name, else by its outputs')."""
+        """Whether the op computes Keras layer ``layer`` (its owner, else by its kernel's name, else its outputs')."""
+        if self.owner == layer:
+            return True
         pattern = r"(^|[/;])" + re.escape(layer) + "/"
         return bool(re.search(pattern, self.kernel) or ("/" not in self.kernel and re.search(pattern, self.scope)))
 
+    def named(self) -> list[str]:
+        """The path parts of the op's tensors' names that may be layers: the kernel's names first, deepest first."""
+        return [part for names in (self.kernel, self.scope) for name in names.split(";")
+                for part in reversed(name.split("/")[:-1])]
 
-def _weight_ops(content: bytes) -> list:
+
+def _kernels(layer) -> list:
+    """The kernel variables of Keras ``layer`` (what tfmot would prune in it: Dense, Conv, recurrent...)."""
+    from tfopt.compress.inspect import prunable_weights
+
+    try:
+        return list(prunable_weights(layer)) if layer is not None else []
+    except Exception:  # noqa: BLE001 - a layer tfmot cannot inspect has no kernel to match
+        return []
+
+
+def _resolve_owners(ops: list, layers) -> None:
+    """Set each op's owner among ``layers`` (names, or a dict name -> Keras layer).
+
+    By name: the deepest part of the op's tensors' names that is a layer holding a kernel (a Dense under
+    ``model/<sub-model>/``, the depthwise layer rather than its BatchNormalization and ReLU fused into the op), else
+    any layer named there. By value, given the Keras layers: an op named by no layer (``while/MatMul`` inside a
+    recurrent layer's loop) belongs to the layer whose kernel it stores, transposed, when exactly one layer does.
+    """
+    if not layers:
+        return
+    with_kernel = {name for name, layer in layers.items() if _kernels(layer)} if isinstance(layers, dict) else set()
+    for op in ops:
+        named = op.named()
+        op.owner = next((part for part in named if part in with_kernel), None) \
+            or next((part for part in named if part in layers), None)
+    if not isinstance(layers, dict):
+        return
+    claimed = {op.owner for op in ops}
+    unnamed = [name for name in with_kernel if name not in claimed]
+    for op in ops:
+        if op.owner is not None or op.weights is None or op.weights.ndim != 2 or not unnamed:
+            continue
+        stored = op.weights.T  # FULLY_CONNECTED keeps (outputs, inputs); Keras (inputs, outputs)
+        owners = [name for name in unnamed if any(tuple(k.shape) == stored.shape and np.array_equal(k.numpy(), stored)
+                                                  for k in _kernels(layers[name]))]
+        if len(owners) == 1:
+            op.owner = owners[0]
+
+
+def _weight_ops(content: bytes, layers=None) -> list:
     from litert_quantizer.utils import tfl_flatbuffer_utils as fb
 
     model = fb.read_model(bytearray(content))
@@ -88,6 +140,7 @@ def _weight_ops(content: bytes) -> list:
                     data = fb.get_tensor_data(subgraph.tensors[index], model.buffers)
                     weights = None if data is None or data.dtype != np.float32 else np.array(data)
             found.append(_WeightOp(name, fb.get_op_scope(op, subgraph.tensors), kernel, weights))
+    _resolve_owners(found, layers)
     return found
 
 
@@ -97,9 +150,10 @@ def layers_with_weight_ops(content: bytes, layers) -> list[str]:
 
     Args:
         content: Bytes of a float32 TFLite flatbuffer.
-        layers: Iterable of Keras layer names.
+        layers: Iterable of Keras layer names, or a dict name -> Keras layer (then an op in a recurrent layer's
+            loop counts for the layer whose kernel it holds).
     """
-    ops = _weight_ops(content)
+    ops = _weight_ops(content, layers if isinstance(layers, dict) else None)
     return [layer for layer in layers if any(op.of(layer) for op in ops)]
 
 
@@ -107,14 +161,20 @@ def _op_regex(op: _WeightOp) -> str:
     return "^" + re.escape(op.scope) + "$"
 
 
-def _zero_block(op: _WeightOp, block: int) -> bool:
-    """Whether a block-wise quantization of ``op`` would meet a block of zeros (and give it the scale 0)."""
+def _no_blocks(op: _WeightOp, block: int) -> str | None:
+    """Why a block-wise quantization of ``op`` cannot be (then it is quantized per channel), or None.
+
+    Its inputs are not a multiple of ``block`` (the quantizer refuses it), or a block holds only zeros (it would get
+    the scale 0, which XNNPACK refuses and the builtin kernels turn into NaN).
+    """
     if op.weights is None or op.name not in ("FULLY_CONNECTED", "EMBEDDING_LOOKUP") or op.weights.ndim != 2:
-        return False
+        return None
     rows, cols = op.weights.shape
     if cols % block:
-        return False  # not block-wise quantizable at all: the quantizer says so
-    return bool((np.abs(op.weights.reshape(rows, cols // block, block)).max(axis=-1) == 0).any())
+        return f"{cols} inputs, not a multiple of {block}"
+    if (np.abs(op.weights.reshape(rows, cols // block, block)).max(axis=-1) == 0).any():
+        return f"a block of {block} zeros would get the scale 0"
+    return None
 
 
 def _bits_allowed(bits) -> bool:
@@ -204,8 +264,10 @@ def quantize_tflite(content: bytes, quantization: str = "int4", layer_bits=None,
         quantization: String, one of :data:`INT4_QUANTIZATIONS`.
         layer_bits: Dict or None, Keras layer name -> 4, 8 or None (left float), overriding the 4 bits of the
             rest; a layer is found by its name in the ops' tensor names (``model/<layer>/...``).
-        layers: Collection of the Keras model's layer names, or None; an error suggests ``layer_bits`` only for
-            these (an op inside a recurrent layer's loop is named ``while/...``, not by its layer).
+        layers: The Keras model's layers as a dict name -> layer (or a collection of their names), or None: ops are
+            named by these layers in notes and errors, ``layer_bits`` may name the layer of an op inside a recurrent
+            layer's loop (named ``while/...`` in the file), found by the kernel it holds (dict only), and an error
+            suggests ``layer_bits`` only for these.
 
     Returns:
         ``(flatbuffer bytes, notes)``: notes say which ops were quantized per channel instead of per block.
@@ -225,16 +287,17 @@ def quantize_tflite(content: bytes, quantization: str = "int4", layer_bits=None,
         raise ConfigError(f"quantization={quantization!r} is not allowed here; allowed: "
                           f"{', '.join(map(repr, INT4_QUANTIZATIONS))}")
     scheme = INT4_QUANTIZATIONS[quantization]
-    ops = _weight_ops(content)
+    ops = _weight_ops(content, layers)
     layer_bits = _check_layer_bits(layer_bits, ops, quantization)
     notes = []
     channelwise = []
     if scheme.block:
+        reasons = {id(op): _no_blocks(op, scheme.block) for op in ops}
         channelwise = [(op, _bits_of(op, layer_bits)) for op in ops if _bits_of(op, layer_bits) is not None
-                       and _zero_block(op, scheme.block)]
+                       and reasons[id(op)]]
         if channelwise:
-            notes.append(f"quantized per channel instead of per block of {scheme.block} (a block of zeros would get "
-                         f"the scale 0): {', '.join(f'{op.name} {op.layer!r}' for op, _ in channelwise)}")
+            notes.append(f"quantized per channel instead of per block of {scheme.block}: " + ", ".join(
+                f"{op.name} {op.layer!r} ({reasons[id(op)]})" for op, _ in channelwise))
     recipe = _recipe(scheme, _entries(scheme, ops, layer_bits, channelwise))
     try:
         return _quantize(content, recipe), notes

@@ -471,7 +471,7 @@ def to_tflite(
         content, notes = _convert(model, None if int4 else quantization, rep, io_dtype, qat, sparse)
         if int4:
             content, more = quantize_tflite(content, quantization, layer_bits,
-                                            layers={layer.name for layer in _all_layers(model)})
+                                            layers={layer.name: layer for layer in _all_layers(model)})
             notes += more
     result = TFLiteModel(content=content, quantization=converted, notes=notes)
     if path is not None:
@@ -482,28 +482,80 @@ def to_tflite(
 def tflite_weights(content: bytes) -> dict:
     """The constant weight tensors of a flatbuffer, read back from the file: name -> NumPy array.
 
-    Integer tensors are returned as stored (int8 values; int4 values unpacked into int8 arrays, in [-8, 7]:
-    :func:`tflite_weight_bits` tells which), which is what sparsity and cluster counts of the shipped file must
-    be measured on.
+    Every subgraph is read, so the kernels inside a recurrent layer's loop (``while/MatMul``) are found too; a name
+    met again in another subgraph gets ``#<subgraph>`` appended. A weight is a constant tensor of two or more
+    dimensions that an op reads. Integer tensors are returned as stored (int8 values; int4 values unpacked into int8
+    arrays, in [-8, 7]: :func:`tflite_weight_bits` tells which), which is what sparsity and cluster counts of the
+    shipped file must be measured on. Sparse-encoded tensors (``sparse=True``) are read dense through the LiteRT
+    interpreter (in the main subgraph only).
+
+    Args:
+        content: Bytes, the flatbuffer.
+
+    >>> model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,), name="d")])
+    >>> {name: w.shape for name, w in tflite_weights(to_tflite(model).content).items()}  # doctest: +ELLIPSIS
+    {'sequential.../d/MatMul': (2, 3)}
     """
-    it = interpreter(content)
-    produced, consumed = set(), set()
-    for op in it._get_ops_details():  # the only LiteRT view of the graph: which tensors ops read and write
-        produced.update(int(i) for i in op["outputs"])
-        consumed.update(int(i) for i in op["inputs"] if i >= 0)
-    inputs = {d["index"] for d in it.get_input_details()}
-    weights = {}
-    for detail in it.get_tensor_details():
-        index = detail["index"]
-        if index not in consumed or index in produced or index in inputs or len(detail["shape"]) < 2:
-            continue
-        try:
-            value = it.get_tensor(index)
-        except ValueError:
-            continue
-        if value is not None and value.size:
-            weights[detail["name"]] = np.array(value)
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    try:
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file
+        raise ExportError(f"cannot read the TFLite flatbuffer ({len(content):,} bytes): {type(err).__name__}: "
+                          f"{err}") from err
+    weights, dense = {}, None
+    for index, subgraph in enumerate(model.subgraphs):
+        produced = {int(i) for op in subgraph.operators or () for i in (op.outputs if op.outputs is not None else ())}
+        consumed = {int(i) for op in subgraph.operators or () for i in (op.inputs if op.inputs is not None else ())
+                    if i >= 0}
+        inputs = {int(i) for i in (subgraph.inputs if subgraph.inputs is not None else ())}
+        for t in sorted(consumed - produced - inputs):
+            tensor = subgraph.tensors[t]
+            shape = tuple(int(d) for d in (tensor.shape if tensor.shape is not None else ()))
+            if len(shape) < 2 or (tensor.sparsity is not None and index):
+                continue
+            if tensor.sparsity is not None:  # the interpreter densifies it
+                dense = dense or interpreter(content)
+                try:
+                    value = np.array(dense.get_tensor(t))
+                except ValueError:
+                    continue
+            else:
+                value = _tensor_value(tensor, shape, model.buffers, content)
+            if value is not None and value.size:
+                name = tensor.name.decode("utf-8", "replace") if isinstance(tensor.name, bytes) else str(tensor.name)
+                weights[name if name not in weights else f"{name}#{index}"] = value
     return weights
+
+
+# numpy dtypes of the TFLite tensor types a weight may be stored in (INT4: two values a byte, unpacked below)
+_TYPE_DTYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.float64, "INT8": np.int8,
+                "UINT8": np.uint8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64}
+
+
+def _tensor_value(tensor, shape: tuple, buffers, content: bytes) -> np.ndarray | None:
+    """The constant value of flatbuffer ``tensor`` (None when it has no data or a type that holds no weights)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    kind = next((name for name, code in vars(schema.TensorType).items() if code == tensor.type), None)
+    buffer = buffers[tensor.buffer] if 0 <= tensor.buffer < len(buffers) else None
+    if buffer is None:
+        return None
+    if buffer.data is not None and len(buffer.data):
+        raw = np.asarray(buffer.data, dtype=np.uint8).tobytes()
+    elif buffer.offset and buffer.offset > 1:  # kept outside the flatbuffer, after it (files over 2 GB)
+        raw = content[buffer.offset:buffer.offset + buffer.size]
+    else:
+        return None
+    count = int(np.prod(shape))
+    if kind == "INT4":  # two's-complement nibbles, the low one first
+        packed = np.frombuffer(raw, dtype=np.uint8)
+        values = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1)[:count].astype(np.int8)
+        return np.where(values > 7, values - 16, values).astype(np.int8).reshape(shape)
+    dtype = _TYPE_DTYPES.get(kind)
+    if dtype is None or len(raw) < count * np.dtype(dtype).itemsize:
+        return None
+    return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape).copy()
 
 
 # bits per value of each TFLite tensor type that holds weights (schema TensorType names)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from tfopt._io import write_json
 from tfopt._keras import check_model
-from tfopt.compress.inspect import match_layers, prunable_weights
+from tfopt.compress.inspect import match_layers, prunable_weights, walk_layers
 from tfopt.errors import ConfigError, check_range
 
 __all__ = ["search_compression", "SPARSITIES", "CLUSTERS", "BITS"]
@@ -110,8 +110,9 @@ def search_compression(model, train_ds, val_ds, sparsity=SPARSITIES, clusters=CL
     space: dict = {"model": model, "quantization": quantization, "prune_epochs": prune_epochs,
                    "cluster_epochs": cluster_epochs, **{key: {"fixed": value} for key, value in training.items()}}
     float_file = to_tflite(model)
-    # layer_bits can only name layers with a weight op in the file (a fused GRU/LSTM has none)
-    with_ops = layers_with_weight_ops(float_file.content, names)
+    # layer_bits can only name layers with a weight op in the file (a fused LSTM has none; a GRU's loop has its own)
+    by_name = {layer.name: layer for layer in walk_layers(model)}
+    with_ops = layers_with_weight_ops(float_file.content, {name: by_name.get(name) for name in names})
     for key, value, searched in (("target_sparsity", sparsity, names), ("n_clusters", clusters, names),
                                  ("layer_bits", bits, with_ops)):
         if value is None:
