@@ -8,7 +8,7 @@ from sklearn.datasets import load_digits
 
 from tfopt._keras import keras, tf
 from tfopt.errors import ConfigError, DataError, ExportError, KerasVersionError
-from tfopt.export import TFLiteModel, compare, evaluate, tflite_weights, to_tflite
+from tfopt.export import TFLiteModel, compare, evaluate, tflite_weights, to_tflite, weight_stats
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +150,32 @@ def test_sparse_encoded_int8_runs_on_builtin_kernels_when_xnnpack_refuses(traine
     assert sparse["accuracy"] > 0.3  # 90% of the kernel zeroed without fine-tuning (0.56 seen); chance is 0.1
     # one file with two encodings of the same int8 weights: paired agreement of the predictions
     assert np.mean(np.asarray(sparse["predictions"]) == np.asarray(dense["predictions"])) >= 0.95
+    # read back from the sparse encoding, the pruned kernel is the dense file's, value for value
+    (read,) = [w for w in tflite_weights(tfl.content).values() if w.shape == kernel.T.shape]
+    (stored,) = [w for w in tflite_weights(plain.content).values() if w.shape == kernel.T.shape]
+    np.testing.assert_array_equal(read, stored)
+    assert read.dtype == np.int8 and (read == 0).mean() >= 0.9
+    assert weight_stats(tfl.content)["sparsity"] == pytest.approx(weight_stats(plain.content)["sparsity"])
+
+
+def test_sparse_encoded_convolution_and_dense_kernels_read_back_dense():
+    """The converter's sparse encoding (leading dimensions dense, the last compressed) is expanded again, so the
+    file's kernels, sparsity and values are the dense file's, for a convolution as for a Dense kernel."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(16, 3, name="conv")(inp)
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(x)))
+    weights = model.get_weights()
+    for i in (0, 2):  # the two kernels: 80% zeros
+        weights[i][np.abs(weights[i]) < np.quantile(np.abs(weights[i]), 0.8)] = 0
+    model.set_weights(weights)
+    files = {flag: to_tflite(model, sparse=flag).content for flag in (True, False)}
+    assert len(files[True]) < 0.5 * len(files[False])  # the encoding is really in the file
+    sparse, dense = (sorted(tflite_weights(files[flag]).values(), key=lambda w: w.size) for flag in (True, False))
+    assert [w.shape for w in sparse] == [(16, 3, 3, 3), (10, 576)]
+    for read, stored in zip(sparse, dense):
+        np.testing.assert_array_equal(read, stored)
+        assert (read == 0).mean() == pytest.approx(0.8, abs=0.01)
 
 
 def test_written_files_get_normal_permissions(trained, tmp_path):

@@ -486,8 +486,8 @@ def tflite_weights(content: bytes) -> dict:
     met again in another subgraph gets ``#<subgraph>`` appended. A weight is a constant tensor of two or more
     dimensions that an op reads. Integer tensors are returned as stored (int8 values; int4 values unpacked into int8
     arrays, in [-8, 7]: :func:`tflite_weight_bits` tells which), which is what sparsity and cluster counts of the
-    shipped file must be measured on. Sparse-encoded tensors (``sparse=True``) are read dense through the LiteRT
-    interpreter (in the main subgraph only).
+    shipped file must be measured on. Sparse-encoded kernels (``sparse=True``: rows dense, columns compressed) are
+    expanded to their dense shape; other sparse encodings (blocks) are left out.
 
     Args:
         content: Bytes, the flatbuffer.
@@ -503,7 +503,7 @@ def tflite_weights(content: bytes) -> dict:
     except Exception as err:  # noqa: BLE001 - a truncated or foreign file
         raise ExportError(f"cannot read the TFLite flatbuffer ({len(content):,} bytes): {type(err).__name__}: "
                           f"{err}") from err
-    weights, dense = {}, None
+    weights = {}
     for index, subgraph in enumerate(model.subgraphs):
         produced = {int(i) for op in subgraph.operators or () for i in (op.outputs if op.outputs is not None else ())}
         consumed = {int(i) for op in subgraph.operators or () for i in (op.inputs if op.inputs is not None else ())
@@ -512,16 +512,9 @@ def tflite_weights(content: bytes) -> dict:
         for t in sorted(consumed - produced - inputs):
             tensor = subgraph.tensors[t]
             shape = tuple(int(d) for d in (tensor.shape if tensor.shape is not None else ()))
-            if len(shape) < 2 or (tensor.sparsity is not None and index):
+            if len(shape) < 2:
                 continue
-            if tensor.sparsity is not None:  # the interpreter densifies it
-                dense = dense or interpreter(content)
-                try:
-                    value = np.array(dense.get_tensor(t))
-                except ValueError:
-                    continue
-            else:
-                value = _tensor_value(tensor, shape, model.buffers, content)
+            value = _tensor_value(tensor, shape, model.buffers, content)
             if value is not None and value.size:
                 name = tensor.name.decode("utf-8", "replace") if isinstance(tensor.name, bytes) else str(tensor.name)
                 weights[name if name not in weights else f"{name}#{index}"] = value
@@ -547,6 +540,9 @@ def _tensor_value(tensor, shape: tuple, buffers, content: bytes) -> np.ndarray |
         raw = content[buffer.offset:buffer.offset + buffer.size]
     else:
         return None
+    if tensor.sparsity is not None:
+        dtype = _TYPE_DTYPES.get(kind)
+        return None if dtype is None else _densify(np.frombuffer(raw, dtype=dtype), tensor.sparsity, shape)
     count = int(np.prod(shape))
     if kind == "INT4":  # two's-complement nibbles, the low one first
         packed = np.frombuffer(raw, dtype=np.uint8)
@@ -556,6 +552,28 @@ def _tensor_value(tensor, shape: tuple, buffers, content: bytes) -> np.ndarray |
     if dtype is None or len(raw) < count * np.dtype(dtype).itemsize:
         return None
     return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape).copy()
+
+
+def _densify(values: np.ndarray, sparsity, shape: tuple) -> np.ndarray | None:
+    """The dense kernel of a sparse-encoded tensor: the leading dimensions dense, the last compressed (CSR) in each
+    of their positions, which is what the converter's ``EXPERIMENTAL_SPARSITY`` writes for an unstructured Dense or
+    convolution kernel; None for other encodings (blocks, another traversal order)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    dims = list(sparsity.dimMetadata or ())
+    order = [int(i) for i in (sparsity.traversalOrder if sparsity.traversalOrder is not None else ())]
+    if (order != list(range(len(shape))) or len(sparsity.blockMap if sparsity.blockMap is not None else ())
+            or len(dims) != len(shape) or any(d.format != schema.DimensionType.DENSE for d in dims[:-1])
+            or dims[-1].format != schema.DimensionType.SPARSE_CSR):
+        return None
+    rows = int(np.prod(shape[:-1]))
+    segments = np.asarray(dims[-1].arraySegments.values, dtype=np.int64)
+    columns = np.asarray(dims[-1].arrayIndices.values, dtype=np.int64)
+    if len(segments) != rows + 1 or len(columns) != len(values) or segments[-1] != len(values):
+        return None
+    dense = np.zeros((rows, shape[-1]), dtype=values.dtype)
+    dense[np.repeat(np.arange(rows), np.diff(segments)), columns] = values
+    return dense.reshape(shape)
 
 
 # bits per value of each TFLite tensor type that holds weights (schema TensorType names)
@@ -596,14 +614,15 @@ def weight_stats(content: bytes, min_size: int = 256) -> dict:
         ``{"sparsity": zero fraction over the integer kernels, "max_values_per_channel": int,
         "max_values_per_kernel": int, "kernels": n, "bits": {"int4": n4, "int8": n8}}`` (the stored integer
         values, counted per output channel and per kernel; kernels by storage type); None values and ``{}``
-        when the file has no readable integer kernel (e.g. float files or sparse-encoded tensors).
+        when the file has no readable integer kernel (e.g. float files, or kernels sparse-encoded in blocks).
+        Sparse-encoded (``sparse=True``) and loop-subgraph kernels count (see :func:`tflite_weights`).
 
     >>> weight_stats(to_tflite(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])).content)["kernels"]
     0
     """
     try:
         weights = tflite_weights(content)
-    except ExportError:  # sparse-encoded files may not be readable tensor by tensor
+    except ExportError:  # not a flatbuffer the reader can parse: no kernel to count
         weights = {}
     kernels = {name: w for name, w in weights.items() if w.dtype == np.int8 and w.size >= min_size}
     if not kernels:
