@@ -93,6 +93,13 @@ def test_sanity_values(quick_run):
     assert seed["alone_test_error"] == seed[f"{recipe}_alone_test_error"]
     assert distill["plain"][0] == seed["plain_alone_test_error"] and distill["teacher_val_error"] < 0.5
     assert distill["never_worse"] == all(s["test_delta_points"] >= 0 for s in distill["per_seed"])
+    # the short run: its student alone is the better of its two optimizers on VALIDATION, reported on test
+    short = distill["short_run"]["per_seed"][0]
+    chosen = min(short["recipes_val_error"], key=lambda name: (short["recipes_val_error"][name],
+                                                               list(short["recipes_val_error"]).index(name)))
+    assert short["alone_recipe"] == chosen and short["alone_test_error"] == short["recipes_test_error"][chosen]
+    assert 0 <= short["distilled_test_error"] < 1 and 0 <= short["mcnemar_p"] <= 1
+    assert any("short run" in row["label"] for row in figures["distillation"]["summary"])
 
 
 def _tiny_pruned_model():
