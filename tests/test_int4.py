@@ -20,6 +20,14 @@ from tfopt.techniques import get_technique
 _CACHE = {}
 
 
+def _exit_code(argv) -> int:
+    """What ``tfopt ARGV`` exits with: main's return, or argparse's exit for a value it refuses."""
+    try:
+        return main(argv)
+    except SystemExit as done:
+        return done.code
+
+
 def _digits():
     if "data" not in _CACHE:
         _CACHE["data"] = tfopt.data.load("digits", batch_size=32)
@@ -62,6 +70,25 @@ def test_the_int4_quantizations_are_in_the_registry_recipes_tune_and_the_cli(tmp
     assert main(["export", str(tmp_path / "m.keras"), "--quantization", "int4", "--data", "digits"]) == 0
     assert "test accuracy" in capsys.readouterr().out
     assert set(_kernel_bits((tmp_path / "m.int4.tflite").read_bytes()).values()) == {4}
+
+
+def test_export_command_takes_layer_bits_and_refuses_bad_ones_in_one_line(tmp_path, capsys):
+    _trained_mlp().save(tmp_path / "m.keras")
+    out = tmp_path / "m.tflite"
+    args = ["export", str(tmp_path / "m.keras"), "--quantization", "int4", "--output", str(out)]
+    assert main([*args, "--layer-bits", "hidden=8,logits=float"]) == 0
+    assert _kernel_bits(out.read_bytes()) == {"hidden": 8, "logits": 32}
+    out.unlink()
+    capsys.readouterr()
+    for extra, words in [(["--layer-bits", "hidden=3"], "'hidden=3' is not allowed; allowed: LAYER=BITS pairs"),
+                         (["--layer-bits", "hidden=8,hidden=4"], "'hidden' twice is not allowed"),
+                         (["--layer-bits", "nothing=8"], "layer_bits names 'nothing', not a layer of the model"),
+                         (["--quantization", "dynamic", "--layer-bits", "hidden=8"],
+                          "layer_bits needs an int4 quantization")]:
+        code = _exit_code([*args, *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
 
 
 @pytest.mark.parametrize("quantization", ["int4", "int4_weight_only"])

@@ -78,6 +78,23 @@ def _load_keras(path):
     return load_model(path)
 
 
+def _layer_bits(text: str) -> dict:
+    """argparse type of ``export --layer-bits``: ``conv1=8,logits=float`` -> ``{"conv1": 8, "logits": None}``.
+
+    >>> _layer_bits("conv1=8, dense=4,logits=float")
+    {'conv1': 8, 'dense': 4, 'logits': None}
+    """
+    allowed = "LAYER=BITS pairs separated by commas, BITS 4, 8 or float (e.g. conv1=8,logits=float)"
+    out = {}
+    for pair in text.split(","):
+        layer, sep, bits = (part.strip() for part in pair.partition("="))
+        if not sep or not layer or bits not in ("4", "8", "float") or layer in out:
+            what = f"{layer!r} twice" if layer in out and sep and layer else repr(pair.strip())
+            raise argparse.ArgumentTypeError(f"--layer-bits {text!r}: {what} is not allowed; allowed: {allowed}")
+        out[layer] = None if bits == "float" else int(bits)
+    return out
+
+
 def _cmd_export(args) -> int:
     from pathlib import Path
 
@@ -93,7 +110,8 @@ def _cmd_export(args) -> int:
     if args.quantization in export.CALIBRATED or args.data:
         train_ds, _, test_ds, _ = data.load(args.data or "mnist_5k", seed=args.seed)
         rep = train_ds
-    tfl = export.to_tflite(model, quantization=args.quantization, representative_data=rep, path=out)
+    tfl = export.to_tflite(model, quantization=args.quantization, representative_data=rep, path=out,
+                           layer_bits=args.layer_bits)
     line = f"wrote {out} ({tfl.bytes:,} bytes, {tfl.gzip_bytes:,} gzipped)"
     if args.data:
         res = export.evaluate(tfl, test_ds)
@@ -258,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: float32 (no quantization)")
     e.add_argument("--data", help="dataset name for calibration (its train split) and test accuracy (default "
                                   "mnist_5k for int8)")
+    e.add_argument("--layer-bits", type=_layer_bits, metavar="LAYER=BITS,...",
+                   help="with an int4 quantization: layers kept at other bits, BITS 4, 8 or float "
+                        "(e.g. conv1=8,logits=float)")
     e.add_argument("--output", help="output .tflite path")
     e.add_argument("--seed", type=_seed, default=0)
     e.set_defaults(func=_cmd_export)
