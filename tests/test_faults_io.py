@@ -258,7 +258,7 @@ def python_ctrl_c():
 
 def test_ctrl_c_swallowed_inside_the_converter_still_stops_the_export(tmp_path, monkeypatch, python_ctrl_c):
     """TensorFlow may turn Ctrl-C into an ordinary error (or swallow it) and convert another way: it must stop."""
-    from tfopt._keras import keras, tf
+    from tfopt._keras import keras
     from tfopt.export import to_tflite
     from tfopt.export.tflite import _concrete_converter
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tfopt
-from tfopt._keras import keras, tf, tfmot
+from tfopt._keras import keras, tf
 from tfopt.errors import ConfigError
 from tfopt.models import AddPositionEmbedding, build, build_for
 from tests.helpers import run_model_saving_test, run_serialization_test
