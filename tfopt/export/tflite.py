@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import logging
 import signal
@@ -496,13 +497,7 @@ def tflite_weights(content: bytes) -> dict:
     >>> {name: w.shape for name, w in tflite_weights(to_tflite(model).content).items()}  # doctest: +ELLIPSIS
     {'sequential.../d/MatMul': (2, 3)}
     """
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    try:
-        model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
-    except Exception as err:  # noqa: BLE001 - a truncated or foreign file
-        raise ExportError(f"cannot read the TFLite flatbuffer ({len(content):,} bytes): {type(err).__name__}: "
-                          f"{err}") from err
+    model = _read_flatbuffer(content)
     weights = {}
     for index, subgraph in enumerate(model.subgraphs):
         produced = {int(i) for op in subgraph.operators or () for i in (op.outputs if op.outputs is not None else ())}
@@ -521,6 +516,30 @@ def tflite_weights(content: bytes) -> dict:
     return weights
 
 
+def _read_flatbuffer(content: bytes):
+    """The flatbuffer's object tree (``ModelT``: subgraphs, tensors, buffers); ExportError when it cannot be read."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    try:
+        return flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file
+        raise ExportError(f"cannot read the TFLite flatbuffer ({len(content):,} bytes): {type(err).__name__}: "
+                          f"{err}") from err
+
+
+@functools.lru_cache(maxsize=1)
+def _type_names() -> dict:
+    """TFLite tensor type code -> the schema's name ("FLOAT32", "INT4", ...)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    return {code: name for name, code in vars(schema.TensorType).items() if not name.startswith("_")}
+
+
+def _type_name(code: int) -> str | None:
+    """The schema's name of TFLite tensor type ``code``, None for an unknown code."""
+    return _type_names().get(code)
+
+
 # numpy dtypes of the TFLite tensor types a weight may be stored in (INT4: two values a byte, unpacked below)
 _TYPE_DTYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.float64, "INT8": np.int8,
                 "UINT8": np.uint8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64}
@@ -528,9 +547,7 @@ _TYPE_DTYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.floa
 
 def _tensor_value(tensor, shape: tuple, buffers, content: bytes) -> np.ndarray | None:
     """The constant value of flatbuffer ``tensor`` (None when it has no data or a type that holds no weights)."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    kind = next((name for name, code in vars(schema.TensorType).items() if code == tensor.type), None)
+    kind = _type_name(tensor.type)
     buffer = buffers[tensor.buffer] if 0 <= tensor.buffer < len(buffers) else None
     if buffer is None:
         return None
@@ -583,8 +600,8 @@ _TYPE_BITS = {"INT2": 2, "INT4": 4, "INT8": 8, "UINT8": 8, "INT16": 16, "FLOAT16
 def tflite_weight_bits(content: bytes) -> dict:
     """How many bits the file spends on each value of each tensor: name -> bits (4 for int4, 8 for int8, ...).
 
-    The interpreter hands int4 tensors back unpacked as int8 arrays (values in [-8, 7]); the file's own tensor
-    types tell them apart.
+    :func:`tflite_weights` hands int4 tensors back unpacked as int8 arrays (values in [-8, 7]); the file's own
+    tensor types tell them apart.
 
     Args:
         content: Bytes, the flatbuffer.
@@ -593,12 +610,8 @@ def tflite_weight_bits(content: bytes) -> dict:
     ... # doctest: +ELLIPSIS
     {...: 32...}
     """
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    names = {code: name for name, code in vars(schema.TensorType).items() if not name.startswith("_")}
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
-    return {tensor.name.decode("utf-8", "replace"): _TYPE_BITS.get(names.get(tensor.type), 0)
+    model = _read_flatbuffer(content)
+    return {tensor.name.decode("utf-8", "replace"): _TYPE_BITS.get(_type_name(tensor.type), 0)
             for subgraph in model.subgraphs for tensor in subgraph.tensors}
 
 
