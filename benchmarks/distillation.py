@@ -121,11 +121,12 @@ def _optimizer(epochs: int, steps_per_epoch: int):
     return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(LR, epochs * steps_per_epoch))
 
 
-def _alone(student: str, info, init, train_ds, epochs: int, seed: int, dropout: float):
-    """The student (with ``dropout``) trained on the labels of ``train_ds`` alone, from ``init``."""
+def _alone(student: str, info, init, train_ds, epochs: int, seed: int, dropout: float | None, optimizer=None):
+    """The student (with ``dropout``; None: its own) trained on the labels of ``train_ds`` alone, from ``init``, with
+    ``optimizer`` (None: Adam with a cosine decay from LR over the run)."""
     model = _student(student, info, seed, dropout)
     model.set_weights(init)
-    model.compile(optimizer=_optimizer(epochs, math.ceil(info.n_train / common.BATCH)),
+    model.compile(optimizer=optimizer or _optimizer(epochs, math.ceil(info.n_train / common.BATCH)),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     model.fit(train_ds, epochs=epochs, verbose=0)
     return model
@@ -177,15 +178,9 @@ def _short_run(teacher, settings, seed: int, epochs: int) -> dict:
     every default of ``compress.distill``, from the same initial weights, on the same plain digits."""
     plain_ds, val_ds, test_ds, info = common.load_data(settings)
     init = _student(SHORT_STUDENT, info, seed).get_weights()
-    steps_per_epoch = math.ceil(info.n_train / common.BATCH)
     alone = {}
-    for recipe, optimizer in (("Adam 1e-3", lambda: keras.optimizers.Adam(1e-3)),
-                              (f"Adam cosine from {LR:g}", lambda: _optimizer(epochs, steps_per_epoch))):
-        model = _student(SHORT_STUDENT, info, seed)
-        model.set_weights(init)
-        model.compile(optimizer=optimizer(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
-        model.fit(plain_ds, epochs=epochs, verbose=0)
+    for recipe, optimizer in (("Adam 1e-3", lambda: keras.optimizers.Adam(1e-3)), (f"Adam cosine from {LR:g}", None)):
+        model = _alone(SHORT_STUDENT, info, init, plain_ds, epochs, seed, None, optimizer and optimizer())
         alone[recipe] = _evaluate(model, val_ds, test_ds)
     kd = _student(SHORT_STUDENT, info, seed)
     kd.set_weights(init)
