@@ -203,6 +203,32 @@ def test_the_kernels_in_a_grus_loop_are_its_own_for_layer_bits_and_read_back():
         to_tflite(model, "int4", layer_bits={"drop": 8})
 
 
+def test_a_fused_lstm_is_left_float_with_a_note_and_a_plan_naming_it_still_exports():
+    """TFLite fuses an LSTM into one op the quantizer does not take: its weights stay float32, a note names it, and a
+    sensitivity plan's bits for it (layer_budgets names every layer with a kernel) are noted, not a ConfigError."""
+    keras.utils.set_random_seed(0)
+    model = tfopt.models.build("lstm", input_shape=(12, 6), num_classes=3)
+    tfl = to_tflite(model, "int4", layer_bits={"lstm1": 4, "logits": 8})
+    assert any(re.search(r"left float32.*'lstm1' \(LSTM\)", note) for note in tfl.notes)
+    assert any("layer_bits['lstm1']=4 not applied" in note for note in tfl.notes)
+    bits = tflite_weight_bits(tfl.content)
+    stored = {name: bits[name] for name, value in tflite_weights(tfl.content).items() if value.size >= 4 * 6}
+    assert sorted(stored.values()).count(8) == 1 and 4 not in stored.values()  # logits at 8 bits, the LSTM float
+    x = np.random.default_rng(0).random((1, 12, 6), dtype=np.float32)
+    assert np.abs(tfl.predict(x) - model.predict(x, verbose=0)).max() < 0.1
+    plain = to_tflite(model, "int4", layer_bits={"lstm1": None})  # left float as asked: nothing to say about it
+    assert not any("not applied" in note for note in plain.notes)
+
+
+def test_an_embedding_table_is_named_as_left_float_in_an_int4_file():
+    model = keras.Sequential([keras.layers.Embedding(50, 8, input_length=16, name="emb"), keras.layers.Flatten(),
+                              keras.layers.Dense(3, name="logits")])
+    tfl = to_tflite(model, "int4")
+    assert tfl.notes == ["left float32, the quantizer takes none of their ops (a fused LSTM, an Embedding's GATHER): "
+                         "'emb' (Embedding)"]
+    assert sorted(tflite_weight_bits(tfl.content)[name] for name in tflite_weights(tfl.content)) == [4, 32]
+
+
 def test_a_clustered_model_keeps_at_most_16_values_per_kernel_in_the_int4_file():
     """Pruned, clustered to 16 values per kernel, int4 per channel: read back from the file, each kernel holds at
     most 16 values, every pruned weight is still 0, and no channel holds more values than its clusters."""

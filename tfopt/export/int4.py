@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfopt.errors import ConfigError, ExportError
+from tfopt._keras import keras
 
 __all__ = ["INT4_QUANTIZATIONS", "LAYER_BITS", "layer_bits_problem", "layers_with_weight_ops", "quantize_tflite"]
 
@@ -193,20 +194,47 @@ def layer_bits_problem(layer_bits) -> str | None:
     return "a mapping of layer name to 4, 8 or None (left float)"
 
 
-def _check_layer_bits(layer_bits, ops: list, quantization: str) -> dict:
+def _left_float(ops: list, layers) -> list[str]:
+    """The layers of ``layers`` (a dict name -> Keras layer) that hold a kernel but no weight op the quantizer takes:
+    their weights stay float32 in the file (TFLite fuses an LSTM into one UNIDIRECTIONAL_SEQUENCE_LSTM op, for one).
+    A wrapper counts as its inner layer; a nested model as its layers."""
+    if not isinstance(layers, dict):
+        return []
+
+    def covered(layer) -> bool:
+        inner = getattr(layer, "layer", None)
+        return any(op.of(layer.name) for op in ops) or (inner is not None and covered(inner))
+
+    def holds_kernel(layer) -> bool:  # tfmot's kernels, else any weight of 2+ dimensions (Bidirectional's, say)
+        return bool(_kernels(layer)) or any(len(w.shape) >= 2 for w in layer.weights)
+
+    return [name for name, layer in layers.items() if layer is not None and not isinstance(layer, keras.Model)
+            and holds_kernel(layer) and not covered(layer)]
+
+
+def _check_layer_bits(layer_bits, ops: list, quantization: str, left_float=()) -> tuple[dict, list]:
+    """``(layer_bits to apply, notes)``: a ConfigError for an entry that is not allowed or names a layer without a
+    kernel; an entry for a layer in ``left_float`` (a kernel, but no weight op) is dropped with a note."""
     if layer_bits is None:
-        return {}
+        return {}, []
     if not isinstance(layer_bits, dict):
         raise ConfigError(f"layer_bits={layer_bits!r} is not allowed; allowed: {layer_bits_problem(layer_bits)}")
+    applied, notes = {}, []
     for layer, bits in layer_bits.items():
         if not isinstance(layer, str) or not _bits_allowed(bits):
             raise ConfigError(f"layer_bits[{layer!r}]={bits!r} is not allowed; allowed: a layer name mapped to 4, 8 "
                               "or None (left float)")
-        if not any(op.of(layer) for op in ops):
+        if any(op.of(layer) for op in ops):
+            applied[layer] = bits
+        elif layer in left_float:
+            if bits is not None:
+                notes.append(f"layer_bits[{layer!r}]={bits} not applied: {layer!r} has no weight op the quantizer "
+                             "takes, so its weights stay float32")
+        else:
             known = sorted({op.layer for op in ops})
             raise ConfigError(f"layer_bits names {layer!r}, which has no weight op in the TFLite file for "
                               f"quantization={quantization!r} to quantize; layers with weight ops: {', '.join(known)}")
-    return dict(layer_bits)
+    return applied, notes
 
 
 def _entries(scheme: _Scheme, ops: list, layer_bits: dict, channelwise_ops: list) -> list:
@@ -270,10 +298,13 @@ def quantize_tflite(content: bytes, quantization: str = "int4", layer_bits=None,
             suggests ``layer_bits`` only for these.
 
     Returns:
-        ``(flatbuffer bytes, notes)``: notes say which ops were quantized per channel instead of per block.
+        ``(flatbuffer bytes, notes)``: notes say which ops were quantized per channel instead of per block, which
+        layers hold a kernel the quantizer cannot take (left float32: a fused LSTM, an Embedding's GATHER table...),
+        and which ``layer_bits`` entries name such a layer (not applied: a sensitivity plan may name any layer).
 
     Raises:
-        ConfigError: an unknown quantization, or a layer_bits entry that is not allowed or names no weight op.
+        ConfigError: an unknown quantization, or a layer_bits entry that is not allowed or names a layer with no
+            weight op and no kernel.
         ExportError: the quantizer cannot handle the model; the message names the op that fails.
 
     >>> from tfopt.export import to_tflite
@@ -288,8 +319,11 @@ def quantize_tflite(content: bytes, quantization: str = "int4", layer_bits=None,
                           f"{', '.join(map(repr, INT4_QUANTIZATIONS))}")
     scheme = INT4_QUANTIZATIONS[quantization]
     ops = _weight_ops(content, layers)
-    layer_bits = _check_layer_bits(layer_bits, ops, quantization)
-    notes = []
+    left_float = _left_float(ops, layers)
+    layer_bits, notes = _check_layer_bits(layer_bits, ops, quantization, left_float)
+    if left_float:
+        notes.insert(0, "left float32, the quantizer takes none of their ops (a fused LSTM, an Embedding's GATHER): "
+                        + ", ".join(f"{name!r} ({type(layers[name]).__name__})" for name in left_float))
     channelwise = []
     if scheme.block:
         reasons = {id(op): _no_blocks(op, scheme.block) for op in ops}
