@@ -64,7 +64,7 @@ def mirrored(out: str) -> None:
     import numpy as np
 
     from tfopt import distribute
-    from tfopt.compress import prune, quantize_aware, sparsity
+    from tfopt.compress import prune, quantize_aware, quantize_aware_int4, sparsity
     from tfopt.train import fit
 
     mirrored = distribute.get_strategy("mirrored")
@@ -83,6 +83,11 @@ def mirrored(out: str) -> None:
         qat = quantize_aware(base, train, epochs=1, strategy=strategy, verbose=0, learning_rate=0.01)
         facts[f"{name}_qat_accuracy"] = float(qat.evaluate(train, verbose=0)[1])
         facts[f"{name}_qat_in_scope"] = bool(strategy is None or strategy.extended.variable_created_in_scope(qat.weights[0]))
+        four = quantize_aware_int4(pruned, train, epochs=1, preserve_sparsity=True, strategy=strategy, verbose=0,
+                                   learning_rate=0.01)
+        facts[f"{name}_int4_sparsity"] = sparsity(four)["overall"]
+        facts[f"{name}_int4_accuracy"] = float(four.evaluate(train, verbose=0)[1])
+        facts[f"{name}_int4_in_scope"] = bool(strategy is None or strategy.extended.variable_created_in_scope(four.weights[0]))
     try:
         fit(_model(), _dataset(batch=63), epochs=1, strategy=mirrored, verbose=0)
     except Exception as e:  # noqa: BLE001 - reported to the test

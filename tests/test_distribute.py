@@ -136,6 +136,11 @@ def test_prune_and_qat_do_not_depend_on_the_replica_count(two_devices):
     assert facts["one_qat_accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert facts["two_qat_accuracy"] == pytest.approx(facts["one_qat_accuracy"], abs=0.02)
     assert facts["two_qat_in_scope"]  # the QAT wrappers were created under the Mirrored scope
+    # 4-bit QAT keeps the pruned zeros on either replica count and returns a model built in the strategy's scope
+    assert facts["two_int4_sparsity"] == pytest.approx(facts["two_sparsity"])
+    assert facts["one_int4_sparsity"] == pytest.approx(facts["one_sparsity"])
+    assert facts["one_int4_accuracy"] > 0.5 and facts["two_int4_in_scope"]
+    assert facts["two_int4_accuracy"] == pytest.approx(facts["one_int4_accuracy"], abs=0.05)
 
 
 def test_scale_batch_size_and_learning_rate():

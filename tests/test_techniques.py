@@ -24,6 +24,7 @@ from tfopt.techniques import (
 from tfopt.tune import training as tune_training
 
 BUILT_IN = ("train", "tune", "search_compression", "prune_channels", "factorize", "prune", "cluster", "quantize_aware",
+            "quantize_aware_int4",
             "distill", "fine_tune", "export", "evaluate")
 
 

@@ -19,6 +19,7 @@ from tfopt._model import flatten_model  # model plumbing (tfopt._model), public 
 from tfopt.flops import flops, flops_by_layer  # counted in tfopt.flops (below compress), public here beside what lowers them
 from tfopt.compress.sensitivity import layer_budgets, sensitivity
 from tfopt.compress.quantize import QAT_SCHEMES, load_quantized, quantize_aware, quantize_scheme, save_quantized
+from tfopt.compress.quantize_int4 import quantize_aware_int4, snap_to_int4
 from tfopt.compress.transfer import build_transfer_model, fine_tune
 
 __all__ = [
@@ -45,9 +46,11 @@ __all__ = [
     "prune_channels",
     "pruning_schedule",
     "quantize_aware",
+    "quantize_aware_int4",
     "quantize_scheme",
     "rank_for_energy",
     "save_quantized",
     "sensitivity",
+    "snap_to_int4",
     "sparsity",
 ]
