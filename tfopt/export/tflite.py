@@ -497,7 +497,11 @@ def tflite_weights(content: bytes) -> dict:
     >>> {name: w.shape for name, w in tflite_weights(to_tflite(model).content).items()}  # doctest: +ELLIPSIS
     {'sequential.../d/MatMul': (2, 3)}
     """
-    model = _read_flatbuffer(content)
+    return _weights_of(_read_flatbuffer(content), content)
+
+
+def _weights_of(model, content: bytes) -> dict:
+    """:func:`tflite_weights` of the parsed flatbuffer ``model`` (``content``: its bytes, for buffers kept after it)."""
     weights = {}
     for index, subgraph in enumerate(model.subgraphs):
         produced = {int(i) for op in subgraph.operators or () for i in (op.outputs if op.outputs is not None else ())}
@@ -610,7 +614,11 @@ def tflite_weight_bits(content: bytes) -> dict:
     ... # doctest: +ELLIPSIS
     {...: 32...}
     """
-    model = _read_flatbuffer(content)
+    return _bits_of(_read_flatbuffer(content))
+
+
+def _bits_of(model) -> dict:
+    """:func:`tflite_weight_bits` of the parsed flatbuffer ``model``."""
     return {tensor.name.decode("utf-8", "replace"): _TYPE_BITS.get(_type_name(tensor.type), 0)
             for subgraph in model.subgraphs for tensor in subgraph.tensors}
 
@@ -634,14 +642,15 @@ def weight_stats(content: bytes, min_size: int = 256) -> dict:
     0
     """
     try:
-        weights = tflite_weights(content)
+        parsed = _read_flatbuffer(content)  # once, for the weights and their bits
     except ExportError:  # not a flatbuffer the reader can parse: no kernel to count
-        weights = {}
+        parsed = None
+    weights = _weights_of(parsed, content) if parsed is not None else {}
     kernels = {name: w for name, w in weights.items() if w.dtype == np.int8 and w.size >= min_size}
     if not kernels:
         return {"sparsity": None, "max_values_per_channel": None, "max_values_per_kernel": None, "kernels": 0,
                 "bits": {}}
-    stored = tflite_weight_bits(content)
+    stored = _bits_of(parsed)
     bits = {}
     for name in kernels:
         kind = f"int{stored.get(name, 8)}"
