@@ -526,7 +526,7 @@ def save(figures: dict, out_dir, settings: Settings) -> dict:
     merged = dict(old.get("figures", {}))
     merged.update(figures)
     order = ["compression", "latency", "structured", "training_overhead", "input_pipeline", "distillation", "search",
-             "constrained_search", "throughput"]
+             "constrained_search", "int4_qat", "throughput"]
     merged = {k: merged[k] for k in sorted(merged, key=lambda k: (order.index(k) if k in order else 99, k))}
     results = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),

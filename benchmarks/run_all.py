@@ -19,7 +19,7 @@ __all__ = ["FIGURES", "run_all", "main"]
 
 # figure name -> module under benchmarks/ with a ``run(settings) -> figure dict``
 FIGURES = ("compression", "latency", "structured", "training_overhead", "input_pipeline", "distillation", "search",
-           "constrained_search")
+           "constrained_search", "int4_qat")
 
 
 def run_all(names, settings: common.Settings, out=None) -> dict:

@@ -100,6 +100,25 @@ def test_sanity_values(quick_run):
     assert short["alone_recipe"] == chosen and short["alone_test_error"] == short["recipes_test_error"][chosen]
     assert 0 <= short["distilled_test_error"] < 1 and 0 <= short["mcnemar_p"] <= 1
     assert any("short run" in row["label"] for row in figures["distillation"]["summary"])
+    # Hinton et al.'s protocol: the plain student alone against the student distilled on the same plain digits
+    for seed_row in distill["per_seed"]:
+        assert 0 <= seed_row["distilled_plain_test_error"] < 0.5 and 0 <= seed_row["hinton_mcnemar_p"] <= 1
+        assert seed_row["hinton_ratio"] == pytest.approx(
+            seed_row["plain_alone_test_error"] / max(seed_row["distilled_plain_test_error"], 1e-9))
+    assert sum("Hinton et al.'s protocol" in row["label"] for row in figures["distillation"]["summary"]) == 2
+
+
+def test_int4_qat_exact_tells_a_kernel_on_the_levels_from_a_rounded_one():
+    from benchmarks.int4_qat import _exact
+    from tfopt import export
+    from tfopt.compress import snap_to_int4
+
+    model, _ = _tiny_pruned_model()
+    model.layers[1].set_weights([np.random.default_rng(1).normal(size=(32, 4)).astype("float32")])
+    assert not _exact(model, export.to_tflite(model, "int4").content)  # 0.5 and 0.25 share no scale of 7 levels
+    for layer in model.layers:
+        layer.set_weights([snap_to_int4(layer.get_weights()[0])])
+    assert _exact(model, export.to_tflite(model, "int4").content)
 
 
 def _tiny_pruned_model():
