@@ -115,6 +115,20 @@ def test_bad_arguments_are_config_errors(kwargs, error, match):
         quantize_aware_int4(_pruned_cnn(), None, **{"epochs": 0, **kwargs})
 
 
+def test_a_quantization_aware_or_tfmot_wrapped_model_is_refused_with_what_to_do():
+    from tfopt._keras import tfmot
+    from tfopt.compress import quantize_aware
+
+    train_ds, *_ = _digits()
+    model = _pruned_cnn()
+    with pytest.raises(ConfigError, match=r"needs a float model, and 'model' is quantization-aware .* give it the "
+                                          r"model from before quantize_aware"):
+        quantize_aware_int4(quantize_aware(model, train_ds, epochs=0), train_ds, epochs=0)
+    with pytest.raises(ConfigError, match=r"'prune_low_magnitude_conv', .* still wear tfmot's pruning or clustering "
+                                          r"wrapper: strip them first"):
+        quantize_aware_int4(tfmot.sparsity.keras.prune_low_magnitude(model), train_ds, epochs=0)
+
+
 def test_a_model_without_a_dense_or_convolution_kernel_is_refused_by_name():
     model = keras.Sequential([keras.layers.Embedding(20, 4, input_length=5, name="emb"),
                               keras.layers.GlobalAveragePooling1D()], name="bag")

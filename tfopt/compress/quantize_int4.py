@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfopt._keras import check_model, keras, tf, tfmot
-from tfopt._model import compile_like, count_steps, flatten_model, strategy_scope
+from tfopt._model import compile_like, count_steps, flatten_model, is_qat, strategy_scope
 from tfopt.compress._fit import TEACHER_OPTIONS, compression_fit, distillation_settings, stage_resume, stage_teacher
 from tfopt.errors import ConfigError, UnsupportedLayerError, check_range
 from tfopt.options import BOOL, NONE, at_least, options_from, positive
@@ -36,6 +36,7 @@ __all__ = ["INT4_LEVELS", "quantize_aware_int4", "snap_to_int4"]
 
 INT4_LEVELS = 7  # per channel, the levels are k * max|w| / 7, k in -7..7 (tfmot narrow range = LiteRT's int4 scale)
 _ON_LEVELS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)  # exact classes: kernel's last axis = out
+_TFMOT_WRAPPERS = ("PruneLowMagnitude", "ClusterWeights", "ClusterWeightsMHA", "ClusterWeightsRNN")
 
 
 def snap_to_int4(kernel: np.ndarray) -> np.ndarray:
@@ -194,6 +195,14 @@ def quantize_aware_int4(
     if not isinstance(preserve_sparsity, bool):
         raise ConfigError(f"preserve_sparsity={preserve_sparsity!r} must be true or false")
     temperature, alpha = distillation_settings(teacher, temperature, alpha, model)
+    if is_qat(model):
+        raise ConfigError(f"quantize_aware_int4 needs a float model, and {model.name!r} is quantization-aware (tfmot "
+                          "QuantizeWrapper layers): give it the model from before quantize_aware")
+    wrapped = [layer.name for layer in model.layers if type(layer).__name__ in _TFMOT_WRAPPERS]
+    if wrapped:
+        raise ConfigError(f"quantize_aware_int4 needs a plain model; {', '.join(map(repr, wrapped))} still wear tfmot's "
+                          "pruning or clustering wrapper: strip them first (tfopt.compress.prune and cluster return "
+                          "stripped models; tfmot: strip_pruning, strip_clustering)")
     flat = flatten_model(model)
     on_levels = [layer.name for layer in flat.layers if _on_levels(layer)]
     left = {layer.name: type(layer).__name__ for layer in flat.layers
