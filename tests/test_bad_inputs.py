@@ -118,6 +118,10 @@ CASES = [
     ("unknown quantization", lambda: export.to_tflite(_cnn(), "int3"), ConfigError, ["int3", "dynamic"]),
     ("int8 io without int8", lambda: export.to_tflite(_cnn(), "float16", io_dtype="int8"), ConfigError, ["io_dtype"]),
     ("missing model file", lambda: tfopt.load_model("/nonexistent/model.keras"), ConfigError, ["/nonexistent/model.keras"]),
+    ("int8 data of another shape", lambda: export.to_tflite(_cnn(), "int8", representative_data=np.zeros((4, 28, 28, 1), "float32")),
+     DataError, ["representative_data's examples have shape (28, 28, 1)", "the model takes (8, 8, 1)"]),
+    ("predict data of another shape", lambda: export.to_tflite(_cnn()).predict(np.zeros((2, 28, 28, 1), "float32")),
+     DataError, ["shape (28, 28, 1)", "the TFLite model takes (8, 8, 1)"]),
 ]
 
 
@@ -224,6 +228,17 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("tfopt: error: ") and word in err and "Traceback" not in err
+
+
+def test_cli_export_with_data_of_another_shape_writes_nothing(tmp_path, capsys):
+    from tfopt.cli import main
+
+    _cnn().save(tmp_path / "m.keras")  # takes 8x8x1 digits
+    assert main(["export", str(tmp_path / "m.keras"), "--quantization", "int4", "--data", "mnist_rows"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("tfopt: error: DataError: --data mnist_rows's examples have shape (28, 28); the model "
+                           "takes (8, 8, 1): give data of the model's input shape")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
 
 
 def test_cli_debug_shows_the_traceback(tmp_path):

@@ -100,6 +100,7 @@ def _cmd_export(args) -> int:
 
     from tfopt import data, export
     from tfopt.errors import ConfigError
+    from tfopt.export.tflite import check_input_shape
 
     out = Path(args.output or Path(args.model).with_suffix(f".{args.quantization or 'float32'}.tflite"))
     if out.is_dir():
@@ -108,7 +109,8 @@ def _cmd_export(args) -> int:
     model = _load_keras(args.model)
     rep = None
     if args.quantization in export.CALIBRATED or args.data:
-        train_ds, _, test_ds, _ = data.load(args.data or "mnist_5k", seed=args.seed)
+        train_ds, _, test_ds, info = data.load(args.data or "mnist_5k", seed=args.seed)
+        check_input_shape(model, info.input_shape, f"--data {args.data or 'mnist_5k'}")  # before a file is written
         rep = train_ds
     tfl = export.to_tflite(model, quantization=args.quantization, representative_data=rep, path=out,
                            layer_bits=args.layer_bits)

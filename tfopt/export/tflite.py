@@ -155,6 +155,11 @@ class _Runner:
     def predict(self, x):
         if x.ndim == len(self.inp["shape"]) - 1:
             x = x[None]
+        expected = [int(d) for d in self.inp["shape_signature"][1:]]
+        if x.ndim != len(expected) + 1 or any(e not in (-1, g) for e, g in zip(expected, x.shape[1:])):
+            wanted = ", ".join("any" if e == -1 else str(e) for e in expected)
+            raise DataError(f"the data's examples have shape {tuple(x.shape[1:])}; the TFLite model takes "
+                            f"({wanted}{',' if len(expected) == 1 else ''}): give data of the model's input shape")
         if self.resizable and len(x) != self.inp["shape"][0]:
             self.it.resize_tensor_input(self.inp["index"], [len(x), *self.inp["shape"][1:]])
             self.it.allocate_tensors()
@@ -166,13 +171,33 @@ class _Runner:
         return np.concatenate([self.invoke(x[i : i + step]) for i in range(0, len(x), step)])
 
 
-def _representative(data, num_samples: int, dtype="float32"):
-    """A generator function yielding ``[x]`` single samples from a dataset, array or generator function."""
+def _representative(data, samples):
+    """A generator function yielding ``[x]`` single samples: ``data`` itself when it is a generator function, else
+    over ``samples`` (:func:`representative_samples` of it)."""
     if data is None:
         return None
     if callable(data) and not isinstance(data, tf.data.Dataset):
         return data
-    return calibration(representative_samples(data, num_samples, dtype))
+    return calibration(samples)
+
+
+def check_input_shape(model, shape, what: str) -> None:
+    """DataError unless examples of ``shape`` (without the batch) fit ``model``'s (first) input, naming both.
+
+    >>> check_input_shape(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]), (4,), "the data")
+    Traceback (most recent call last):
+    ...
+    tfopt.errors.DataError: the data's examples have shape (4,); the model takes (3,): give data of the model's input shape
+    """
+    if len(model.inputs) != 1:
+        return
+    expected = tuple(model.inputs[0].shape[1:])
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != len(expected) or any(e is not None and e != g for e, g in zip(expected, shape)):
+        wanted = "(" + ", ".join("any" if e is None else str(e) for e in expected) + ("," if len(expected) == 1
+                                                                                       else "") + ")"
+        raise DataError(f"{what}'s examples have shape {shape}; the model takes {wanted}: give data of the model's "
+                        "input shape")
 
 
 def _input_dtype(model) -> np.dtype:
@@ -455,10 +480,16 @@ def to_tflite(
             "to calibrate activation ranges, unless the model is quantization-aware (tfopt.compress.quantize_aware)"
         )
     converted = "int8" if qat and quantization is None else quantization  # a QAT model converts to int8
+    calibrated = quantization in CALIBRATED and representative_data is not None
+    generator = callable(representative_data) and not isinstance(representative_data, tf.data.Dataset)
+    samples = None  # a user's generator function is read lazily, by the converter, unless in a child process
+    if calibrated and not generator:
+        samples = representative_samples(representative_data, num_samples, _input_dtype(model))
+        check_input_shape(model, np.shape(samples[0][0])[1:], "representative_data")
     hazards = _guard.crash_prone_layers(model, converted)
     if isolate or (isolate is None and hazards):
-        samples = representative_samples(representative_data, num_samples, _input_dtype(model)) \
-            if quantization in CALIBRATED and representative_data is not None else None
+        if calibrated and generator:
+            samples = representative_samples(representative_data, num_samples, _input_dtype(model))
         content, notes = _guard.convert_in_child(
             model, dict(quantization=quantization, io_dtype=io_dtype, num_samples=num_samples, sparse=sparse,
                         layer_bits=layer_bits),
@@ -466,8 +497,7 @@ def to_tflite(
         if SELECT_OPS_NOTE in notes:
             log.warning("to_tflite fell back to SELECT_TF_OPS (in the child process)")
     else:
-        rep = _representative(representative_data, num_samples, _input_dtype(model)) \
-            if quantization in CALIBRATED else None
+        rep = _representative(representative_data, samples) if quantization in CALIBRATED else None
         int4 = quantization in INT4_QUANTIZATIONS  # the LiteRT quantizer rewrites the float file
         content, notes = _convert(model, None if int4 else quantization, rep, io_dtype, qat, sparse)
         if int4:
