@@ -126,6 +126,13 @@ def test_bad_input_is_named(trained, tmp_path):
         to_tflite(trained, None, io_dtype="int8")
     with pytest.raises(ExportError, match="no TFLite file"):
         TFLiteModel.load(tmp_path / "missing.tflite")
+    trained.save(tmp_path / "m.keras")
+    with pytest.raises(ExportError, match=r"m.keras' is not a TFLite file \(no TFL3 identifier\): a .keras model "
+                                          r"\(a zip archive\): export it first"):
+        evaluate(str(tmp_path / "m.keras"), (np.zeros((1, 8, 8, 1), np.float32), np.zeros((1,), np.int32)))
+    (tmp_path / "g.tflite").write_bytes(b"garbage!")
+    with pytest.raises(ExportError, match=r"is not a TFLite file \(no TFL3 identifier\): it starts with b'garbage!'"):
+        TFLiteModel.load(tmp_path / "g.tflite")
     with pytest.raises(ExportError, match="LiteRT could not load"):
         TFLiteModel(b"not a flatbuffer").predict(np.zeros((1, 8, 8, 1), np.float32))
     with pytest.raises(DataError, match="empty"):

@@ -77,7 +77,13 @@ class TFLiteModel:
         path = Path(path)
         if not path.is_file():
             raise ExportError(f"no TFLite file at {str(path)!r}")
-        return cls(content=path.read_bytes(), quantization=None, notes=[], path=path)
+        content = path.read_bytes()
+        if content[4:8] != b"TFL3":  # the flatbuffer's file identifier
+            kind = ("a .keras model (a zip archive): export it first, `tfopt export`" if content[:2] == b"PK" else
+                    "an HDF5 file (a Keras .h5 model?): export it first, `tfopt export`"
+                    if content[:8] == b"\x89HDF\r\n\x1a\n" else f"it starts with {content[:8]!r}")
+            raise ExportError(f"{str(path)!r} is not a TFLite file (no TFL3 identifier): {kind}")
+        return cls(content=content, quantization=None, notes=[], path=path)
 
     def interpreter(self, threads: int = 1):
         """A fresh, allocated LiteRT interpreter for this model."""
