@@ -36,6 +36,11 @@ def _cnn():
     return models.build("cnn", input_shape=(8, 8, 1), num_classes=10, filters=(4,), dense=(8,))
 
 
+def _rows():
+    """MNIST rows (28 x 28 sequences), batched: not what an 8x8x1 CNN takes."""
+    return tf.data.Dataset.from_tensor_slices((np.zeros((8, 28, 28), np.float32), np.zeros(8, np.int32))).batch(4)
+
+
 def _keras3_model():
     import keras as keras3  # Keras 3, as `tf.keras` is when TF_USE_LEGACY_KERAS is not set
 
@@ -118,6 +123,11 @@ CASES = [
     ("unknown quantization", lambda: export.to_tflite(_cnn(), "int3"), ConfigError, ["int3", "dynamic"]),
     ("int8 io without int8", lambda: export.to_tflite(_cnn(), "float16", io_dtype="int8"), ConfigError, ["io_dtype"]),
     ("missing model file", lambda: tfopt.load_model("/nonexistent/model.keras"), ConfigError, ["/nonexistent/model.keras"]),
+    ("fit on data of another shape", lambda: train.fit(_cnn(), _rows()), DataError, ["train_ds's examples have shape (28, 28)", "the model takes (8, 8, 1)"]),
+    ("prune on data of another shape", lambda: compress.prune(_cnn(), _rows(), 0.5), DataError, ["train_ds's examples have shape (28, 28)"]),
+    ("distill on data of another shape", lambda: compress.distill(_cnn(), _cnn(), _rows()), DataError, ["train_ds's examples have shape (28, 28)"]),
+    ("scan on data of another shape", lambda: compress.sensitivity(_cnn(), _rows()), DataError, ["val_ds's examples have shape (28, 28)"]),
+    ("fit on unbatched data", lambda: train.fit(_cnn(), DS.unbatch()), DataError, ["single examples", "batch it"]),
     ("int8 data of another shape", lambda: export.to_tflite(_cnn(), "int8", representative_data=np.zeros((4, 28, 28, 1), "float32")),
      DataError, ["representative_data's examples have shape (28, 28, 1)", "the model takes (8, 8, 1)"]),
     ("predict data of another shape", lambda: export.to_tflite(_cnn()).predict(np.zeros((2, 28, 28, 1), "float32")),

@@ -10,7 +10,7 @@ from typing import Sequence
 from tfopt._keras import check_model, keras, tf
 from tfopt.errors import ConfigError, DataError, UnsupportedLayerError
 
-__all__ = ["count_steps", "strategy_scope", "outputs_logits", "compile_like", "private_copy", "wrap_layers", "flatten_model",
+__all__ = ["count_steps", "check_input_shape", "check_data_fits", "strategy_scope", "outputs_logits", "compile_like", "private_copy", "wrap_layers", "flatten_model",
            "weight_count", "is_qat", "recalibrate_batchnorm"]
 
 
@@ -30,6 +30,43 @@ def count_steps(dataset, what: str = "train_ds") -> int:
     if n == 0:
         raise DataError(f"{what} is empty: it yields no batch")
     return n
+
+
+def check_input_shape(model, shape, what: str) -> None:
+    """DataError unless examples of ``shape`` (without the batch) fit ``model``'s input, naming both (models with
+    several inputs are not checked).
+
+    >>> check_input_shape(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]), (4,), "the data")
+    Traceback (most recent call last):
+    ...
+    tfopt.errors.DataError: the data's examples have shape (4,); the model takes (3,): give data of the model's input shape
+    """
+    inputs = getattr(model, "inputs", None)
+    if not inputs or len(inputs) != 1:
+        return
+    expected = tuple(inputs[0].shape[1:])
+    shape = tuple(None if d is None else int(d) for d in shape)
+    if len(shape) != len(expected) or any(None not in (e, g) and e != g for e, g in zip(expected, shape)):
+        wanted = ", ".join("any" if e is None else str(e) for e in expected) + ("," if len(expected) == 1 else "")
+        raise DataError(f"{what}'s examples have shape {shape}; the model takes ({wanted}): give data of the model's "
+                        "input shape")
+
+
+def check_data_fits(model, dataset, what: str = "train_ds") -> None:
+    """DataError unless the examples of ``dataset`` (a tf.data.Dataset of (x, y[, w]) batches) fit ``model``'s
+    input: read from its element spec, before Keras fails inside ``fit`` with a traceback."""
+    spec = getattr(dataset, "element_spec", None)
+    x = spec[0] if isinstance(spec, tuple) and spec else None
+    if not isinstance(x, tf.TensorSpec) or x.shape.rank is None or x.shape.rank < 1:
+        return
+    try:
+        check_input_shape(model, x.shape[1:], what)
+    except DataError:
+        inputs = model.inputs[0].shape[1:]
+        if x.shape.rank == len(inputs) and x.shape.is_compatible_with(inputs):
+            raise DataError(f"{what} yields single examples of the model's input shape {tuple(x.shape)}, not "
+                            f"batches: batch it ({what}.batch(32))") from None
+        raise
 
 
 def strategy_scope(strategy=None):

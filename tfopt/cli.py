@@ -100,7 +100,7 @@ def _cmd_export(args) -> int:
 
     from tfopt import data, export
     from tfopt.errors import ConfigError
-    from tfopt.export.tflite import check_input_shape
+    from tfopt._model import check_input_shape
 
     out = Path(args.output or Path(args.model).with_suffix(f".{args.quantization or 'float32'}.tflite"))
     if out.is_dir():

@@ -12,7 +12,7 @@ from pathlib import Path
 from tfopt import _faults, distribute
 from tfopt.checkpoints import FaultPoints, resumable_randomness, run_callbacks
 from tfopt._keras import check_model, keras, tf
-from tfopt._model import compile_like, count_steps, strategy_scope
+from tfopt._model import check_data_fits, compile_like, count_steps, strategy_scope
 from tfopt.errors import ConfigError, TrainingError, check_range
 from tfopt.options import INT, NONE, at_least, options_from
 from tfopt.progress import keras_verbose
@@ -234,8 +234,10 @@ def fit(
     if steps_per_execution is not None:
         check_range("steps_per_execution", steps_per_execution, 1)
     count_steps(train_ds, "train_ds")
+    check_data_fits(model, train_ds, "train_ds")
     if val_ds is not None:
         count_steps(val_ds, "val_ds")
+        check_data_fits(model, val_ds, "val_ds")
     if model.optimizer is None or not getattr(model, "compiled_loss", None):
         log.info("fit: model was not compiled; using Adam(1e-3) and sparse categorical cross-entropy")
         compile_like(model, learning_rate=1e-3)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tfopt import _faults, distribute
 from tfopt._keras import check_model, keras, tf
-from tfopt._model import strategy_scope
+from tfopt._model import check_data_fits, strategy_scope
 from tfopt.checkpoints import FaultPoints, remove_backup, resume_callbacks, started
 from tfopt.compress._distiller import _EPS, ALPHA, TEMPERATURE, Distiller, _check_shapes
 from tfopt.errors import ConfigError, check_range
@@ -150,6 +150,9 @@ def compression_fit(model, train_ds, epochs: int, val_ds=None, callbacks=(), ver
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs={epochs!r} must be an integer >= 1")
+    check_data_fits(model, train_ds, "train_ds")
+    if val_ds is not None:
+        check_data_fits(model, val_ds, "val_ds")
     trained = model
     if teacher is not None:
         temperature, alpha = distillation_settings(teacher, temperature, alpha, model)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfopt._keras import check_model, tf
+from tfopt._model import check_data_fits
 from tfopt.compress.inspect import match_layers, prunable_weights, walk_layers
 from tfopt.errors import ConfigError, DataError, check_range
 
@@ -162,6 +163,7 @@ def sensitivity(model, val_ds, sparsities=SPARSITIES, clusters=CLUSTER_COUNTS, b
     empty = [n for n in names if not prunable_weights(by_name[n])]
     if empty:
         raise ConfigError(f"sensitivity: layers {empty} have no prunable kernel (Dense, Conv, Embedding...)")
+    check_data_fits(model, val_ds, "val_ds")
     batches = _batches(val_ds, "val_ds")
     accuracy, n = _accuracy_fn(model, batches)
     baseline = accuracy()

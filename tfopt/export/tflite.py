@@ -16,7 +16,7 @@ import numpy as np
 from tfopt import _faults
 from tfopt._io import atomic_write_bytes
 from tfopt._keras import check_model, keras, tf
-from tfopt._model import is_qat, weight_count
+from tfopt._model import check_input_shape, is_qat, weight_count
 from tfopt.flops import flops
 from tfopt.errors import ConfigError, DataError, ExportError
 from tfopt.export import _guard
@@ -185,25 +185,6 @@ def _representative(data, samples):
     if callable(data) and not isinstance(data, tf.data.Dataset):
         return data
     return calibration(samples)
-
-
-def check_input_shape(model, shape, what: str) -> None:
-    """DataError unless examples of ``shape`` (without the batch) fit ``model``'s (first) input, naming both.
-
-    >>> check_input_shape(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]), (4,), "the data")
-    Traceback (most recent call last):
-    ...
-    tfopt.errors.DataError: the data's examples have shape (4,); the model takes (3,): give data of the model's input shape
-    """
-    if len(model.inputs) != 1:
-        return
-    expected = tuple(model.inputs[0].shape[1:])
-    shape = tuple(int(d) for d in shape)
-    if len(shape) != len(expected) or any(e is not None and e != g for e, g in zip(expected, shape)):
-        wanted = "(" + ", ".join("any" if e is None else str(e) for e in expected) + ("," if len(expected) == 1
-                                                                                       else "") + ")"
-        raise DataError(f"{what}'s examples have shape {shape}; the model takes {wanted}: give data of the model's "
-                        "input shape")
 
 
 def _input_dtype(model) -> np.dtype:
