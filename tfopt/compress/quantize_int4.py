@@ -45,7 +45,7 @@ def snap_to_int4(kernel: np.ndarray) -> np.ndarray:
     The channel's largest magnitude is a level itself, so the LiteRT quantizer, whose int4 scale is ``max|w| / 7``,
     finds the same scale again and stores each snapped weight exactly. An all-zero channel stays zero.
 
-    >>> snap_to_int4(np.array([[0.7], [0.31], [-0.04]], np.float32)).ravel().round(2).tolist()
+    >>> [round(float(w), 2) for w in snap_to_int4(np.array([[0.7], [0.31], [-0.04]], np.float32)).ravel()]
     [0.7, 0.3, -0.0]
     """
     kernel = np.asarray(kernel, np.float32).astype(np.float64)  # in float64: the largest weight comes back as itself
