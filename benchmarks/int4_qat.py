@@ -143,7 +143,7 @@ def run(settings: common.Settings) -> dict:
     spread = common.spread(deltas)
     summary.insert(0, _headline_row(deltas, spread))
     notes = [
-        f"models: the compression figure's planned variants (per-layer budgets, fine-tuned on augmented digits), "
+        "models: the compression figure's planned variants (per-layer budgets, fine-tuned on augmented digits), "
         + ", ".join(f"{arch} at {100 * t:g}% overall" for arch, t in MODELS.items()) + "; int4 weights per channel "
         "(8 bits for the layers under 1% of the weights); float activations.",
         f"control and QAT: {settings.pick(*EPOCHS)} epochs of Adam at {LEARNING_RATE:g} on the augmented digits from "

@@ -46,6 +46,20 @@ TEACHER_OPTIONS = {
 }
 
 
+def check_epochs_and_rate(epochs, learning_rate) -> None:
+    """ConfigError unless ``epochs`` is an integer >= 0 (0: no fine-tuning) and ``learning_rate`` a number > 0.
+
+    >>> check_epochs_and_rate(1.5, 1e-4)
+    Traceback (most recent call last):
+    ...
+    tfopt.errors.ConfigError: epochs=1.5 must be an integer >= 0
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
+        raise ConfigError(f"epochs={epochs!r} must be an integer >= 0")
+    check_range("epochs", epochs, 0)
+    check_range("learning_rate", learning_rate, 0, low_open=True)
+
+
 def distillation_settings(teacher, temperature=None, alpha=None, student=None) -> tuple:
     """``(temperature, alpha)`` checked, None meaning :func:`tfopt.compress.distill`'s default; with a teacher,
     also that it is a tf_keras model whose output shape matches ``student``'s (when given).

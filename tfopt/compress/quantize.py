@@ -19,8 +19,9 @@ import re
 from tfopt._io import atomic_write_bytes, h5_bytes
 from tfopt._keras import check_model, keras, tf, tfmot
 from tfopt._model import compile_like, count_steps, flatten_model, outputs_logits, strategy_scope
-from tfopt.compress._fit import TEACHER_OPTIONS, compression_fit, distillation_settings, stage_resume, stage_teacher
-from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError, check_range
+from tfopt.compress._fit import (TEACHER_OPTIONS, check_epochs_and_rate, compression_fit, distillation_settings,
+                                 stage_resume, stage_teacher)
+from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError
 from tfopt.options import BOOL, NONE, at_least, options_from, positive
 from tfopt.techniques import StageResult, Technique, register_technique
 
@@ -227,10 +228,7 @@ def quantize_aware(
     'default_8bit'
     """
     check_model(model, "quantize_aware")
-    if isinstance(epochs, bool) or not isinstance(epochs, int):
-        raise ConfigError(f"epochs={epochs!r} must be an integer >= 0")
-    check_range("epochs", epochs, 0)
-    check_range("learning_rate", learning_rate, 0, low_open=True)
+    check_epochs_and_rate(epochs, learning_rate)
     temperature, alpha = distillation_settings(teacher, temperature, alpha, model)
     if epochs:
         count_steps(train_ds, "train_ds")

@@ -27,8 +27,9 @@ import numpy as np
 
 from tfopt._keras import check_model, keras, tf, tfmot
 from tfopt._model import compile_like, count_steps, flatten_model, is_qat, strategy_scope
-from tfopt.compress._fit import TEACHER_OPTIONS, compression_fit, distillation_settings, stage_resume, stage_teacher
-from tfopt.errors import ConfigError, UnsupportedLayerError, check_range
+from tfopt.compress._fit import (TEACHER_OPTIONS, check_epochs_and_rate, compression_fit, distillation_settings,
+                                 stage_resume, stage_teacher)
+from tfopt.errors import ConfigError, UnsupportedLayerError
 from tfopt.options import BOOL, NONE, at_least, options_from, positive
 from tfopt.techniques import StageResult, Technique, register_technique
 
@@ -188,10 +189,7 @@ def quantize_aware_int4(
     ['conv1', 'conv2', 'dense1', 'logits']
     """
     check_model(model, "quantize_aware_int4")
-    if isinstance(epochs, bool) or not isinstance(epochs, int):
-        raise ConfigError(f"epochs={epochs!r} must be an integer >= 0")
-    check_range("epochs", epochs, 0)
-    check_range("learning_rate", learning_rate, 0, low_open=True)
+    check_epochs_and_rate(epochs, learning_rate)
     if not isinstance(preserve_sparsity, bool):
         raise ConfigError(f"preserve_sparsity={preserve_sparsity!r} must be true or false")
     temperature, alpha = distillation_settings(teacher, temperature, alpha, model)
