@@ -123,15 +123,17 @@ CASES = [
     ("unknown quantization", lambda: export.to_tflite(_cnn(), "int3"), ConfigError, ["int3", "dynamic"]),
     ("int8 io without int8", lambda: export.to_tflite(_cnn(), "float16", io_dtype="int8"), ConfigError, ["io_dtype"]),
     ("missing model file", lambda: tfopt.load_model("/nonexistent/model.keras"), ConfigError, ["/nonexistent/model.keras"]),
-    ("fit on data of another shape", lambda: train.fit(_cnn(), _rows()), DataError, ["train_ds's examples have shape (28, 28)", "the model takes (8, 8, 1)"]),
-    ("prune on data of another shape", lambda: compress.prune(_cnn(), _rows(), 0.5), DataError, ["train_ds's examples have shape (28, 28)"]),
-    ("distill on data of another shape", lambda: compress.distill(_cnn(), _cnn(), _rows()), DataError, ["train_ds's examples have shape (28, 28)"]),
-    ("scan on data of another shape", lambda: compress.sensitivity(_cnn(), _rows()), DataError, ["val_ds's examples have shape (28, 28)"]),
+    ("fit on data of another shape", lambda: train.fit(_cnn(), _rows()), DataError, ["train_ds: examples of shape (28, 28)", "but the model takes (8, 8, 1)"]),
+    ("prune on data of another shape", lambda: compress.prune(_cnn(), _rows(), 0.5), DataError, ["train_ds: examples of shape (28, 28)"]),
+    ("distill on data of another shape", lambda: compress.distill(_cnn(), _cnn(), _rows()), DataError, ["train_ds: examples of shape (28, 28)"]),
+    ("teacher of another input shape", lambda: compress.distill(models.build("mlp", input_shape=(64,), num_classes=10), _cnn(), DS),
+     DataError, ["train_ds (for the teacher): examples of shape (8, 8, 1)", "but the model takes (64,)"]),
+    ("scan on data of another shape", lambda: compress.sensitivity(_cnn(), _rows()), DataError, ["val_ds: examples of shape (28, 28)"]),
     ("fit on unbatched data", lambda: train.fit(_cnn(), DS.unbatch()), DataError, ["single examples", "batch it"]),
     ("int8 data of another shape", lambda: export.to_tflite(_cnn(), "int8", representative_data=np.zeros((4, 28, 28, 1), "float32")),
-     DataError, ["representative_data's examples have shape (28, 28, 1)", "the model takes (8, 8, 1)"]),
+     DataError, ["representative_data: examples of shape (28, 28, 1)", "but the model takes (8, 8, 1)"]),
     ("predict data of another shape", lambda: export.to_tflite(_cnn()).predict(np.zeros((2, 28, 28, 1), "float32")),
-     DataError, ["shape (28, 28, 1)", "the TFLite model takes (8, 8, 1)"]),
+     DataError, ["examples of shape (28, 28, 1)", "but the TFLite model takes (8, 8, 1)"]),
 ]
 
 
@@ -246,7 +248,7 @@ def test_cli_export_with_data_of_another_shape_writes_nothing(tmp_path, capsys):
     _cnn().save(tmp_path / "m.keras")  # takes 8x8x1 digits
     assert main(["export", str(tmp_path / "m.keras"), "--quantization", "int4", "--data", "mnist_rows"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == ("tfopt: error: DataError: --data mnist_rows's examples have shape (28, 28); the model "
+    assert err.strip() == ("tfopt: error: DataError: --data mnist_rows: examples of shape (28, 28), but the model "
                            "takes (8, 8, 1): give data of the model's input shape")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
 

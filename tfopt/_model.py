@@ -39,7 +39,7 @@ def check_input_shape(model, shape, what: str) -> None:
     >>> check_input_shape(keras.Sequential([keras.layers.Dense(2, input_shape=(3,))]), (4,), "the data")
     Traceback (most recent call last):
     ...
-    tfopt.errors.DataError: the data's examples have shape (4,); the model takes (3,): give data of the model's input shape
+    tfopt.errors.DataError: the data: examples of shape (4,), but the model takes (3,): give data of the model's input shape
     """
     inputs = getattr(model, "inputs", None)
     if not inputs or len(inputs) != 1:
@@ -48,8 +48,8 @@ def check_input_shape(model, shape, what: str) -> None:
     shape = tuple(None if d is None else int(d) for d in shape)
     if len(shape) != len(expected) or any(None not in (e, g) and e != g for e, g in zip(expected, shape)):
         wanted = ", ".join("any" if e is None else str(e) for e in expected) + ("," if len(expected) == 1 else "")
-        raise DataError(f"{what}'s examples have shape {shape}; the model takes ({wanted}): give data of the model's "
-                        "input shape")
+        raise DataError(f"{what}: examples of shape {shape}, but the model takes ({wanted}): give data of the "
+                        "model's input shape")
 
 
 def check_data_fits(model, dataset, what: str = "train_ds") -> None:

@@ -167,6 +167,8 @@ def compression_fit(model, train_ds, epochs: int, val_ds=None, callbacks=(), ver
     check_data_fits(model, train_ds, "train_ds")
     if val_ds is not None:
         check_data_fits(model, val_ds, "val_ds")
+    if teacher is not None:
+        check_data_fits(teacher, train_ds, "train_ds (for the teacher)")
     trained = model
     if teacher is not None:
         temperature, alpha = distillation_settings(teacher, temperature, alpha, model)

@@ -164,7 +164,7 @@ class _Runner:
         expected = [int(d) for d in self.inp["shape_signature"][1:]]
         if x.ndim != len(expected) + 1 or any(e not in (-1, g) for e, g in zip(expected, x.shape[1:])):
             wanted = ", ".join("any" if e == -1 else str(e) for e in expected)
-            raise DataError(f"the data's examples have shape {tuple(x.shape[1:])}; the TFLite model takes "
+            raise DataError(f"the data: examples of shape {tuple(x.shape[1:])}, but the TFLite model takes "
                             f"({wanted}{',' if len(expected) == 1 else ''}): give data of the model's input shape")
         if self.resizable and len(x) != self.inp["shape"][0]:
             self.it.resize_tensor_input(self.inp["index"], [len(x), *self.inp["shape"][1:]])
