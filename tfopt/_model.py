@@ -10,8 +10,8 @@ from typing import Sequence
 from tfopt._keras import check_model, keras, tf
 from tfopt.errors import ConfigError, DataError, UnsupportedLayerError
 
-__all__ = ["count_steps", "check_input_shape", "check_data_fits", "strategy_scope", "outputs_logits", "compile_like", "private_copy", "wrap_layers", "flatten_model",
-           "weight_count", "is_qat", "recalibrate_batchnorm"]
+__all__ = ["count_steps", "check_input_shape", "check_data_fits", "strategy_scope", "outputs_logits", "compile_like",
+           "private_copy", "wrap_layers", "flatten_model", "weight_count", "is_qat", "recalibrate_batchnorm"]
 
 
 def count_steps(dataset, what: str = "train_ds") -> int:

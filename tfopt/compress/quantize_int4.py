@@ -198,9 +198,9 @@ def quantize_aware_int4(
                           "QuantizeWrapper layers): give it the model from before quantize_aware")
     wrapped = [layer.name for layer in model.layers if type(layer).__name__ in _TFMOT_WRAPPERS]
     if wrapped:
-        raise ConfigError(f"quantize_aware_int4 needs a plain model; {', '.join(map(repr, wrapped))} still wear tfmot's "
-                          "pruning or clustering wrapper: strip them first (tfopt.compress.prune and cluster return "
-                          "stripped models; tfmot: strip_pruning, strip_clustering)")
+        raise ConfigError(f"quantize_aware_int4 needs a plain model; {', '.join(map(repr, wrapped))} still wear "
+                          "tfmot's pruning or clustering wrapper: strip them first (tfopt.compress.prune and cluster "
+                          "return stripped models; tfmot: strip_pruning, strip_clustering)")
     flat = flatten_model(model)
     on_levels = [layer.name for layer in flat.layers if _on_levels(layer)]
     left = {layer.name: type(layer).__name__ for layer in flat.layers
