@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,7 +14,7 @@ from tfopt import _faults, distribute
 from tfopt.checkpoints import FaultPoints, resumable_randomness, run_callbacks
 from tfopt._keras import check_model, keras, tf
 from tfopt._model import check_data_fits, compile_like, count_steps, strategy_scope
-from tfopt.errors import ConfigError, TrainingError, check_range
+from tfopt.errors import ConfigError, DataError, TrainingError, check_range
 from tfopt.options import INT, NONE, at_least, options_from
 from tfopt.progress import keras_verbose
 from tfopt.techniques import StageResult, Technique, register_technique
@@ -150,15 +151,27 @@ def _write_dir(run_dir, strategy):
     return temp, temp
 
 
+_LABEL_OUT_OF_RANGE = re.compile(r"Received a label value of (-?\d+) which is outside the valid range of \[0, (\d+)\)")
+
+
 def keras_fit(model, train_ds, strategy=None, **fit_kwargs):
     """``model.fit(train_ds, **fit_kwargs)`` with the traps every tfopt training handles (``fit`` and the
     compression fine-tunings): under a strategy, batches that do not split evenly over the replicas are padded and
     weighed (the partial last one); dropout masks come from (layer, step), so a resumed run draws those of the run
     it continues; tf_keras's BackupAndRestore deletes ``model._training_state`` at the end of training (the next
-    ``fit`` then fails with AttributeError), so it is put back."""
+    ``fit`` then fails with AttributeError), so it is put back. A label outside the model's classes, which
+    TensorFlow's sparse cross-entropy refuses on the CPU, is a DataError naming it (on a GPU the loss turns NaN,
+    which ``fit``'s NaN guard names with its epoch and step)."""
     try:
         with resumable_randomness(model):
             return model.fit(distribute.even_batches(train_ds, strategy), **fit_kwargs)
+    except tf.errors.InvalidArgumentError as err:
+        found = _LABEL_OUT_OF_RANGE.search(str(err))
+        if found is None:
+            raise
+        label, classes = found.groups()
+        raise DataError(f"a label {label} is outside the model's {classes} classes: labels must be class ids 0 to "
+                        f"{int(classes) - 1} (or give a model with more outputs)") from err
     finally:
         if not hasattr(model, "_training_state"):
             model._training_state = None
