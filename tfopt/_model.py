@@ -10,7 +10,7 @@ from typing import Sequence
 from tfopt._keras import check_model, keras, tf
 from tfopt.errors import ConfigError, DataError, UnsupportedLayerError
 
-__all__ = ["count_steps", "check_input_shape", "check_data_fits", "strategy_scope", "outputs_logits", "compile_like",
+__all__ = ["count_steps", "holds_kernel", "check_input_shape", "check_data_fits", "strategy_scope", "outputs_logits", "compile_like",
            "private_copy", "wrap_layers", "flatten_model", "weight_count", "is_qat", "recalibrate_batchnorm"]
 
 
@@ -30,6 +30,17 @@ def count_steps(dataset, what: str = "train_ds") -> int:
     if n == 0:
         raise DataError(f"{what} is empty: it yields no batch")
     return n
+
+
+def holds_kernel(layer) -> bool:
+    """Whether ``layer`` holds a weight of two or more dimensions (a kernel, an embedding table, a Bidirectional's
+    kernels): what a weight quantization could store in fewer bits.
+
+    >>> dense, norm = keras.Sequential([keras.layers.Dense(2, input_shape=(3,)), keras.layers.LayerNormalization()]).layers
+    >>> holds_kernel(dense), holds_kernel(norm)
+    (True, False)
+    """
+    return any(len(w.shape) >= 2 for w in layer.weights)
 
 
 def check_input_shape(model, shape, what: str) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfopt._keras import check_model, keras, tf, tfmot
-from tfopt._model import compile_like, count_steps, flatten_model, is_qat, strategy_scope
+from tfopt._model import compile_like, count_steps, flatten_model, holds_kernel, is_qat, strategy_scope
 from tfopt.compress._fit import (TEACHER_OPTIONS, check_epochs_and_rate, compression_fit, distillation_settings,
                                  stage_resume, stage_teacher)
 from tfopt.errors import ConfigError, UnsupportedLayerError
@@ -203,8 +203,7 @@ def quantize_aware_int4(
                           "return stripped models; tfmot: strip_pruning, strip_clustering)")
     flat = flatten_model(model)
     on_levels = [layer.name for layer in flat.layers if _on_levels(layer)]
-    left = {layer.name: type(layer).__name__ for layer in flat.layers
-            if not _on_levels(layer) and any(len(w.shape) >= 2 for w in layer.weights)}
+    left = {layer.name: type(layer).__name__ for layer in flat.layers if not _on_levels(layer) and holds_kernel(layer)}
     if not on_levels:
         raise UnsupportedLayerError(f"quantize_aware_int4 found no Dense, Conv1D or Conv2D kernel in model "
                                     f"{model.name!r} to train on the int4 levels; kernels: {left or 'none'}")

@@ -28,6 +28,7 @@ import numpy as np
 
 from tfopt.errors import ConfigError, ExportError
 from tfopt._keras import keras
+from tfopt._model import holds_kernel
 
 __all__ = ["INT4_QUANTIZATIONS", "LAYER_BITS", "layer_bits_problem", "layers_with_weight_ops", "quantize_tflite"]
 
@@ -204,9 +205,6 @@ def _left_float(ops: list, layers) -> list[str]:
     def covered(layer) -> bool:
         inner = getattr(layer, "layer", None)
         return any(op.of(layer.name) for op in ops) or (inner is not None and covered(inner))
-
-    def holds_kernel(layer) -> bool:  # tfmot's kernels, else any weight of 2+ dimensions (Bidirectional's, say)
-        return bool(_kernels(layer)) or any(len(w.shape) >= 2 for w in layer.weights)
 
     return [name for name, layer in layers.items() if layer is not None and not isinstance(layer, keras.Model)
             and holds_kernel(layer) and not covered(layer)]
