@@ -162,9 +162,29 @@ def test_recipe_stage_keeps_the_pruning_and_exports_exactly(tmp_path):
     assert json.loads((tmp_path / "manifest.json").read_text())["stages"][2]["name"] == "quantize_aware_int4"
 
 
+def test_a_convolution_folded_with_its_batchnorm_is_still_stored_exactly():
+    """The converter folds Conv2D + BatchNormalization into one kernel, each output channel times one factor
+    gamma / sqrt(var + eps): a channel on its own levels stays on them (the scale moves with it), so the file stores
+    the folded kernel exactly too."""
+    train_ds, *_ = _digits()
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, use_bias=False, name="conv")(inp)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn")(h))
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(h)))
+    model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(train_ds, epochs=1, verbose=0)  # BatchNorm statistics and scales away from 1
+    four = quantize_aware_int4(model, train_ds, epochs=1, verbose=0)
+    gamma, _, _, var = (w.numpy() for w in four.get_layer("bn").weights)
+    assert np.abs(gamma / np.sqrt(var + 1e-3) - 1).max() > 0.05  # the fold changes the kernel
+    folded = four.get_layer("conv").kernel.numpy() * gamma / np.sqrt(var + four.get_layer("bn").epsilon)
+    codes = tflite_weights(to_tflite(four, "int4").content)["model/conv/Conv2D"]
+    assert _stored_exactly(folded, codes.reshape(codes.shape[0], -1))
+
+
 def test_families_a_transformer_and_mobilenet_v2_report_what_is_on_the_levels():
     """The Transformer's Dense layers go on the levels, attention and the position embedding are left; MobileNetV2's
-    convolutions go on the levels, its depthwise convolutions are left (its BatchNormalizations fold on export)."""
+    convolutions go on the levels, its depthwise convolutions are left."""
     transformer = tfopt.models.build("transformer", input_shape=(6, 4), num_classes=3)
     snapped, report = quantize_aware_int4(transformer, None, epochs=0, return_report=True)
     dense = [layer.name for layer in transformer.layers if type(layer) is keras.layers.Dense]

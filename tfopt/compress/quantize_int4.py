@@ -12,8 +12,9 @@ closer than a level apart share a code).
 - Activations stay float (no input or activation fake-quant): the int4 files keep float activations.
 - Trained on the levels: Dense, Conv1D and Conv2D kernels. Other kernels (depthwise, transposed and separable
   convolutions, attention's EinsumDense, recurrent layers) are left as they are, for the quantizer's own rounding;
-  the report lists them. A convolution followed by BatchNormalization is folded into one kernel by the converter,
-  which the quantizer then rounds afresh.
+  the report lists them. A convolution followed by BatchNormalization is folded into one kernel by the converter:
+  each output channel times one factor, which keeps it on its own levels, so the file stores that kernel exactly
+  too.
 - ``preserve_sparsity=True`` keeps a pruned model's zeros: they are zero again after every step and on the levels
   (0 is one).
 
