@@ -30,6 +30,14 @@ def test_console_script_prints_one_line_and_exits_2_on_bad_input(tmp_path):
     ]
 
 
+def test_python_dash_m_tfopt_is_the_command():
+    proc = subprocess.run([sys.executable, "-m", "tfopt", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"tfopt {tfopt.__version__}"
+    proc = subprocess.run([sys.executable, "-m", "tfopt", "export", "--quantization", "int3", "m.keras"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "int3" in proc.stderr
+
+
 def test_export_and_evaluate_commands(tmp_path, capsys):
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).reshape(-1, 8, 8, 1).astype("float32")

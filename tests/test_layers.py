@@ -27,7 +27,7 @@ LAYERS = {
     "tfopt.tune": 5,
     # pipeline/ by concern: configuration, then reading run directories and reporting, then running
     "tfopt.pipeline.config": 6.0, "tfopt.pipeline.report": 6.1, "tfopt.pipeline.run": 6.2, "tfopt.pipeline": 6.3,
-    "tfopt.demo": 7, "tfopt.cli": 7, "tfopt": 7,
+    "tfopt.demo": 7, "tfopt.cli": 7, "tfopt.__main__": 7, "tfopt": 7,
 }
 
 

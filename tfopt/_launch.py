@@ -2,7 +2,7 @@
 loading (``import tfopt`` takes seconds) ends the command with one line and exit code 130, as it does later.
 
 ``tfopt/__init__.py`` calls :func:`install` first. It changes nothing unless this process is the ``tfopt``
-command (the console script or ``python -m tfopt.cli``): a program that imports tfopt keeps Python's
+command (the console script, ``python -m tfopt`` or ``python -m tfopt.cli``): a program that imports tfopt keeps Python's
 own handling of Ctrl-C.
 """
 
@@ -25,13 +25,15 @@ def launched_as_cli(argv=None) -> bool:
 
     >>> launched_as_cli(["python", "-m", "tfopt.cli", "run", "r.yaml"]), launched_as_cli(["python", "x.py"])
     (True, False)
+    >>> launched_as_cli(["python", "-m", "tfopt", "run", "r.yaml"])
+    True
     """
     args = iter(list(sys.orig_argv if argv is None else argv)[1:])
     for arg in args:  # the interpreter's options come first, then -m MODULE, -c CODE or the script
         if arg in ("-X", "-W", "--check-hash-based-pycs"):
             next(args, None)
         elif arg == "-m":
-            return next(args, None) == "tfopt.cli"
+            return next(args, None) in ("tfopt", "tfopt.cli")
         elif arg == "-c" or arg == "-" or not arg.startswith("-"):
             return os.path.basename(arg) == "tfopt"
     return False
