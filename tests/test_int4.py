@@ -229,6 +229,34 @@ def test_an_embedding_table_is_named_as_left_float_in_an_int4_file():
     assert sorted(tflite_weight_bits(tfl.content)[name] for name in tflite_weights(tfl.content)) == [4, 32]
 
 
+def test_ops_the_quantizer_leaves_float_are_read_back_and_named_and_a_bidirectional_gru_is_not():
+    """A transposed convolution and a separable convolution's depthwise half are outside the quantizer's int4
+    policy: the file keeps them float32 and a note, read from the file, names them. A Bidirectional GRU's loop
+    kernels are 4-bit (found by the kernels they store: the loop's ops are named ``while/...``): no note."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2DTranspose(4, 3, name="up")(inp)
+    h = keras.layers.SeparableConv2D(8, 3, name="sep")(h)
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(h)))
+    tfl = to_tflite(model, "int4")
+    assert tfl.notes == ["left float32 by the quantizer (not in its int4 policy): CONV_2D_TRANSPOSE 'up'; "
+                         "DEPTHWISE_CONV_2D 'sep'"]
+    stored = tflite_weights(tfl.content)
+    bits = {name: tflite_weight_bits(tfl.content)[name] for name in stored if stored[name].size >= 32}
+    assert sorted(bits.values()) == [4, 4, 32, 32]  # logits and the pointwise half 4-bit; the two named float32
+    x = np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)
+    assert np.abs(tfl.predict(x) - model.predict(x, verbose=0)).max() < 0.2
+    inp = keras.Input((8, 8))
+    gru = keras.layers.Bidirectional(keras.layers.GRU(16), name="bigru")(inp)
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(gru))
+    tfl = to_tflite(model, "int4")
+    assert tfl.notes == ["converted with a fixed batch 1 concrete function"]
+    loop = [tflite_weight_bits(tfl.content)[name] for name in tflite_weights(tfl.content) if name.startswith("while/")]
+    assert loop == [4, 4, 4, 4]  # each direction's kernel and recurrent kernel
+    x = np.random.default_rng(0).random((1, 8, 8), dtype=np.float32)
+    assert np.abs(tfl.predict(x) - model.predict(x, verbose=0)).max() < 0.2
+
+
 def test_a_clustered_model_keeps_at_most_16_values_per_kernel_in_the_int4_file():
     """Pruned, clustered to 16 values per kernel, int4 per channel: read back from the file, each kernel holds at
     most 16 values, every pruned weight is still 0, and no channel holds more values than its clusters."""

@@ -50,6 +50,7 @@ LAYER_BITS = (4, 8, None)  # what a layer_bits value may be: int4, int8, or left
 _WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "EMBEDDING_LOOKUP", "BATCH_MATMUL",
                "CONV_2D_TRANSPOSE")
 _CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE")
+_FLOAT32 = 0  # the flatbuffer's TensorType code of float32
 
 
 @dataclass
@@ -86,13 +87,9 @@ class _WeightOp:
 
 
 def _kernels(layer) -> list:
-    """The kernel variables of Keras ``layer`` (what tfmot would prune in it: Dense, Conv, recurrent...)."""
-    from tfopt.compress.inspect import prunable_weights
-
-    try:
-        return list(prunable_weights(layer)) if layer is not None else []
-    except Exception:  # noqa: BLE001 - a layer tfmot cannot inspect has no kernel to match
-        return []
+    """The weights of two or more dimensions of Keras ``layer`` (see :func:`tfopt._model.holds_kernel`): a Dense or
+    convolution kernel, a recurrent layer's kernels, a Bidirectional's both directions (which tfmot cannot inspect)."""
+    return [w for w in layer.weights if len(w.shape) >= 2] if layer is not None else []
 
 
 def _resolve_owners(ops: list, layers) -> None:
@@ -138,9 +135,11 @@ def _weight_ops(content: bytes, layers=None) -> list:
             kernel, weights = "", None
             for index in list(op.inputs)[1:2]:  # the weight operand of every op above
                 if index >= 0:
-                    kernel = fb.get_tensor_name(subgraph.tensors[index])
-                    data = fb.get_tensor_data(subgraph.tensors[index], model.buffers)
-                    weights = None if data is None or data.dtype != np.float32 else np.array(data)
+                    tensor = subgraph.tensors[index]
+                    kernel = fb.get_tensor_name(tensor)
+                    # only a float32 kernel is read (an int4 one is packed two to a byte: its data does not reshape)
+                    data = fb.get_tensor_data(tensor, model.buffers) if tensor.type == _FLOAT32 else None
+                    weights = None if data is None else np.array(data)
             found.append(_WeightOp(name, fb.get_op_scope(op, subgraph.tensors), kernel, weights))
     _resolve_owners(found, layers)
     return found
@@ -298,6 +297,7 @@ def quantize_tflite(content: bytes, quantization: str = "int4", layer_bits=None,
     Returns:
         ``(flatbuffer bytes, notes)``: notes say which ops were quantized per channel instead of per block, which
         layers hold a kernel the quantizer cannot take (left float32: a fused LSTM, an Embedding's GATHER table...),
+        which ops the quantizer left float32 although asked (read back from the file: a transposed convolution),
         and which ``layer_bits`` entries name such a layer (not applied: a sensitivity plan may name any layer).
 
     Raises:
@@ -332,9 +332,26 @@ def quantize_tflite(content: bytes, quantization: str = "int4", layer_bits=None,
                 f"{op.name} {op.layer!r} ({reasons[id(op)]})" for op, _ in channelwise))
     recipe = _recipe(scheme, _entries(scheme, ops, layer_bits, channelwise))
     try:
-        return _quantize(content, recipe), notes
+        quantized = _quantize(content, recipe)
     except Exception as err:  # noqa: BLE001 - the quantizer raises ValueError, RuntimeError, KeyError...
         raise _failure(content, ops, scheme, layer_bits, channelwise, quantization, err, layers) from err
+    skipped = _skipped_by_quantizer(quantized, ops, layer_bits)
+    if skipped:
+        by_op = {}
+        for op in skipped:
+            by_op.setdefault(op.name, []).append(repr(op.layer))
+        notes.append(f"left float32 by the quantizer (not in its {quantization} policy): " + "; ".join(
+            f"{name} {', '.join(dict.fromkeys(names))}" for name, names in by_op.items()))
+    return quantized, notes
+
+
+def _skipped_by_quantizer(quantized: bytes, ops: list, layer_bits: dict) -> list:
+    """The ops of ``ops`` asked for 4 or 8 bits whose kernel is still a float32 constant in the ``quantized`` file
+    (read back, not predicted: the quantizer's policy leaves a transposed convolution float, and a depthwise one
+    under some schemes)."""
+    asked = {op.scope: op for op in ops if _bits_of(op, layer_bits) is not None}
+    return [asked[op.scope] for op in _weight_ops(quantized)
+            if op.scope in asked and op.weights is not None and op.weights.ndim >= 2]
 
 
 def _failure(content, ops, scheme, layer_bits, channelwise, quantization, err, layers) -> ExportError:
