@@ -240,10 +240,14 @@ def test_ops_the_quantizer_leaves_float_are_read_back_and_named_and_a_bidirectio
     model = keras.Model(inp, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(h)))
     tfl = to_tflite(model, "int4")
     assert tfl.notes == ["left float32 by the quantizer (not in its int4 policy): CONV_2D_TRANSPOSE 'up'; "
-                         "DEPTHWISE_CONV_2D 'sep'"]
+                         "DEPTHWISE_CONV_2D 'sep' (layer_bits={layer: 8} stores them in 8 bits)"]
     stored = tflite_weights(tfl.content)
     bits = {name: tflite_weight_bits(tfl.content)[name] for name in stored if stored[name].size >= 32}
     assert sorted(bits.values()) == [4, 4, 32, 32]  # logits and the pointwise half 4-bit; the two named float32
+    eight = to_tflite(model, "int4", layer_bits={"up": 8, "sep": 8})  # as the note says
+    assert eight.notes == []
+    bits = {name: tflite_weight_bits(eight.content)[name] for name in stored if stored[name].size >= 32}
+    assert sorted(bits.values()) == [4, 8, 8, 8]  # the pointwise half follows its layer's entry too
     x = np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)
     assert np.abs(tfl.predict(x) - model.predict(x, verbose=0)).max() < 0.2
     inp = keras.Input((8, 8))

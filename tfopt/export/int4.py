@@ -340,8 +340,9 @@ def quantize_tflite(content: bytes, quantization: str = "int4", layer_bits=None,
         by_op = {}
         for op in skipped:
             by_op.setdefault(op.name, []).append(repr(op.layer))
+        eight = " (layer_bits={layer: 8} stores them in 8 bits)" if set(by_op) <= set(_CONV_OPS) else ""
         notes.append(f"left float32 by the quantizer (not in its {quantization} policy): " + "; ".join(
-            f"{name} {', '.join(dict.fromkeys(names))}" for name, names in by_op.items()))
+            f"{name} {', '.join(dict.fromkeys(names))}" for name, names in by_op.items()) + eight)
     return quantized, notes
 
 
