@@ -261,6 +261,24 @@ def test_ops_the_quantizer_leaves_float_are_read_back_and_named_and_a_bidirectio
     assert np.abs(tfl.predict(x) - model.predict(x, verbose=0)).max() < 0.2
 
 
+def test_layer_names_holding_a_slash_are_found_in_notes_and_layer_bits():
+    """MobileNetV3 names its layers ``expanded_conv/depthwise``: such a name is one layer, not two path parts (the
+    note once named a depthwise op by the ReLU fused after it)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 1, name="block/expand")(inp)
+    h = keras.layers.ReLU(name="block/relu")(keras.layers.DepthwiseConv2D(3, name="block/depthwise")(h))
+    model = keras.Model(inp, keras.layers.Dense(10, name="head")(keras.layers.Flatten()(h)))
+    tfl = to_tflite(model, "int4")
+    assert tfl.notes == ["left float32 by the quantizer (not in its int4 policy): DEPTHWISE_CONV_2D 'block/depthwise' "
+                         "(layer_bits={layer: 8} stores them in 8 bits)"]
+    mixed = to_tflite(model, "int4", layer_bits={"block/depthwise": 8, "block/expand": None})
+    assert mixed.notes == []
+    stored = tflite_weights(mixed.content)
+    bits = {name: tflite_weight_bits(mixed.content)[name] for name in stored if stored[name].size >= 24}
+    assert sorted(bits.values()) == [4, 8, 32]  # the head, the depthwise kernel, the expansion left float
+
+
 def test_a_clustered_model_keeps_at_most_16_values_per_kernel_in_the_int4_file():
     """Pruned, clustered to 16 values per kernel, int4 per channel: read back from the file, each kernel holds at
     most 16 values, every pruned weight is still 0, and no channel holds more values than its clusters."""

@@ -80,16 +80,26 @@ class _WeightOp:
         pattern = r"(^|[/;])" + re.escape(layer) + "/"
         return bool(re.search(pattern, self.kernel) or ("/" not in self.kernel and re.search(pattern, self.scope)))
 
-    def named(self) -> list[str]:
-        """The path parts of the op's tensors' names that may be layers: the kernel's names first, deepest first."""
-        return [part for names in (self.kernel, self.scope) for name in names.split(";")
-                for part in reversed(name.split("/")[:-1])]
-
 
 def _kernels(layer) -> list:
     """The weights of two or more dimensions of Keras ``layer`` (see :func:`tfopt._model.holds_kernel`): a Dense or
     convolution kernel, a recurrent layer's kernels, a Bidirectional's both directions (which tfmot cannot inspect)."""
-    return [w for w in layer.weights if len(w.shape) >= 2] if layer is not None else []
+    if layer is None or isinstance(layer, keras.Model):  # a nested model's kernels are its layers'
+        return []
+    return [w for w in layer.weights if len(w.shape) >= 2]
+
+
+def _deepest_layer(op: _WeightOp, candidates) -> str | None:
+    """The layer among ``candidates`` named deepest in the op's tensors' names, its kernel's first; a layer's name may
+    hold a "/" (MobileNetV3's ``expanded_conv/depthwise``)."""
+    for names in (op.kernel, op.scope):
+        for name in names.split(";"):
+            path = "/" + name
+            found = [(path.rfind(f"/{layer}/") + len(layer), len(layer), layer) for layer in candidates
+                     if f"/{layer}/" in path]
+            if found:
+                return max(found)[2]
+    return None
 
 
 def _resolve_owners(ops: list, layers) -> None:
@@ -104,9 +114,7 @@ def _resolve_owners(ops: list, layers) -> None:
         return
     with_kernel = {name for name, layer in layers.items() if _kernels(layer)} if isinstance(layers, dict) else set()
     for op in ops:
-        named = op.named()
-        op.owner = next((part for part in named if part in with_kernel), None) \
-            or next((part for part in named if part in layers), None)
+        op.owner = _deepest_layer(op, with_kernel) or _deepest_layer(op, layers)
     if not isinstance(layers, dict):
         return
     claimed = {op.owner for op in ops}
