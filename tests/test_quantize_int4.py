@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tfopt
-from tfopt._keras import keras
+from tfopt._keras import keras, tf
 from tfopt.compress import prune, quantize_aware_int4, snap_to_int4, sparsity
 from tfopt.errors import ConfigError, UnsupportedLayerError
 from tfopt.export import evaluate, tflite_weight_bits, tflite_weights, to_tflite
@@ -160,6 +160,27 @@ def test_recipe_stage_keeps_the_pruning_and_exports_exactly(tmp_path):
     kernel = saved.get_layer("dense1").kernel.numpy()
     assert _stored_exactly(kernel, stored["mlp/dense1/MatMul"])
     assert json.loads((tmp_path / "manifest.json").read_text())["stages"][2]["name"] == "quantize_aware_int4"
+
+
+def test_a_conv1d_kernel_in_a_nested_model_trains_on_the_levels_and_is_stored_exactly():
+    """tfmot's per-channel quantizer takes 2-D and 4-D tensors only: a Conv1D kernel (3-D) once failed inside it with
+    UnboundLocalError. It now trains (the kernel changes) and the file stores it exactly, inside a nested model."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 8, 8), dtype=np.float32), np.arange(64) % 10
+    train_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.layers.Conv1D(8, 3, activation="relu", input_shape=(8, 8), name="c1"),
+                              keras.layers.Flatten(), keras.layers.Dense(16, name="d_in")], name="inner")
+    inp = keras.Input((8, 8))
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(inner(inp)))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    four, report = quantize_aware_int4(model, train_ds, epochs=2, learning_rate=1e-2, return_report=True, verbose=0)
+    assert report == {"on_levels": ["c1", "d_in", "logits"], "left": {}}
+    kernel = four.get_layer("c1").kernel.numpy()
+    assert not np.allclose(kernel, snap_to_int4(inner.get_layer("c1").kernel.numpy()))  # trained, not only snapped
+    stored = tflite_weights(to_tflite(four, "int4").content)
+    codes = next(value for name, value in stored.items() if "/c1/" in name)
+    assert _stored_exactly(kernel, codes.reshape(codes.shape[0], -1))
 
 
 def test_a_convolution_folded_with_its_batchnorm_is_still_stored_exactly():

@@ -60,13 +60,25 @@ def _on_levels(layer) -> bool:
     return type(layer) in _ON_LEVELS
 
 
+class _ChannelsLastValueQuantizer(tfmot.quantization.keras.quantizers.LastValueQuantizer):
+    """tfmot's ``LastValueQuantizer`` per output channel for a kernel of any rank: tfmot's own takes 2-D and 4-D
+    tensors only (a Conv1D kernel, 3-D, failed inside it with UnboundLocalError), so the kernel goes through it as
+    ``(-1, channels)`` and comes back in its shape (the same channels, the same levels)."""
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        if inputs.shape.rank in (2, 4):
+            return super().__call__(inputs, training, weights, **kwargs)
+        flat = tf.reshape(inputs, [-1, inputs.shape[-1]])
+        return tf.reshape(super().__call__(flat, training, weights, **kwargs), tf.shape(inputs))
+
+
 class Int4WeightsConfig(tfmot.quantization.keras.QuantizeConfig):
     """tfmot QuantizeConfig: the kernel through a 4-bit per-channel symmetric narrow-range ``LastValueQuantizer``;
     no activation or output quantizer (the int4 files keep float activations)."""
 
     def get_weights_and_quantizers(self, layer):
-        return [(layer.kernel, tfmot.quantization.keras.quantizers.LastValueQuantizer(
-            num_bits=4, per_axis=True, symmetric=True, narrow_range=True))]
+        return [(layer.kernel, _ChannelsLastValueQuantizer(num_bits=4, per_axis=True, symmetric=True,
+                                                           narrow_range=True))]
 
     def get_activations_and_quantizers(self, layer):
         return []
