@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import tfopt
 from tests.helpers import shuffled_digits
 from tfopt._keras import keras, serializable, tf, tfmot
 from tfopt.compress.quantize import flatten_model, load_quantized, quantize_aware, save_quantized
@@ -131,6 +132,27 @@ def test_lstm_and_custom_layers_stay_float_and_dense_layers_are_quantized(digits
     assert type(qat.get_layer("lstm")).__name__ == "LSTM"
     assert type(qat.get_layer("scale")).__name__ == "QatTestScale"
     assert {lay.layer.name for lay in qat.layers if isinstance(lay, QW)} == {"hidden", "out"}
+
+
+def test_separable_conv1d_and_a_users_lambda_are_quantized_and_convert_to_int8(digits, tmp_path):
+    """tfmot rewrites a SeparableConv1D with Python lambdas (expand, squeeze) and rebuilds the model through Keras's
+    deserializer, safe by default: 8-bit QAT of any SeparableConv1D failed ("deserialization of a Lambda layer"),
+    and so did a model with the user's own Lambda layer. Both quantize now; the saved QAT model still holds those
+    lambdas, so loading it back in safe mode is refused by name."""
+    x, y, _, _ = digits
+    inputs = keras.Input((8, 8))
+    h = keras.layers.SeparableConv1D(8, 3, activation="relu", name="sep")(inputs)
+    h = keras.layers.Lambda(lambda t: t * 0.5, name="half")(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="out")(keras.layers.Flatten(name="flat")(h)))
+    ds = _ds(x[:128, ..., 0], y[:128])
+    qat, report = quantize_aware(model, ds, epochs=1, verbose=0, return_report=True)
+    assert {"sep", "out"} <= set(report["quantized"])
+    assert {type(lay.layer).__name__ for lay in qat.layers if isinstance(lay, QW)} >= {"DepthwiseConv2D", "Conv2D"}
+    tfl = tfopt.export.to_tflite(qat, "int8", representative_data=ds)
+    assert {w.dtype for w in tfopt.export.tflite_weights(tfl.content).values() if w.size >= 24} == {np.dtype("int8")}
+    save_quantized(qat, tmp_path / "sep.h5")
+    with pytest.raises(ConfigError, match="Lambda layer"):
+        load_quantized(tmp_path / "sep.h5")
 
 
 def test_flatten_nested_sequential_then_quantize(digits):

@@ -10,8 +10,9 @@ from typing import Sequence
 from tfopt._keras import check_model, keras, tf
 from tfopt.errors import ConfigError, DataError, UnsupportedLayerError
 
-__all__ = ["count_steps", "holds_kernel", "check_input_shape", "check_data_fits", "strategy_scope", "outputs_logits", "compile_like",
-           "private_copy", "wrap_layers", "flatten_model", "weight_count", "is_qat", "recalibrate_batchnorm"]
+__all__ = ["count_steps", "holds_kernel", "check_input_shape", "check_data_fits", "strategy_scope", "outputs_logits",
+           "compile_like", "rebuilding_in_memory", "private_copy", "wrap_layers", "flatten_model", "weight_count",
+           "is_qat", "recalibrate_batchnorm"]
 
 
 def count_steps(dataset, what: str = "train_ds") -> int:
@@ -93,6 +94,26 @@ def strategy_scope(strategy=None):
             f"strategy={strategy!r} is not a tf.distribute.Strategy; pass tfopt.distribute.get_strategy({strategy!r})"
         )
     return strategy.scope()
+
+
+@contextlib.contextmanager
+def rebuilding_in_memory():
+    """Keras's safe mode lifted while a model ALREADY IN MEMORY is rebuilt from its config (tfmot's quantize_apply).
+
+    ``deserialize_keras_object`` is safe by default, so tfmot's layout transforms, which rebuild the model through
+    it, refused every Python ``lambda``: those of tfmot's own SeparableConv1D transform (so 8-bit QAT of any
+    SeparableConv1D failed) and a user's Lambda layer. Those functions already run in this process (a model read
+    from a file passed :func:`tfopt.saving.load_model`'s check first), so nothing new is executed. Never wrap the
+    reading of a file in it.
+
+    >>> with rebuilding_in_memory():
+    ...     keras.layers.deserialize(keras.layers.serialize(keras.layers.Lambda(lambda x: x + 1))).name
+    'lambda'
+    """
+    from tfopt._private import private
+
+    with private("tfk_safe_mode_scope")(False):
+        yield
 
 
 def outputs_logits(model) -> bool:

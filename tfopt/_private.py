@@ -43,7 +43,9 @@ PRIVATE: dict[str, tuple[str, str | None, str]] = {
     "tfk_safe_mode_scope": (
         "tf_keras.src.saving.serialization_lib", "SafeModeScope",
         "Keras's own safe-mode flag for the legacy HDF5/SavedModel loaders, which never set it themselves (a second "
-        "line of defence behind tfopt.saving.check_model_file)"),
+        "line of defence behind tfopt.saving.check_model_file); and lifted while tfmot's quantize_apply rebuilds a "
+        "model already in memory through deserialize_keras_object, safe by default, which refused the Python "
+        "lambdas of tfmot's own SeparableConv1D transform"),
     "tf_eager_context": (
         "tensorflow.python.eager.context", None,
         "configure_coordination_service: deadlines for multi-worker registration, heartbeats and collectives "

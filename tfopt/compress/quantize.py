@@ -18,7 +18,7 @@ import re
 
 from tfopt._io import atomic_write_bytes, h5_bytes
 from tfopt._keras import check_model, keras, tf, tfmot
-from tfopt._model import compile_like, count_steps, flatten_model, outputs_logits, strategy_scope
+from tfopt._model import compile_like, count_steps, flatten_model, outputs_logits, rebuilding_in_memory, strategy_scope
 from tfopt.compress._fit import (TEACHER_OPTIONS, check_epochs_and_rate, compression_fit, distillation_settings,
                                  stage_resume, stage_teacher)
 from tfopt.errors import CompressionError, ConfigError, UnsupportedLayerError
@@ -140,7 +140,7 @@ def _apply(flat, scheme, scheme_name, report):
             )
         annotated = _annotate(flat, set(report["float"]))
         try:
-            with tfmot.quantization.keras.quantize_scope():
+            with tfmot.quantization.keras.quantize_scope(), rebuilding_in_memory():
                 return tfmot.quantization.keras.quantize_apply(annotated, scheme)
         except RuntimeError as err:
             match = _UNSUPPORTED.search(str(err))

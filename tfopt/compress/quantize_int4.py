@@ -27,7 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from tfopt._keras import check_model, keras, tf, tfmot
-from tfopt._model import compile_like, count_steps, flatten_model, holds_kernel, is_qat, strategy_scope
+from tfopt._model import (compile_like, count_steps, flatten_model, holds_kernel, is_qat, rebuilding_in_memory,
+                          strategy_scope)
 from tfopt.compress._fit import (TEACHER_OPTIONS, check_epochs_and_rate, compression_fit, distillation_settings,
                                  stage_resume, stage_teacher)
 from tfopt.errors import ConfigError, UnsupportedLayerError
@@ -120,7 +121,7 @@ def _wrapped(flat):
 
     annotated = keras.models.clone_model(flat, clone_function=annotate)
     annotated.set_weights(flat.get_weights())
-    with tfmot.quantization.keras.quantize_scope({"Int4WeightsConfig": Int4WeightsConfig}):
+    with tfmot.quantization.keras.quantize_scope({"Int4WeightsConfig": Int4WeightsConfig}), rebuilding_in_memory():
         return tfmot.quantization.keras.quantize_apply(annotated, scheme=_Int4Scheme())
 
 
