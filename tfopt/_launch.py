@@ -2,8 +2,8 @@
 loading (``import tfopt`` takes seconds) ends the command with one line and exit code 130, as it does later.
 
 ``tfopt/__init__.py`` calls :func:`install` first. It changes nothing unless this process is the ``tfopt``
-command (the console script, ``python -m tfopt`` or ``python -m tfopt.cli``): a program that imports tfopt keeps Python's
-own handling of Ctrl-C.
+command (the console script, ``python -m tfopt`` or ``python -m tfopt.cli``): a program that imports tfopt keeps
+Python's own handling of Ctrl-C.
 """
 
 from __future__ import annotations
