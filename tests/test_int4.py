@@ -257,6 +257,9 @@ def test_ops_the_quantizer_leaves_float_are_read_back_and_named_and_a_bidirectio
     assert tfl.notes == ["converted with a fixed batch 1 concrete function"]
     loop = [tflite_weight_bits(tfl.content)[name] for name in tflite_weights(tfl.content) if name.startswith("while/")]
     assert loop == [4, 4, 4, 4]  # each direction's kernel and recurrent kernel
+    eight = to_tflite(model, "int4", layer_bits={"bigru": 8})  # the Bidirectional named: both directions
+    assert [tflite_weight_bits(eight.content)[name] for name in tflite_weights(eight.content)
+            if name.startswith("while/")] == [8, 8, 8, 8]
     x = np.random.default_rng(0).random((1, 8, 8), dtype=np.float32)
     assert np.abs(tfl.predict(x) - model.predict(x, verbose=0)).max() < 0.2
 
