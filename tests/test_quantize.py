@@ -134,25 +134,34 @@ def test_lstm_and_custom_layers_stay_float_and_dense_layers_are_quantized(digits
     assert {lay.layer.name for lay in qat.layers if isinstance(lay, QW)} == {"hidden", "out"}
 
 
-def test_separable_conv1d_and_a_users_lambda_are_quantized_and_convert_to_int8(digits, tmp_path):
-    """tfmot rewrites a SeparableConv1D with Python lambdas (expand, squeeze) and rebuilds the model through Keras's
-    deserializer, safe by default: 8-bit QAT of any SeparableConv1D failed ("deserialization of a Lambda layer"),
-    and so did a model with the user's own Lambda layer. Both quantize now; the saved QAT model still holds those
-    lambdas, so loading it back in safe mode is refused by name."""
+def test_separable_conv1d_is_quantized_converts_to_int8_and_loads_back_in_safe_mode(digits, tmp_path):
+    """tfmot rewrites a SeparableConv1D with two Python lambdas (expand, squeeze) and rebuilt the model through
+    Keras's deserializer, safe by default: 8-bit QAT of any SeparableConv1D failed ("deserialization of a Lambda
+    layer"). It quantizes now, its lambdas become ExpandDims / Squeeze layers, and the saved QAT model loads back
+    in safe mode with the same outputs. A user's own Lambda layer quantizes too (left float), and loading it back
+    stays refused by name."""
     x, y, _, _ = digits
+    ds = _ds(x[:128, ..., 0], y[:128])
     inputs = keras.Input((8, 8))
     h = keras.layers.SeparableConv1D(8, 3, activation="relu", name="sep")(inputs)
-    h = keras.layers.Lambda(lambda t: t * 0.5, name="half")(h)
     model = keras.Model(inputs, keras.layers.Dense(10, name="out")(keras.layers.Flatten(name="flat")(h)))
-    ds = _ds(x[:128, ..., 0], y[:128])
     qat, report = quantize_aware(model, ds, epochs=1, verbose=0, return_report=True)
     assert {"sep", "out"} <= set(report["quantized"])
-    assert {type(lay.layer).__name__ for lay in qat.layers if isinstance(lay, QW)} >= {"DepthwiseConv2D", "Conv2D"}
+    inner = {type(lay.layer).__name__ for lay in qat.layers if isinstance(lay, QW)}
+    assert {"DepthwiseConv2D", "Conv2D", "ExpandDims", "Squeeze"} <= inner and "Lambda" not in inner
     tfl = tfopt.export.to_tflite(qat, "int8", representative_data=ds)
     assert {w.dtype for w in tfopt.export.tflite_weights(tfl.content).values() if w.size >= 24} == {np.dtype("int8")}
     save_quantized(qat, tmp_path / "sep.h5")
+    loaded = load_quantized(tmp_path / "sep.h5")
+    np.testing.assert_allclose(loaded.predict(x[:8, ..., 0], verbose=0), qat.predict(x[:8, ..., 0], verbose=0),
+                               atol=1e-5)
+    h = keras.layers.Lambda(lambda t: t * 0.5, name="half")(keras.layers.Dense(16, name="hidden")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10, name="out")(keras.layers.Flatten(name="flat")(h)))
+    qat, report = quantize_aware(model, ds, epochs=1, verbose=0, return_report=True)
+    assert "half" in report["float"] and "hidden" in report["quantized"]
+    save_quantized(qat, tmp_path / "half.h5")
     with pytest.raises(ConfigError, match="Lambda layer"):
-        load_quantized(tmp_path / "sep.h5")
+        load_quantized(tmp_path / "half.h5")
 
 
 def test_flatten_nested_sequential_then_quantize(digits):

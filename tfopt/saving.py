@@ -268,6 +268,13 @@ _LOAD_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OSE
                 zipfile.BadZipFile, tf.errors.OpError)
 
 
+def _tfopt_objects_by_class_name() -> dict:
+    """tfopt's registered objects under their bare class names too: tfmot's wrappers deserialize the layer they wrap
+    by its ``class_name`` alone (``ExpandDims``, not ``tfopt>ExpandDims``)."""
+    return {key.split(">", 1)[1]: obj for key, obj in keras.saving.get_custom_objects().items()
+            if key.startswith("tfopt>")}
+
+
 def load_model(path, safe_mode: bool = True, custom_objects=None, compile: bool = True):
     """Load a ``.keras`` or ``.h5`` model (or, with ``safe_mode=False``, a SavedModel) saved by tfopt or tf_keras.
 
@@ -291,6 +298,7 @@ def load_model(path, safe_mode: bool = True, custom_objects=None, compile: bool 
     import tensorflow_model_optimization as tfmot
 
     name = str(path)
+    custom_objects = {**_tfopt_objects_by_class_name(), **(custom_objects or {})}
     with tfmot.quantization.keras.quantize_scope(), tfmot.clustering.keras.cluster_scope(), \
             tfmot.sparsity.keras.prune_scope():
         check_model_file(path, safe_mode=safe_mode, custom_objects=custom_objects)

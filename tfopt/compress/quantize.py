@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from tfopt._io import atomic_write_bytes, h5_bytes
-from tfopt._keras import check_model, keras, tf, tfmot
+from tfopt._keras import check_model, keras, serializable, tf, tfmot
 from tfopt._model import compile_like, count_steps, flatten_model, outputs_logits, rebuilding_in_memory, strategy_scope
 from tfopt.compress._fit import (TEACHER_OPTIONS, check_epochs_and_rate, compression_fit, distillation_settings,
                                  stage_resume, stage_teacher)
@@ -131,6 +131,66 @@ def _annotate(flat, skip):
 _UNSUPPORTED = re.compile(r"Layer (.+?):<class '([^']+)'> is not supported")
 
 
+@serializable
+class ExpandDims(keras.layers.Layer):
+    """``tf.expand_dims(x, axis)`` as a layer: what comes before the SeparableConv2D that tfmot's 8-bit QAT makes of
+    a SeparableConv1D, in place of tfmot's Python lambda (which a safe load refuses, so the QAT model did not load
+    back).
+
+    >>> ExpandDims(1)(tf.zeros((2, 5, 3))).shape
+    TensorShape([2, 1, 5, 3])
+    """
+
+    def __init__(self, axis: int, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = axis
+
+    def call(self, inputs):
+        return tf.expand_dims(inputs, self.axis)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
+
+
+@serializable
+class Squeeze(keras.layers.Layer):
+    """``tf.squeeze(x, [axis])`` as a layer: what follows that SeparableConv2D (see :class:`ExpandDims`).
+
+    >>> Squeeze(1)(tf.zeros((2, 1, 5, 3))).shape
+    TensorShape([2, 5, 3])
+    """
+
+    def __init__(self, axis: int, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = axis
+
+    def call(self, inputs):
+        return tf.squeeze(inputs, [self.axis])
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
+
+
+_TFMOT_SEPCONV1D_LAMBDAS = {"sepconv1d_expand": ExpandDims, "sepconv1d_squeeze": Squeeze}
+
+
+def _without_tfmot_lambdas(qat) -> None:
+    """Swap the Python lambdas tfmot's SeparableConv1D transform wraps (``expand_dims`` / ``squeeze`` on its
+    ``spatial_dim``) for :class:`ExpandDims` / :class:`Squeeze`, in place: the QAT model then saves without bytecode
+    and loads back in safe mode. Only lambdas written in tfmot's transforms module are touched."""
+    for wrapper in qat.layers:
+        inner = getattr(wrapper, "layer", None)
+        if not isinstance(inner, keras.layers.Lambda):
+            continue
+        kind = next((cls for prefix, cls in _TFMOT_SEPCONV1D_LAMBDAS.items() if inner.name.startswith(prefix)), None)
+        code = getattr(inner.function, "__code__", None)
+        if kind is None or code is None or not code.co_filename.endswith("default_8bit_transforms.py") \
+                or "spatial_dim" not in code.co_freevars:
+            continue
+        axis = inner.function.__closure__[code.co_freevars.index("spatial_dim")].cell_contents
+        wrapper.layer = kind(axis, name=inner.name)
+
+
 def _apply(flat, scheme, scheme_name, report):
     """quantize_apply, moving layers tfmot still rejects (e.g. an unfoldable pattern) to float."""
     for _ in range(len(flat.layers) + 1):
@@ -141,7 +201,9 @@ def _apply(flat, scheme, scheme_name, report):
         annotated = _annotate(flat, set(report["float"]))
         try:
             with tfmot.quantization.keras.quantize_scope(), rebuilding_in_memory():
-                return tfmot.quantization.keras.quantize_apply(annotated, scheme)
+                qat = tfmot.quantization.keras.quantize_apply(annotated, scheme)
+            _without_tfmot_lambdas(qat)
+            return qat
         except RuntimeError as err:
             match = _UNSUPPORTED.search(str(err))
             if not match or match.group(1) not in report["quantized"]:
