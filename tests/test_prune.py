@@ -112,6 +112,29 @@ def test_m_by_n_2_4_pattern_in_kernel_groups():
     assert accuracy(pruned, x_val, y_val) > 0.5
 
 
+def test_layers_prune_leaves_dense_are_named_with_why():
+    """A Conv1D kernel (rank 3) is outside tfmot's 2:4 pruning and tfmot prunes no Bidirectional: the report and the
+    recipe stage's note name them (they were left dense without a word)."""
+    rng = np.random.default_rng(0)
+    train = tf.data.Dataset.from_tensor_slices((rng.random((64, 16, 8), dtype=np.float32), np.arange(64) % 3)).batch(16)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 8))
+    h = keras.layers.Conv1D(16, 3, activation="relu", name="c1")(inputs)
+    h = keras.layers.Bidirectional(keras.layers.GRU(8), name="bigru")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(h))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    _, report = prune(model, train, 0.5, m_by_n=(2, 4), verbose=0, return_report=True)
+    assert report["pruned_layers"] == ["logits"]
+    assert report["left_dense"] == {
+        "c1": "m_by_n=(2, 4) takes Dense and Conv2D kernels (rank 2 or 4); its Conv1D kernel has rank 3",
+        "bigru": "tfmot has no pruning for Bidirectional layers"}
+    pruned, report = prune(model, train, 0.5, verbose=0, return_report=True)
+    assert report["pruned_layers"] == ["c1", "logits"] and list(report["left_dense"]) == ["bigru"]
+    assert sparsity(pruned)["layers"]["c1"] == pytest.approx(0.5, abs=0.01)
+    _, report = prune(model, train, 0.5, layers=["logits"], verbose=0, return_report=True)
+    assert report["left_dense"] == {}  # the layers were chosen: the others are left by choice
+
+
 def test_m_by_n_ok_rejects_dense_kernels():
     kernel = np.arange(1, 17, dtype="float32").reshape(8, 2)
     assert not m_by_n_ok(kernel, 2, 4)

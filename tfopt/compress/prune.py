@@ -15,7 +15,7 @@ convolution or logits layer few.
 from __future__ import annotations
 
 from tfopt._keras import check_model, tfmot
-from tfopt._model import compile_like, count_steps, private_copy, strategy_scope, wrap_layers
+from tfopt._model import compile_like, count_steps, holds_kernel, private_copy, strategy_scope, wrap_layers
 from tfopt.compress._fit import TEACHER_OPTIONS, compression_fit, distillation_settings, stage_resume, stage_teacher
 from tfopt.compress.inspect import layer_values, m_by_n_ok, match_layers, prunable_weights, sparsity, walk_layers
 from tfopt.compress.sensitivity import PLAN_SPARSITIES, layer_budgets, sensitivity
@@ -105,6 +105,26 @@ def _layer_targets(work, target_sparsity: dict, layers) -> dict:
         raise ConfigError(f"target_sparsity={target_sparsity!r} prunes no layer (every value is 0); allowed: a dict "
                           "with at least one sparsity above 0")
     return targets
+
+
+def _left_dense(work, names, policy, m_by_n) -> dict:
+    """Layer name -> why it holds a kernel but is not pruned, for a prune that chose its own layers (``layers`` and
+    per-layer budgets name theirs): tfmot has no prune config for it, ``m_by_n`` takes rank-2 and rank-4 kernels
+    only (a Conv1D's is rank 3), or the policy excludes it."""
+    left = {}
+    for layer in walk_layers(work):
+        if layer.name in names or not holds_kernel(layer):
+            continue
+        weights = prunable_weights(layer)
+        if not weights:
+            left[layer.name] = f"tfmot has no pruning for {type(layer).__name__} layers"
+        elif m_by_n and any(len(w.shape) not in (2, 4) for w in weights):
+            ranks = sorted({len(w.shape) for w in weights})
+            left[layer.name] = (f"m_by_n={m_by_n} takes Dense and Conv2D kernels (rank 2 or 4); its "
+                                f"{type(layer).__name__} kernel has rank {', '.join(map(str, ranks))}")
+        elif policy is not None:
+            left[layer.name] = f"outside the {type(policy).__name__} policy"
+    return left
 
 
 def _targets(work, layers, policy, m_by_n) -> list[str]:
@@ -281,7 +301,9 @@ def prune(
         verbose: "auto", 0, 1 or 2, as in ``tfopt.train.fit``.
         check: Boolean, raise CompressionError when a pruned layer ends more than a point below target
             (or breaks the m-by-n pattern).
-        return_report: Boolean, return ``(model, report)`` with the schedule and the sparsity reached.
+        return_report: Boolean, return ``(model, report)`` with the schedule, the sparsity reached and, when prune
+            chose the layers, the layers with a kernel it left dense and why (``left_dense``: a Bidirectional, a
+            Conv1D under ``m_by_n``...).
         teacher: tf_keras model or None: distil the fine-tuning from it (e.g. ``model`` itself, the
             uncompressed model): ``alpha * task loss + (1 - alpha) * T**2 * KL(teacher_T || student_T)``.
         temperature: Float > 0 or None, the distillation temperature (None: ``distill``'s default).
@@ -356,6 +378,7 @@ def prune(
 
     measured = sparsity(stripped)
     reached = {k: v for k, v in measured["layers"].items() if k.split("/")[0] in names}
+    left_dense = _left_dense(work, names, policy, m_by_n) if layers is None and targets is None else {}
     info = {
         "target": target_sparsity,
         "budgets": budgets,
@@ -363,6 +386,7 @@ def prune(
         "schedule": schedule,
         "m_by_n": m_by_n,
         "pruned_layers": names,
+        "left_dense": left_dense,
         "reached": reached,
         "overall": measured["overall"],
         "steps": total,
@@ -402,6 +426,9 @@ def _run_stage(inputs, o: dict):
         metrics["sensitivity_plan"] = report["sensitivity_plan"]
         budgets = report["sensitivity_plan"]["sparsity"]
         note += f" (per-layer budgets {min(budgets.values()):.3f} to {max(budgets.values()):.3f})"
+    if report["left_dense"]:
+        metrics["left_dense"] = report["left_dense"]
+        note += f", left dense: {', '.join(report['left_dense'])}"
     return StageResult(pruned, metrics, f"{note}, val accuracy {metrics['val_accuracy']:.4f}")
 
 
