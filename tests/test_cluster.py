@@ -6,6 +6,7 @@ from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper 
 
 from tests.helpers import run_model_saving_test
 from tests.test_prune import accuracy, build_cnn, digits, trained_cnn
+import tfopt
 from tfopt._keras import keras
 from tfopt.compress.cluster import cluster
 from tfopt.compress.inspect import cluster_counts, sparsity
@@ -136,3 +137,25 @@ def test_a_clustered_nested_model_saves_and_loads_back_as_keras_and_h5(tmp_path)
         np.testing.assert_allclose(loaded.predict(x_val[:16], verbose=0), clustered.predict(x_val[:16], verbose=0),
                                    atol=1e-6)
         assert cluster_counts(loaded)["layers"] == counts
+
+
+def test_the_cluster_stage_names_the_layers_tfmot_cannot_cluster(tmp_path):
+    """tfmot clusters no weight of a position embedding (nor of a DepthwiseConv2D): the cluster stage's metrics (and
+    its progress line) name such a layer (it was left unclustered without a word); a Bidirectional LSTM's four kernels are
+    clustered and counted (cluster_counts once read its unbuilt template layer and counted none)."""
+    from tfopt.pipeline import run_recipe
+
+    recipe = {"name": "small", "seed": 0, "data": {"name": "mnist_rows"},
+              "model": {"builder": "transformer", "args": {"num_layers": 1, "num_heads": 2, "embed_dim": 16,
+                                                          "mlp_dim": 16}},
+              "training": {"epochs": 1, "batch_size": 256},
+              "stages": ["train", {"cluster": {"n_clusters": 4, "epochs": 1}}]}
+    stage = run_recipe(recipe, run_dir=tmp_path / "t", verbose=0)["stages"][1]
+    left = stage["metrics"]["left_unclustered"]
+    assert list(left.values()) == ["tfmot clusters no weight of AddPositionEmbedding layers"]
+    assert "logits" in stage["metrics"]["cluster_counts"]
+    keras.utils.set_random_seed(0)
+    model = tfopt.models.build("lstm", input_shape=(28, 28), num_classes=10, units=[8], bidirectional=True)
+    train_ds = tfopt.data.load("mnist_rows", batch_size=256)[0]
+    counts = cluster_counts(cluster(model, train_ds, n_clusters=4, epochs=1, verbose=0))["layers"]
+    assert sum(name.startswith("bilstm1/") for name in counts) == 4 and max(counts.values()) <= 4

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tfopt._keras import check_model, tf, tfmot
 from tfopt._private import private
-from tfopt._model import compile_like, private_copy, strategy_scope, wrap_layers
+from tfopt._model import compile_like, holds_kernel, private_copy, strategy_scope, wrap_layers
 from tfopt.compress._fit import TEACHER_OPTIONS, compression_fit, distillation_settings, stage_resume, stage_teacher
 from tfopt.compress.inspect import (cluster_counts, clusterable_weights, layer_values, match_layers, sparsity,
                                     walk_layers)
@@ -239,8 +239,18 @@ def _run_stage(inputs, o: dict):
     metrics = {"n_clusters": o["n_clusters"], "cluster_counts": counts["layers"],
                "sparsity": sparsity(clustered)["overall"], **inputs.held_out(clustered, val_ds)}
     most = max(counts["layers"].values(), default=0)
-    return StageResult(clustered, metrics, f"<= {most} values per kernel, val accuracy "
-                                           f"{metrics['val_accuracy']:.4f}")
+    note = f"<= {most} values per kernel"
+    left = {} if isinstance(o["n_clusters"], dict) else _left_unclustered(clustered)  # a dict leaves layers by choice
+    if left:
+        metrics["left_unclustered"] = left
+        note += f", left unclustered: {', '.join(left)}"
+    return StageResult(clustered, metrics, f"{note}, val accuracy {metrics['val_accuracy']:.4f}")
+
+
+def _left_unclustered(model) -> dict:
+    """Layer name -> why: the layers holding a kernel that tfmot cannot cluster (a Bidirectional, for one)."""
+    return {layer.name: f"tfmot clusters no weight of {type(layer).__name__} layers" for layer in walk_layers(model)
+            if holds_kernel(layer) and not clusterable_weights(layer)}
 
 
 def _apply(model, train_ds, n_clusters, epochs=1, preserve_sparsity=False, strategy=None, verbose=0):

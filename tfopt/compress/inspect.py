@@ -183,12 +183,15 @@ def cluster_counts(model) -> dict:
     """
     check_model(model, "cluster_counts")
     counts, per_channel = {}, {}
+    wrapper = private("tfmot_cluster_wrapper")
     for layer in walk_layers(model):
-        weights = clusterable_weights(getattr(layer, "layer", layer))
-        for name, w in _named(getattr(layer, "layer", layer), weights):
+        # a clustering wrapper's own layer; a Bidirectional's ``.layer`` is its unbuilt template, not its weights
+        layer = layer.layer if isinstance(layer, wrapper) else layer
+        weights = clusterable_weights(layer)
+        for name, w in _named(layer, weights):
             values = np.asarray(w.numpy())
             counts[name] = int(np.unique(values).size)
-            if isinstance(getattr(layer, "layer", layer), keras.layers.Conv2D) and values.ndim == 4:
+            if isinstance(layer, keras.layers.Conv2D) and values.ndim == 4:
                 flat = values.reshape(-1, values.shape[-1])
                 per_channel[name] = max(int(np.unique(flat[:, c]).size) for c in range(flat.shape[1]))
     return {"layers": counts, "per_channel": per_channel}
