@@ -248,7 +248,8 @@ def _run_stage(inputs, o: dict):
 
 
 def _left_unclustered(model) -> dict:
-    """Layer name -> why: the layers holding a kernel that tfmot cannot cluster (a Bidirectional, for one)."""
+    """Layer name -> why: the layers holding a kernel of which tfmot clusters nothing (a DepthwiseConv2D, a position
+    embedding)."""
     return {layer.name: f"tfmot clusters no weight of {type(layer).__name__} layers" for layer in walk_layers(model)
             if holds_kernel(layer) and not clusterable_weights(layer)}
 
