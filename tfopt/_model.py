@@ -10,9 +10,9 @@ from typing import Sequence
 from tfopt._keras import check_model, keras, tf
 from tfopt.errors import ConfigError, DataError, UnsupportedLayerError
 
-__all__ = ["count_steps", "holds_kernel", "check_input_shape", "check_data_fits", "strategy_scope", "outputs_logits",
-           "compile_like", "rebuilding_in_memory", "private_copy", "wrap_layers", "flatten_model", "weight_count",
-           "is_qat", "recalibrate_batchnorm"]
+__all__ = ["count_steps", "holds_kernel", "check_input_shape", "check_shape", "check_data_fits", "strategy_scope",
+           "outputs_logits", "compile_like", "rebuilding_in_memory", "private_copy", "wrap_layers", "flatten_model",
+           "weight_count", "is_qat", "recalibrate_batchnorm"]
 
 
 def count_steps(dataset, what: str = "train_ds") -> int:
@@ -56,11 +56,23 @@ def check_input_shape(model, shape, what: str) -> None:
     inputs = getattr(model, "inputs", None)
     if not inputs or len(inputs) != 1:
         return
-    expected = tuple(inputs[0].shape[1:])
+    check_shape(shape, inputs[0].shape[1:], what)
+
+
+def check_shape(shape, expected, what: str, taker: str = "the model") -> None:
+    """DataError unless examples of ``shape`` match ``expected`` (both without the batch; None in either: any
+    size), naming both; ``taker`` names what takes them (a Keras model, a TFLite file).
+
+    >>> check_shape((28, 28), (None, 8), "the data", "the TFLite model")
+    Traceback (most recent call last):
+    ...
+    tfopt.errors.DataError: the data: examples of shape (28, 28), but the TFLite model takes (any, 8): give data of the model's input shape
+    """
+    expected = tuple(None if e is None else int(e) for e in expected)
     shape = tuple(None if d is None else int(d) for d in shape)
     if len(shape) != len(expected) or any(None not in (e, g) and e != g for e, g in zip(expected, shape)):
         wanted = ", ".join("any" if e is None else str(e) for e in expected) + ("," if len(expected) == 1 else "")
-        raise DataError(f"{what}: examples of shape {shape}, but the model takes ({wanted}): give data of the "
+        raise DataError(f"{what}: examples of shape {shape}, but {taker} takes ({wanted}): give data of the "
                         "model's input shape")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from tfopt import _faults
 from tfopt._io import atomic_write_bytes
 from tfopt._keras import check_model, keras, tf
-from tfopt._model import check_input_shape, is_qat, weight_count
+from tfopt._model import check_input_shape, check_shape, is_qat, weight_count
 from tfopt.flops import flops
 from tfopt.errors import ConfigError, DataError, ExportError
 from tfopt.export import _guard
@@ -161,11 +161,8 @@ class _Runner:
     def predict(self, x):
         if x.ndim == len(self.inp["shape"]) - 1:
             x = x[None]
-        expected = [int(d) for d in self.inp["shape_signature"][1:]]
-        if x.ndim != len(expected) + 1 or any(e not in (-1, g) for e, g in zip(expected, x.shape[1:])):
-            wanted = ", ".join("any" if e == -1 else str(e) for e in expected)
-            raise DataError(f"the data: examples of shape {tuple(x.shape[1:])}, but the TFLite model takes "
-                            f"({wanted}{',' if len(expected) == 1 else ''}): give data of the model's input shape")
+        check_shape(x.shape[1:], [None if d == -1 else d for d in self.inp["shape_signature"][1:]], "the data",
+                    "the TFLite model")
         if self.resizable and len(x) != self.inp["shape"][0]:
             self.it.resize_tensor_input(self.inp["index"], [len(x), *self.inp["shape"][1:]])
             self.it.allocate_tensors()
