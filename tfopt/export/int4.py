@@ -28,7 +28,6 @@ import numpy as np
 
 from tfopt.errors import ConfigError, ExportError
 from tfopt._keras import keras
-from tfopt._model import holds_kernel
 
 __all__ = ["INT4_QUANTIZATIONS", "LAYER_BITS", "layer_bits_problem", "layers_with_weight_ops", "quantize_tflite"]
 
@@ -213,8 +212,7 @@ def _left_float(ops: list, layers) -> list[str]:
         inner = getattr(layer, "layer", None)
         return any(op.of(layer.name) for op in ops) or (inner is not None and covered(inner))
 
-    return [name for name, layer in layers.items() if layer is not None and not isinstance(layer, keras.Model)
-            and holds_kernel(layer) and not covered(layer)]
+    return [name for name, layer in layers.items() if _kernels(layer) and not covered(layer)]
 
 
 def _check_layer_bits(layer_bits, ops: list, quantization: str, left_float=()) -> tuple[dict, list]:
