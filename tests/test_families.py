@@ -181,7 +181,7 @@ def test_application_quantize_aware_quantizes_every_layer(mobilenet):
 
 
 @pytest.mark.parametrize("quantization,stored", [("float16", set()), ("dynamic", {"int8"}), ("int8", {"int8"}),
-                                                 ("int4", {"int4"})])
+                                                 ("int4", {"int4", "int8"})])  # int4: depthwise in 8 bits
 def test_application_post_training_quantizations_store_their_weight_types(mobilenet, quantization, stored):
     # (accuracy on real digits: notebooks/11_compressing_a_keras_application.ipynb)
     model, x, _ = mobilenet

@@ -229,25 +229,32 @@ def test_an_embedding_table_is_named_as_left_float_in_an_int4_file():
     assert sorted(tflite_weight_bits(tfl.content)[name] for name in tflite_weights(tfl.content)) == [4, 32]
 
 
-def test_ops_the_quantizer_leaves_float_are_read_back_and_named_and_a_bidirectional_gru_is_not():
+def test_ops_without_a_4_bit_kernel_are_stored_in_8_bits_and_named_and_a_bidirectional_gru_is_4_bit():
     """A transposed convolution and a separable convolution's depthwise half are outside the quantizer's int4
-    policy: the file keeps them float32 and a note, read from the file, names them. A Bidirectional GRU's loop
-    kernels are 4-bit (found by the kernels they store: the loop's ops are named ``while/...``): no note."""
+    policy: they are stored in 8 bits (they were once left float32) and a note names them; layer_bits None leaves
+    one float32. A Bidirectional GRU's loop kernels are 4-bit (found by the kernels they store: the loop's ops are
+    named ``while/...``): no note."""
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 1))
     h = keras.layers.Conv2DTranspose(4, 3, name="up")(inp)
     h = keras.layers.SeparableConv2D(8, 3, name="sep")(h)
     model = keras.Model(inp, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(h)))
     tfl = to_tflite(model, "int4")
-    assert tfl.notes == ["left float32 by the quantizer (not in its int4 policy): CONV_2D_TRANSPOSE 'up'; "
-                         "DEPTHWISE_CONV_2D 'sep' (layer_bits={layer: 8} stores them in 8 bits)"]
+    assert tfl.notes == ["stored in 8 bits, the quantizer's int4 policy has no 4-bit kernel for them: "
+                         "CONV_2D_TRANSPOSE 'up'; DEPTHWISE_CONV_2D 'sep' (layer_bits={layer: None} leaves them "
+                         "float32)"]
     stored = tflite_weights(tfl.content)
     bits = {name: tflite_weight_bits(tfl.content)[name] for name in stored if stored[name].size >= 32}
-    assert sorted(bits.values()) == [4, 4, 32, 32]  # logits and the pointwise half 4-bit; the two named float32
-    eight = to_tflite(model, "int4", layer_bits={"up": 8, "sep": 8})  # as the note says
+    assert sorted(bits.values()) == [4, 4, 8, 8]  # logits and the pointwise half 4-bit; the two named 8-bit
+    eight = to_tflite(model, "int4", layer_bits={"up": 8, "sep": 8})  # asked: no note
     assert eight.notes == []
     bits = {name: tflite_weight_bits(eight.content)[name] for name in stored if stored[name].size >= 32}
     assert sorted(bits.values()) == [4, 8, 8, 8]  # the pointwise half follows its layer's entry too
+    kept = to_tflite(model, "int4", layer_bits={"up": None})
+    assert kept.notes == ["stored in 8 bits, the quantizer's int4 policy has no 4-bit kernel for them: "
+                          "DEPTHWISE_CONV_2D 'sep' (layer_bits={layer: None} leaves them float32)"]
+    bits = {name: tflite_weight_bits(kept.content)[name] for name in stored if stored[name].size >= 32}
+    assert sorted(bits.values()) == [4, 4, 8, 32]
     x = np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)
     assert np.abs(tfl.predict(x) - model.predict(x, verbose=0)).max() < 0.2
     inp = keras.Input((8, 8))
@@ -273,8 +280,8 @@ def test_layer_names_holding_a_slash_are_found_in_notes_and_layer_bits():
     h = keras.layers.ReLU(name="block/relu")(keras.layers.DepthwiseConv2D(3, name="block/depthwise")(h))
     model = keras.Model(inp, keras.layers.Dense(10, name="head")(keras.layers.Flatten()(h)))
     tfl = to_tflite(model, "int4")
-    assert tfl.notes == ["left float32 by the quantizer (not in its int4 policy): DEPTHWISE_CONV_2D 'block/depthwise' "
-                         "(layer_bits={layer: 8} stores them in 8 bits)"]
+    assert tfl.notes == ["stored in 8 bits, the quantizer's int4 policy has no 4-bit kernel for them: "
+                         "DEPTHWISE_CONV_2D 'block/depthwise' (layer_bits={layer: None} leaves them float32)"]
     mixed = to_tflite(model, "int4", layer_bits={"block/depthwise": 8, "block/expand": None})
     assert mixed.notes == []
     stored = tflite_weights(mixed.content)
@@ -332,3 +339,18 @@ def test_recipe_variants_check_layer_bits():
     for bad in ({"conv1": 2}, {"conv1": 4.0}, {"conv1": True}):
         with pytest.raises(ConfigError, match=r"layer_bits=.* allowed: a mapping of layer name to 4, 8 or None"):
             check_value("layer_bits", VARIANT["layer_bits"], bad)
+
+
+def test_an_op_the_quantizer_still_leaves_float_is_read_back_from_the_file_and_named(monkeypatch):
+    """Should the quantizer's policy change (simulated: tfopt believes a depthwise convolution takes 4 bits), the
+    op it skips is found by reading the written file back, not predicted, and named."""
+    from tfopt.export import int4
+
+    monkeypatch.setattr(int4, "_policy_takes", lambda mode, op_name, bits: True)
+    inp = keras.Input((8, 8, 2))
+    h = keras.layers.DepthwiseConv2D(3, name="dw")(inp)
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(h)))
+    tfl = to_tflite(model, "int4")
+    assert tfl.notes == ["left float32 by the quantizer (not in its int4 policy): DEPTHWISE_CONV_2D 'dw'"]
+    assert sorted(tflite_weight_bits(tfl.content)[name] for name, value in tflite_weights(tfl.content).items()
+                  if value.size >= 18) == [4, 32]

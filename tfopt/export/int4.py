@@ -11,6 +11,9 @@ The TFLite converter stores at least 8 bits per weight; the LiteRT team's post-t
   delegate refuses and the builtin kernels turn into NaN, and a kernel whose inputs are not a multiple of 32 has no
   blocks: such an op is quantized per channel instead (a note says which, and why).
 
+An op the quantizer's policy has no 4-bit kernel for (a depthwise or a transposed convolution: MobileNet's depthwise
+layers) is stored in 8 bits instead of left float32, and a note names it.
+
 ``layer_bits`` sets a layer's bits apart from the rest: 4, 8, or None (left float). An op is a layer's when its
 tensors' names say so (``model/<layer>/MatMul``); an op inside a recurrent layer's loop (``while/MatMul``) is the
 layer whose kernel it holds, value for value, when the Keras layers are given.
@@ -21,6 +24,7 @@ layer whose kernel it holds, value for value, when the Keras layers are given.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -59,6 +63,11 @@ class _WeightOp:
     kernel: str  # the weight tensor's name: "model/<layer>/MatMul", "model/<sub-model>/<layer>/Conv2D"
     weights: np.ndarray | None  # the float kernel, as stored (output channel first for FULLY_CONNECTED)
     owner: str | None = None  # the Keras layer, when :func:`_resolve_owners` found it
+
+    @property
+    def stores_kernel(self) -> bool:
+        """Whether the op holds a constant kernel (a BATCH_MATMUL of two activations, attention's, holds none)."""
+        return self.weights is not None and self.weights.ndim >= 2
 
     @property
     def layer(self) -> str:
@@ -242,7 +251,8 @@ def _check_layer_bits(layer_bits, ops: list, quantization: str, left_float=()) -
 
 def _entries(scheme: _Scheme, ops: list, layer_bits: dict, channelwise_ops: list) -> list:
     """``[(regex, bits, granularity)]``: the scheme everywhere, then the ops of each layer in ``layer_bits``, then
-    the per-channel fallbacks (the quantizer takes the last entry that matches an op's outputs' names)."""
+    the per-channel fallbacks ``[(op, bits)]`` (the quantizer takes the last entry that matches an op's outputs'
+    names)."""
     return [(".*", 4, scheme.granularity),
             *((_op_regex(op), bits, scheme.granularity) for layer, bits in layer_bits.items()
               for op in ops if op.of(layer)),
@@ -267,9 +277,29 @@ def _recipe(scheme: _Scheme, entries: list):
                 for conv in _CONV_OPS:
                     try:
                         add_config(regex, qtyping.TFLOperationName(conv), bits, qtyping.QuantGranularity.CHANNELWISE)
-                    except ValueError:  # not in the quantizer's policy (dynamic DEPTHWISE_CONV_2D): stays float
+                    except ValueError:  # no 4-bit depthwise or transposed one: quantize_tflite asks 8 bits of those
                         pass
     return manager.get_quantization_recipe()
+
+
+@functools.lru_cache(maxsize=None)
+def _policy_takes(mode: str, op_name: str, bits: int) -> bool:
+    """Whether the quantizer's policy has a ``bits``-bit per-channel kernel for the TFLite op ``op_name`` in ``mode``
+    ("dynamic" or "weight_only"): asked of a scratch recipe, which refuses an op outside the policy (ValueError).
+
+    >>> _policy_takes("dynamic", "DEPTHWISE_CONV_2D", 4), _policy_takes("dynamic", "DEPTHWISE_CONV_2D", 8)
+    (False, True)
+    """
+    from litert_quantizer import qtyping
+    from litert_quantizer.recipe_manager import RecipeManager
+
+    manager = RecipeManager()
+    add_config = manager.add_dynamic_config if mode == "dynamic" else manager.add_weight_only_config
+    try:
+        add_config(".*", qtyping.TFLOperationName(op_name), bits, qtyping.QuantGranularity.CHANNELWISE)
+    except ValueError:
+        return False
+    return True
 
 
 def _quantize(content: bytes, recipe) -> bytes:
@@ -302,9 +332,11 @@ def quantize_tflite(content: bytes, quantization: str = "int4", layer_bits=None,
 
     Returns:
         ``(flatbuffer bytes, notes)``: notes say which ops were quantized per channel instead of per block, which
-        layers hold a kernel the quantizer cannot take (left float32: a fused LSTM, an Embedding's GATHER table...),
-        which ops the quantizer left float32 although asked (read back from the file: a transposed convolution),
-        and which ``layer_bits`` entries name such a layer (not applied: a sensitivity plan may name any layer).
+        were stored in 8 bits because the quantizer's policy has no 4-bit kernel for them (a depthwise or a
+        transposed convolution), which layers hold a kernel the quantizer cannot take (left float32: a fused LSTM,
+        an Embedding's GATHER table...), which ops the quantizer left float32 although asked (read back from the
+        file), and which ``layer_bits`` entries name such a layer (not applied: a sensitivity plan may name any
+        layer).
 
     Raises:
         ConfigError: an unknown quantization, or a layer_bits entry that is not allowed or names a layer with no
@@ -336,6 +368,12 @@ def quantize_tflite(content: bytes, quantization: str = "int4", layer_bits=None,
         if channelwise:
             notes.append(f"quantized per channel instead of per block of {scheme.block}: " + ", ".join(
                 f"{op.name} {op.layer!r} ({reasons[id(op)]})" for op, _ in channelwise))
+    eight = [op for op in ops if op.stores_kernel and _bits_of(op, layer_bits) == 4
+             and not _policy_takes(scheme.mode, op.name, 4) and _policy_takes(scheme.mode, op.name, 8)]
+    if eight:
+        notes.append(f"stored in 8 bits, the quantizer's {quantization} policy has no 4-bit kernel for them: "
+                     + _by_op(eight) + " (layer_bits={layer: None} leaves them float32)")
+    channelwise += [(op, 8) for op in eight]  # after the layers' entries: they win
     recipe = _recipe(scheme, _entries(scheme, ops, layer_bits, channelwise))
     try:
         quantized = _quantize(content, recipe)
@@ -343,30 +381,31 @@ def quantize_tflite(content: bytes, quantization: str = "int4", layer_bits=None,
         raise _failure(content, ops, scheme, layer_bits, channelwise, quantization, err, layers) from err
     skipped = _skipped_by_quantizer(quantized, ops, layer_bits)
     if skipped:
-        by_op = {}
-        for op in skipped:
-            by_op.setdefault(op.name, []).append(repr(op.layer))
-        eight = " (layer_bits={layer: 8} stores them in 8 bits)" if set(by_op) <= set(_CONV_OPS) else ""
-        notes.append(f"left float32 by the quantizer (not in its {quantization} policy): " + "; ".join(
-            f"{name} {', '.join(dict.fromkeys(names))}" for name, names in by_op.items()) + eight)
+        notes.append(f"left float32 by the quantizer (not in its {quantization} policy): " + _by_op(skipped))
     return quantized, notes
+
+
+def _by_op(ops: list) -> str:
+    """``ops`` named for a note, grouped by TFLite op: ``"DEPTHWISE_CONV_2D 'dw1', 'dw2'; CONV_2D_TRANSPOSE 'up'"``."""
+    by_op = {}
+    for op in ops:
+        by_op.setdefault(op.name, []).append(repr(op.layer))
+    return "; ".join(f"{name} {', '.join(dict.fromkeys(names))}" for name, names in by_op.items())
 
 
 def _skipped_by_quantizer(quantized: bytes, ops: list, layer_bits: dict) -> list:
     """The ops of ``ops`` asked for 4 or 8 bits whose kernel is still a float32 constant in the ``quantized`` file
-    (read back, not predicted: the quantizer's policy leaves a transposed convolution float, and a depthwise one
-    under some schemes)."""
+    (read back, not predicted from the quantizer's policy)."""
     asked = {op.scope: op for op in ops if _bits_of(op, layer_bits) is not None}
-    return [asked[op.scope] for op in _weight_ops(quantized)
-            if op.scope in asked and op.weights is not None and op.weights.ndim >= 2]
+    return [asked[op.scope] for op in _weight_ops(quantized) if op.scope in asked and op.stores_kernel]
 
 
 def _failure(content, ops, scheme, layer_bits, channelwise, quantization, err, layers) -> ExportError:
     """An ExportError naming the first op the quantizer fails on alone (each weight op is tried by itself)."""
-    fallback = {op.scope for op, _ in channelwise}
+    fallback = {op.scope: bits for op, bits in channelwise}
     reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
     for op in ops:
-        bits = _bits_of(op, layer_bits)
+        bits = fallback.get(op.scope, _bits_of(op, layer_bits))
         if bits is None:
             continue
         granularity = "CHANNELWISE" if op.scope in fallback else scheme.granularity
