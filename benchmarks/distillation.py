@@ -101,6 +101,10 @@ TUNING = [
     "alpha=0.5 5.38 / 5.25, T=4 alpha=0 5.25 / 4.62: T=1 kept; CNN student, 60 epochs, plain alone 3.12 / 2.75, T=1 "
     "1.50 / 2.00, T=2 1.88 / 2.00, T=4 1.38 / 1.62, T=8 1.88 / 1.62, T=4 alpha=0.5 1.62 / 1.75, T=4 alpha=0 1.88 / "
     "2.00: T=4 kept (HINTON_TEMPERATURE)",
+    "wider MLP students, distilled (augmented, consistent, 600 epochs, T=1 alpha=0.1; seed 10, its own split; tried "
+    "2026-12-02 after the figure): 100 / 300 / 800 hidden units 1.25 / 1.25 / 1.38 against the teacher's 1.00, "
+    "agreeing with the teacher on 98.9 / 99.8 / 99.8% of fresh augmented training digits: the student is not what "
+    "bounds the ratio, the teacher is",
 ]
 
 
