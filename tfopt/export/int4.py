@@ -274,11 +274,9 @@ def _recipe(scheme: _Scheme, entries: list):
         else:
             add_config(regex, every_op, bits, qtyping.QuantGranularity(granularity))
             if granularity != "CHANNELWISE":  # convolutions have no block-wise kernel: these stay per channel
-                for conv in _CONV_OPS:
-                    try:
+                for conv in _CONV_OPS:  # no 4-bit depthwise or transposed one: quantize_tflite asks 8 bits of those
+                    if _policy_takes(scheme.mode, conv, bits):
                         add_config(regex, qtyping.TFLOperationName(conv), bits, qtyping.QuantGranularity.CHANNELWISE)
-                    except ValueError:  # no 4-bit depthwise or transposed one: quantize_tflite asks 8 bits of those
-                        pass
     return manager.get_quantization_recipe()
 
 
