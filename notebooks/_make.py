@@ -39,7 +39,9 @@ SETUP = '''
     from tfopt._keras import keras, tf
 
     tfopt.set_seed(0)
-    work = Path(tempfile.mkdtemp(prefix="tfopt-nb-"))  # every file this notebook writes goes here
+    # every file this notebook writes goes here; the folder is removed when the kernel stops
+    _work = tempfile.TemporaryDirectory(prefix="tfopt-nb-")
+    work = Path(_work.name)
     print("tfopt", tfopt.__version__, "| TensorFlow", tf.__version__, "| tf_keras", keras.__version__)
 '''
 

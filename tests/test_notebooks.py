@@ -3,12 +3,15 @@
 Each notebook asserts its own key results (accuracies, sparsities, sizes...), so a silently wrong result
 fails its run here; but only what holds on any CPU: accuracy floors far below what any seed reaches, exact
 properties (shapes, sparsities, a loss against its formula, save/load), never one method's accuracy against
-another's within a few points (one run on one CPU says nothing about that; benchmarks/ compare over seeds). Notebooks run in a fresh temporary working directory, so they write nothing into the
-repository; they must be stored without outputs (regenerate them with ``python notebooks/_make.py``).
+another's within a few points (one run on one CPU says nothing about that; benchmarks/ compare over seeds).
+Notebooks run in a fresh temporary working directory with their own temporary folder (TMPDIR), so they write
+nothing into the repository and leave nothing in the system's temp folder; their ``work`` folder is gone when the
+kernel stops. They must be stored without outputs (regenerate them with ``python notebooks/_make.py``).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -98,8 +101,13 @@ def test_notebook_runs(path, tmp_path):
     client = NotebookClient(
         nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
-    client.execute()  # raises CellExecutionError (with the failing cell and traceback) on any error
+    temp = tmp_path / "tmp"  # the kernel's temp folder: what the notebook leaves there is checked below
+    temp.mkdir()
+    # raises CellExecutionError (with the failing cell and traceback) on any error
+    client.execute(env={**os.environ, "TMPDIR": str(temp)})
     errors = [o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     ran = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert ran and all(cell.get("execution_count") for cell in ran), "every code cell must have run"
+    left = sorted(p.name for p in temp.glob("tfopt-nb-*"))
+    assert not left, f"the notebook's work folder outlived its kernel: {left}"
