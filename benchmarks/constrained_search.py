@@ -20,7 +20,6 @@ a tenth of the baseline's).
 
 from __future__ import annotations
 
-import tempfile
 
 from benchmarks import common
 from tfopt import export, train
@@ -116,7 +115,7 @@ def run(settings: common.Settings) -> dict:
     max_epochs, max_trials = settings.pick(9, 1), settings.pick(30, 2)
     result = search(space(settings.quick), train_ds, val_ds, algorithm="hyperband", objective="val_accuracy",
                     max_trials=max_trials, max_epochs=max_epochs, constraints={"tflite_gzip_bytes": bound},
-                    directory=tempfile.mkdtemp(prefix="tfopt-bench-csearch-"), project_name="csearch",
+                    directory=str(common.scratch_dir("csearch")), project_name="csearch",
                     overwrite=True, seed=settings.seed, verbose=0)
     done = [t for t in result.trials if t["status"] in ("COMPLETED", "INFEASIBLE")]
     feasible = [t for t in done if t["status"] == "COMPLETED"]

@@ -17,7 +17,6 @@ interval and the paired difference Hyperband - random.
 from __future__ import annotations
 
 import math
-import tempfile
 
 from benchmarks import common
 
@@ -57,7 +56,7 @@ def run(settings: common.Settings) -> dict:
     train_ds, val_ds, test_ds, _ = common.load_data(settings)
     max_epochs = settings.pick(6, 2)
     random_trials, hyperband_trials = settings.pick(8, 2), settings.pick(30, 4)
-    directory = tempfile.mkdtemp(prefix="tfopt-bench-search-")
+    directory = str(common.scratch_dir("search"))
     common_kw = dict(objective="val_accuracy", max_epochs=max_epochs, directory=directory, overwrite=True,
                      seed=settings.seed, verbose=0)
     rnd = search(SPACE, train_ds, val_ds, algorithm="random", max_trials=random_trials, project_name="random",

@@ -17,9 +17,7 @@ is reported the same way.
 from __future__ import annotations
 
 import itertools
-import tempfile
 import time
-from pathlib import Path
 
 from benchmarks import common
 from tfopt import models, train
@@ -89,7 +87,7 @@ def callbacks_ms_per_epoch(model, steps: int, epochs: int = 6) -> dict:
         steps: Integer, steps per epoch (the callbacks' params).
         epochs: Integer, the epochs replayed (the first, which opens files and writers, is not counted).
     """
-    run_dir = Path(tempfile.mkdtemp(prefix="tfopt-bench-cb-"))
+    run_dir = common.scratch_dir("cb")
     hooks = keras.callbacks.CallbackList(train.run_callbacks(run_dir, "loss"), model=model, add_history=False,
                                          add_progbar=False, epochs=epochs, steps=steps, verbose=0)
     hooks.on_train_begin()
@@ -124,7 +122,7 @@ def run(settings: common.Settings) -> dict:
     steps = count_steps(train_ds)
     epochs = settings.pick(EPOCHS, 1)
     ms = _models(info, settings.seed)
-    tmp = Path(tempfile.mkdtemp(prefix="tfopt-bench-"))
+    tmp = common.scratch_dir("overhead")
     run_ids = itertools.count()
     fns = {
         PLAIN: lambda: ms["plain"].fit(train_ds, epochs=epochs, verbose=0),

@@ -5,6 +5,7 @@ tables, and that BENCHMARKS.md got the summary table. One quick run is shared by
 """
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +26,12 @@ FAST = ["training_overhead", "input_pipeline", "distillation", "constrained_sear
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
+    temp = tmp_path_factory.mktemp("bench-temp")  # the run's TMPDIR: what it leaves there is checked below
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.run_all", "--quick", "--only", *FAST, "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "TMPDIR": str(temp)},
     )
+    proc.temp = temp
     return out, proc
 
 
@@ -51,6 +54,8 @@ def test_quick_run_succeeds_and_writes_every_figure(quick_run):
         assert fig["rows"] and all(len(r) == len(fig["columns"]) for r in fig["rows"]), name
         assert fig["summary"] and all(math.isfinite(s["value"]) for s in fig["summary"]), name
         assert fig["quick"] is True and fig["seconds"] > 0
+    left = sorted(p.name for p in proc.temp.glob("tfopt-*"))
+    assert not left, f"the figures' scratch folders outlived the run: {left}"
 
 
 def test_sanity_values(quick_run):
