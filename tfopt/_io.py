@@ -45,8 +45,12 @@ def atomic_path(path, suffix: str | None = None):
         suffix: String or None, the temporary file's suffix (e.g. ``".keras"`` where a writer picks its format
             by the name); default ``<path's suffix>.tmp``.
 
-    >>> with atomic_path("/tmp/tfopt_doc.txt") as tmp:
-    ...     _ = Path(tmp).write_text("ok")
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     with atomic_path(Path(folder) / "out.txt") as tmp:
+    ...         _ = Path(tmp).write_text("ok")
+    ...     print((Path(folder) / "out.txt").read_text(), sorted(p.name for p in Path(folder).iterdir()))
+    ok ['out.txt']
     """
     path = Path(path)
     try:

@@ -18,8 +18,13 @@ __all__ = ["RunLock"]
 class RunLock:
     """Context manager holding an exclusive, non-blocking lock on a directory.
 
-    >>> with RunLock("/tmp/tfopt_lock_doc"):
-    ...     pass
+    A second lock on the same directory, from this process or another, is refused:
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as run_dir, RunLock(run_dir):
+    ...     RunLock(run_dir).__enter__()  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    tfopt.errors.ConfigError: run directory ... is in use by another tfopt run (pid ...); wait for it to finish ...
     """
 
     def __init__(self, run_dir):

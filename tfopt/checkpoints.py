@@ -357,7 +357,7 @@ def resume_callbacks(backup_dir, keep_backup: bool = False, train_ds=None, histo
         histories: The other callbacks: the ``CSVLogger`` ones with ``append=True`` are kept in step.
         owner: Boolean, this process writes the state's files (False: a non-chief worker sharing the chief's).
 
-    >>> first, last = resume_callbacks("/tmp/tfopt-doc-backup")
+    >>> first, last = resume_callbacks("run/backup")  # nothing is written before training begins
     >>> [type(c).__name__ for c in first + last]
     ['_Backup', '_ResumeFit', '_BackupLast']
     """

@@ -42,7 +42,12 @@ def save_state(path, state) -> None:
     """Write a keras-tuner object's state (``get_state()``) as keras-tuner's ``utils.save_json`` does, but to a
     temporary file renamed into place: a kill leaves the previous state, a full disk a WriteError naming the file.
 
-    >>> save_state("/tmp/tfopt-doc-state.json", {"trials": []})
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     save_state(Path(folder) / "oracle.json", {"trials": []})
+    ...     print((Path(folder) / "oracle.json").read_text())
+    {"trials": []}
     """
     atomic_write_text(path, json.dumps(state))
 
