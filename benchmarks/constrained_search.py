@@ -20,7 +20,6 @@ a tenth of the baseline's).
 
 from __future__ import annotations
 
-
 from benchmarks import common
 from tfopt import export, train
 from tfopt._keras import set_seed

@@ -41,8 +41,8 @@ PLANS = [
     ("channels -70%", 0.7, {}, False),
     ("channels -50% (rate 2e-3)", 0.5, {"learning_rate": 2e-3}, False),
     ("channels -50% (one step, 10 epochs, cosine)", 0.5, {"steps": 1, "epochs": 10, "decay": True}, False),
-    # as long as the baseline trained, per round (added 2026-12-02 from FINE_TUNING_TRIED); "bn" plans only where the
-    # model has BatchNormalization (elsewhere prune_channels ranks by l1: the plan above again)
+    # as long as the baseline trained, per round (added 2026-12-02 from FINE_TUNING_TRIED); the "bn" plans are skipped
+    # for a model without BatchNormalization (prune_channels would rank its channels by l1)
     ("channels -50% (16 epochs a round, cosine)", 0.5, {"epochs": 16, "decay": True}, False),
     ("channels -30% (BatchNorm scale, 16 epochs, cosine)", 0.3, {"epochs": 16, "decay": True, "importance": "bn"},
      False),
@@ -54,8 +54,8 @@ PLANS = [
 # splits, never reported), float32 files, 2026-12-02, val Δ from the baseline (0.9825 / 0.9850) in points
 FINE_TUNING_TRIED = (
     "fine-tuning tried on the ResNet-8's validation digits at seeds 10 / 11 before adding the 16-epoch plans (val Δ "
-    "from the baseline, points): l1, 6 epochs at 1e-3 (the figure's first plans) -30% -0.62 / -0.75, -50% -1.00 / -1.62; "
-    "l1, 16 epochs a round, cosine: -30% -0.62 / -0.38, -50% -0.62 / -0.88 (from 2e-3: -0.88 / -0.38); BatchNorm "
+    "from the baseline, points): l1, 6 epochs at 1e-3 (the figure's first plans) -30% -0.62 / -0.75, -50% -1.00 / "
+    "-1.62; l1, 16 epochs a round, cosine: -30% -0.62 / -0.38, -50% -0.62 / -0.88 (from 2e-3: -0.88 / -0.38); BatchNorm "
     "scale, 16 epochs, cosine: -30% +0.12 / -0.62, -50% -0.25 / -0.38; Taylor scores, 16 epochs, cosine: -30% -0.25 "
     "/ -0.38, -50% -0.50 / -0.12 (as good as BatchNorm scale; one of the two kept as a plan); -50% in four rounds "
     "of 8 epochs, cosine: -0.75 / -0.75. LeNet-300-100 (seeds 10 / 11) lost at most 0.12 point of validation "
