@@ -55,10 +55,10 @@ PLANS = [
 FINE_TUNING_TRIED = (
     "fine-tuning tried on the ResNet-8's validation digits at seeds 10 / 11 before adding the 16-epoch plans (val Δ "
     "from the baseline, points): l1, 6 epochs at 1e-3 (the figure's first plans) -30% -0.62 / -0.75, -50% -1.00 / "
-    "-1.62; l1, 16 epochs a round, cosine: -30% -0.62 / -0.38, -50% -0.62 / -0.88 (from 2e-3: -0.88 / -0.38); BatchNorm "
-    "scale, 16 epochs, cosine: -30% +0.12 / -0.62, -50% -0.25 / -0.38; Taylor scores, 16 epochs, cosine: -30% -0.25 "
-    "/ -0.38, -50% -0.50 / -0.12 (as good as BatchNorm scale; one of the two kept as a plan); -50% in four rounds "
-    "of 8 epochs, cosine: -0.75 / -0.75. LeNet-300-100 (seeds 10 / 11) lost at most 0.12 point of validation "
+    "-1.62; l1, 16 epochs a round, cosine: -30% -0.62 / -0.38, -50% -0.62 / -0.88 (from 2e-3: -0.88 / -0.38); "
+    "BatchNorm scale, 16 epochs, cosine: -30% +0.12 / -0.62, -50% -0.25 / -0.38; Taylor scores, 16 epochs, cosine: "
+    "-30% -0.25 / -0.38, -50% -0.50 / -0.12 (as good as BatchNorm scale; one of the two kept as a plan); -50% in four "
+    "rounds of 8 epochs, cosine: -0.75 / -0.75. LeNet-300-100 (seeds 10 / 11) lost at most 0.12 point of validation "
     "accuracy at -30% or -50% with either length."
 )
 
